@@ -1,0 +1,261 @@
+"""Probabilistic forecast metrics with GluonTS ``Evaluator`` conventions.
+
+Scoring is split in two steps so that metrics aggregate over a data set the way GluonTS does:
+
+* :func:`score_window` turns one window's sample forecast into per-window sums and components;
+* :func:`aggregate` combines a list of those dicts into data-set-level metrics.
+
+Conventions (checked against ``gluonts.evaluation.Evaluator`` in ``tests/test_metrics.py``):
+
+* Quantiles come from the samples with ``np.quantile(..., method="nearest")``, which picks the sorted
+  sample at index ``round((num_samples - 1) * q)`` (round half to even), exactly what GluonTS's
+  ``SampleForecast.quantile`` does. A single-sample forecast therefore has all quantiles equal to it.
+* ``QuantileLoss[q] = 2 * sum |(y - q_hat) * (1[y <= q_hat] - q)|`` over observed points;
+  ``wql`` = mean over ``QUANTILE_LEVELS`` of ``sum QuantileLoss[q] / sum |y|`` (GluonTS
+  ``mean_wQuantileLoss``; the "WQL"/"CRPS" of Chronos and GIFT-Eval).
+* ``mase`` = mean over windows of ``mean |y - median| / seasonal_error``; the seasonal error is the
+  in-sample seasonal naive mean absolute error of the window's past (pairs with a NaN are skipped;
+  season 1 when the past is not longer than one season). A window whose seasonal error is 0 gets
+  ``inf`` (or NaN when its error is 0 too), as in GluonTS; NaN windows are skipped in the mean.
+* ``smape`` and ``msis`` are means over windows of per-window values (MSIS from the 2.5% / 97.5%
+  quantiles, alpha = 0.05, scaled by the seasonal error). One deviation from GluonTS: an sMAPE term
+  with ``|y| + |y_hat| = 0`` counts as 0 (GluonTS would make the whole window NaN).
+* ``coverage_80`` = fraction of all observed points (pooled over windows) inside ``[q0.1, q0.9]``.
+* ``crps`` = mean per point of ``properscoring.crps_ensemble`` (the standard estimator
+  ``E|X - y| - 0.5 E|X - X'|``, *not* the "fair" one; it penalises small ensembles);
+  ``crps_scaled`` = ``sum crps / sum |y|`` = mean CRPS / mean |y|.
+
+NaN targets in ``future`` are ignored everywhere (GluonTS masks them).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import properscoring
+
+QUANTILE_LEVELS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+MSIS_ALPHA = 0.05
+DEFAULT_RELATIVE_METRICS: tuple[str, ...] = ("wql", "mase", "crps_scaled", "smape", "msis")
+
+__all__ = [
+    "QUANTILE_LEVELS",
+    "MSIS_ALPHA",
+    "DEFAULT_RELATIVE_METRICS",
+    "sample_quantiles",
+    "seasonal_error",
+    "score_window",
+    "aggregate",
+    "relative_to_baseline",
+    "geometric_mean_relative",
+]
+
+
+def _ql_key(q: float) -> str:
+    return f"quantile_loss[{q:g}]"
+
+
+def sample_quantiles(samples: np.ndarray, levels: Sequence[float]) -> np.ndarray:
+    """Quantiles of a ``(num_samples, horizon)`` sample array, shape ``(len(levels), horizon)``.
+
+    Uses the GluonTS ``SampleForecast.quantile`` convention (nearest sorted sample at index
+    ``round((num_samples - 1) * q)``), which ``np.quantile(method="nearest")`` reproduces.
+    """
+    samples = np.asarray(samples, dtype=np.float64)
+    if samples.ndim == 1:
+        samples = samples[None, :]
+    return np.quantile(samples, np.asarray(levels, dtype=np.float64), axis=0, method="nearest")
+
+
+def seasonal_error(past: np.ndarray, season_length: int) -> float:
+    """In-sample seasonal naive mean absolute error of ``past`` (GluonTS ``calculate_seasonal_error``).
+
+    Pairs ``(past[t], past[t - m])`` with a NaN are skipped; ``m`` falls back to 1 when the past is
+    not longer than one season. Returns NaN when no pair is observed.
+    """
+    past = np.asarray(past, dtype=np.float64).ravel()
+    m = int(season_length) if season_length and int(season_length) >= 1 else 1
+    if m >= len(past):
+        m = 1
+    if len(past) <= m:
+        return float("nan")
+    diff = np.abs(past[m:] - past[:-m])
+    diff = diff[np.isfinite(diff)]
+    return float(diff.mean()) if diff.size else float("nan")
+
+
+def score_window(
+    samples: np.ndarray,
+    future: np.ndarray,
+    past: np.ndarray,
+    season_length: int,
+) -> dict[str, float]:
+    """Per-window sums and components for :func:`aggregate`.
+
+    Parameters
+    ----------
+    samples : ``(num_samples, horizon)`` sample paths (a ``(horizon,)`` array is one sample).
+    future : ``(horizon,)`` true values; NaN entries are ignored.
+    past : history before the forecast start, used for the seasonal error.
+    season_length : seasonality for the seasonal error (MASE / MSIS scaling).
+
+    Returns a dict of floats: ``num_obs``, ``abs_target_sum``, ``abs_error`` (of the median),
+    ``seasonal_error``, ``mase``, ``smape_sum``, ``smape``, ``msis``, ``coverage_80_hits``,
+    ``crps_sum`` (sum over points of the standard properscoring CRPS) and
+    ``quantile_loss[q]`` for each ``q`` in :data:`QUANTILE_LEVELS`.
+    """
+    samples = np.asarray(samples, dtype=np.float64)
+    if samples.ndim == 1:
+        samples = samples[None, :]
+    future = np.asarray(future, dtype=np.float64).ravel()
+    if samples.ndim != 2 or samples.shape[1] != future.shape[0]:
+        raise ValueError(
+            f"samples must have shape (num_samples, {future.shape[0]}), got {samples.shape}"
+        )
+    if samples.shape[0] == 0:
+        raise ValueError("samples must contain at least one sample")
+    if not np.all(np.isfinite(samples)):
+        raise ValueError("samples contain NaN or inf")
+
+    obs = np.isfinite(future)
+    y = future[obs]
+    s = samples[:, obs]
+    n = int(obs.sum())
+    seas = seasonal_error(past, season_length)
+
+    out: dict[str, float] = {"num_obs": float(n), "seasonal_error": seas}
+    levels = tuple(QUANTILE_LEVELS) + (MSIS_ALPHA / 2, 1.0 - MSIS_ALPHA / 2)
+    q = sample_quantiles(s, levels) if n else np.zeros((len(levels), 0))
+    qd = dict(zip(levels, q))
+
+    for lev in QUANTILE_LEVELS:
+        qh = qd[lev]
+        out[_ql_key(lev)] = float(2.0 * np.sum(np.abs((qh - y) * ((y <= qh) - lev))))
+
+    median = qd[0.5]
+    abs_err = np.abs(y - median)
+    out["abs_target_sum"] = float(np.sum(np.abs(y)))
+    out["abs_error"] = float(abs_err.sum())
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if n:
+            out["mase"] = float(abs_err.mean() / seas) if np.isfinite(seas) else float("nan")
+            denom = np.abs(y) + np.abs(median)
+            terms = np.where(denom > 0, 2.0 * abs_err / np.where(denom > 0, denom, 1.0), 0.0)
+            out["smape_sum"] = float(terms.sum())
+            out["smape"] = float(terms.mean())
+            lo, hi = qd[MSIS_ALPHA / 2], qd[1.0 - MSIS_ALPHA / 2]
+            num = np.mean(
+                hi
+                - lo
+                + 2.0 / MSIS_ALPHA * (lo - y) * (y < lo)
+                + 2.0 / MSIS_ALPHA * (y - hi) * (y > hi)
+            )
+            out["msis"] = float(num / seas) if np.isfinite(seas) else float("nan")
+            out["coverage_80_hits"] = float(np.sum((y >= qd[0.1]) & (y <= qd[0.9])))
+            out["crps_sum"] = float(np.sum(properscoring.crps_ensemble(y, s.T)))
+        else:
+            out.update(mase=float("nan"), smape_sum=0.0, smape=float("nan"), msis=float("nan"),
+                       coverage_80_hits=0.0, crps_sum=0.0)
+    return out
+
+
+def _nanmean(values: Iterable[float]) -> float:
+    """Mean ignoring NaN but keeping inf (GluonTS ``aggregate_no_nan``)."""
+    arr = np.asarray(list(values), dtype=np.float64)
+    arr = arr[~np.isnan(arr)]
+    return float(arr.mean()) if arr.size else float("nan")
+
+
+def aggregate(window_scores: list[dict]) -> dict[str, float]:
+    """Data-set-level metrics from :func:`score_window` outputs (see the module docstring).
+
+    Returns ``wql``, ``wql[q]`` per level, ``mase``, ``smape``, ``msis``, ``coverage_80``,
+    ``crps``, ``crps_scaled``, ``nd`` (sum abs error of the median / sum |y|), ``num_windows``
+    and ``num_obs``.
+    """
+    if not window_scores:
+        raise ValueError("aggregate() needs at least one window score")
+
+    def total(key: str) -> float:
+        return float(sum(w[key] for w in window_scores))
+
+    abs_sum = total("abs_target_sum")
+    n_obs = total("num_obs")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        wq = {lev: np.float64(total(_ql_key(lev))) / abs_sum for lev in QUANTILE_LEVELS}
+        res: dict[str, float] = {"wql": float(np.mean(list(wq.values())))}
+        res.update({f"wql[{lev:g}]": float(v) for lev, v in wq.items()})
+        res["mase"] = _nanmean(w["mase"] for w in window_scores)
+        res["smape"] = _nanmean(w["smape"] for w in window_scores)
+        res["msis"] = _nanmean(w["msis"] for w in window_scores)
+        res["coverage_80"] = float(np.float64(total("coverage_80_hits")) / n_obs)
+        crps_sum = np.float64(total("crps_sum"))
+        res["crps"] = float(crps_sum / n_obs)
+        res["crps_scaled"] = float(crps_sum / abs_sum)
+        res["nd"] = float(np.float64(total("abs_error")) / abs_sum)
+    res["num_windows"] = float(len(window_scores))
+    res["num_obs"] = n_obs
+    return res
+
+
+def _metric_columns(table: pd.DataFrame, metrics: Sequence[str]) -> list[str]:
+    missing = [c for c in ("dataset", "model") if c not in table.columns]
+    if missing:
+        raise KeyError(f"table lacks column(s) {missing}")
+    cols = [m for m in metrics if m in table.columns]
+    if not cols:
+        raise KeyError(f"table has none of the metric columns {list(metrics)}")
+    return cols
+
+
+def relative_to_baseline(
+    table: pd.DataFrame,
+    baseline: str = "seasonal_naive",
+    metrics: Sequence[str] = DEFAULT_RELATIVE_METRICS,
+) -> pd.DataFrame:
+    """Per-data-set ratios ``model / baseline`` for each metric in ``metrics`` present in ``table``.
+
+    ``table`` has one row per (dataset, model) with metric columns. Returns columns ``dataset``,
+    ``model`` and the metric ratios (NaN where the baseline lacks that data set). The baseline's own
+    rows are kept (all ratios 1).
+    """
+    cols = _metric_columns(table, metrics)
+    if table.duplicated(["dataset", "model"]).any():
+        raise ValueError("table has duplicate (dataset, model) rows")
+    base = table.loc[table["model"] == baseline, ["dataset", *cols]].set_index("dataset")
+    if base.empty:
+        raise ValueError(f"baseline model {baseline!r} not in table")
+    rel = table[["dataset", "model", *cols]].copy()
+    denom = base.reindex(rel["dataset"]).to_numpy(dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel[cols] = rel[cols].to_numpy(dtype=np.float64) / denom
+    return rel.reset_index(drop=True)
+
+
+def geometric_mean_relative(
+    table: pd.DataFrame,
+    baseline: str = "seasonal_naive",
+    metrics: Sequence[str] = DEFAULT_RELATIVE_METRICS,
+) -> pd.DataFrame:
+    """One row per model: geometric mean over data sets of the ratios to ``baseline``.
+
+    The Chronos Benchmark II / GIFT-Eval / fev aggregation. Data sets where a ratio is NaN (model or
+    baseline missing) are skipped for that metric; ``num_datasets`` counts the data sets the model
+    was scored on next to the baseline. Sorted by the first metric.
+    """
+    rel = relative_to_baseline(table, baseline=baseline, metrics=metrics)
+    cols = [c for c in rel.columns if c not in ("dataset", "model")]
+    rows = []
+    for model, grp in rel.groupby("model", sort=False):
+        row: dict[str, float | str] = {"model": model}
+        for c in cols:
+            v = grp[c].to_numpy(dtype=np.float64)
+            v = v[~np.isnan(v)]
+            with np.errstate(divide="ignore"):
+                row[c] = float(np.exp(np.mean(np.log(v)))) if v.size else float("nan")
+        row["num_datasets"] = int(grp[cols].notna().any(axis=1).sum())
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    return out.sort_values(cols[0], kind="stable").reset_index(drop=True)

@@ -1,0 +1,139 @@
+"""The forecasting EBT: a patch Transformer++ that proposes quantile paths and scores candidates.
+
+Layout of one window (all values mean-abs scaled):
+
+    context patches (bidirectional) | horizon tokens (see the context and each other)
+
+The context is encoded once (its keys and values cached). The horizon tokens then serve two
+heads on the same backbone:
+- System 1 (`propose`): the horizon tokens with no candidate give a quantile path for any
+  level u in (0, 1) (an implicit-quantile head), so M levels give M candidate paths in one pass.
+- System 2 (`energy`): the horizon tokens plus an embedded candidate path and its level give
+  one scalar energy; thinking descends it from the proposals.
+The feed-forward twin is this model with only the System 1 head trained.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ebt_forecast.nn import EnergyHead, KVCache, RMSNorm, TransformerConfig, TransformerPP
+
+
+@dataclass
+class ForecastModelConfig:
+    """Window and backbone sizes of the forecasting EBT."""
+
+    context_length: int = 256
+    horizon: int = 24
+    patch_len: int = 16
+    dim: int = 128
+    depth: int = 3
+    heads: int = 4
+    ffn_multiplier: float = 2.0
+    level_features: int = 32  # cosine features of the quantile level u
+    dropout: float = 0.0
+
+    @property
+    def context_patches(self) -> int:
+        return math.ceil(self.context_length / self.patch_len)
+
+    @property
+    def horizon_patches(self) -> int:
+        return math.ceil(self.horizon / self.patch_len)
+
+
+class LevelEmbedding(nn.Module):
+    """Embeds a quantile level u in (0, 1) by cosine features cos(pi i u), as implicit quantile networks do."""
+
+    def __init__(self, features: int, dim: int):
+        super().__init__()
+        self.register_buffer("freqs", math.pi * torch.arange(1, features + 1, dtype=torch.float32), persistent=False)
+        self.proj = nn.Linear(features, dim)
+
+    def forward(self, u: Tensor) -> Tensor:
+        return F.silu(self.proj(torch.cos(u.unsqueeze(-1) * self.freqs)))
+
+
+class PatchForecastEBT(nn.Module):
+    """Context encoder, quantile proposal head and candidate energy on one Transformer++."""
+
+    def __init__(self, cfg: ForecastModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        p, d = cfg.patch_len, cfg.dim
+        self.backbone = TransformerPP(TransformerConfig(d, cfg.depth, cfg.heads, cfg.ffn_multiplier, dropout=cfg.dropout))
+        self.context_embed = nn.Linear(2 * p, d)  # patch values and their observed mask
+        self.horizon_queries = nn.Parameter(torch.randn(cfg.horizon_patches, d) * 0.02)
+        # System 1: implicit-quantile proposal head
+        self.proposal_norm = RMSNorm(d)
+        self.proposal_level = LevelEmbedding(cfg.level_features, d)
+        self.proposal_out = nn.Linear(d, p)
+        # System 2: candidate embedding and energy head
+        self.candidate_embed = nn.Linear(p, d)
+        self.energy_level = LevelEmbedding(cfg.level_features, d)
+        self.energy_head = EnergyHead(d, reduction="mean")
+        self.register_buffer("context_positions", torch.arange(cfg.context_patches), persistent=False)
+        self.register_buffer(
+            "horizon_positions", torch.arange(cfg.context_patches, cfg.context_patches + cfg.horizon_patches), persistent=False
+        )
+
+    def encode(self, context: Tensor, context_mask: Tensor) -> KVCache:
+        """Encode scaled contexts (B, context_length) once; return every layer's keys and values."""
+        c, p = self.cfg, self.cfg.patch_len
+        pad = c.context_patches * p - context.shape[-1]
+        values = F.pad(context, (pad, 0)).unflatten(-1, (c.context_patches, p))
+        mask = F.pad(context_mask, (pad, 0)).unflatten(-1, (c.context_patches, p))
+        tokens = self.context_embed(torch.cat([values * mask, mask], dim=-1))
+        _, cache = self.backbone.encode_context(tokens, self.context_positions)
+        return cache
+
+    def _horizon_tokens(self, extra: Tensor, cache: KVCache) -> Tensor:
+        """Run horizon tokens (queries + `extra`) against the cached context."""
+        return self.backbone.forward_with_context(self.horizon_queries + extra, self.horizon_positions, cache)
+
+    def propose(self, cache: KVCache, levels: Tensor) -> Tensor:
+        """Quantile paths for levels (B, M) in (0, 1): -> (B, M, horizon)."""
+        h = self.proposal_norm(self._horizon_tokens(torch.zeros(1, device=levels.device), cache))  # (B, Nh, D)
+        gate = 1.0 + self.proposal_level(levels)  # (B, M, D)
+        paths = self.proposal_out(h.unsqueeze(1) * gate.unsqueeze(2))  # (B, M, Nh, P)
+        return paths.flatten(-2)[..., : self.cfg.horizon]
+
+    def energy(self, candidates: Tensor, levels: Tensor, cache: KVCache) -> Tensor:
+        """Energies of candidate paths (..., horizon) at levels (...) against a cache that broadcasts."""
+        c = self.cfg
+        pad = c.horizon_patches * c.patch_len - c.horizon
+        patches = F.pad(candidates, (0, pad)).unflatten(-1, (c.horizon_patches, c.patch_len))
+        extra = self.candidate_embed(patches) + self.energy_level(levels).unsqueeze(-2)
+        return self.energy_head(self._horizon_tokens(extra, cache))
+
+    def energy_fn(self, cache: KVCache, levels: Tensor):
+        """The engine's energy function for candidates (B, M, horizon) at levels (B, M)."""
+        grouped = TransformerPP.expand_cache(cache, "grouped")
+        batch, m = levels.shape
+        flat_levels = levels.reshape(-1)
+
+        def fn(x: Tensor, index: Tensor | None) -> Tensor:
+            if index is None:
+                return self.energy(x.view(batch, m, -1), levels, grouped).reshape(-1)
+            rows = TransformerPP.expand_cache(cache, "gather", torch.div(index, m, rounding_mode="floor"))
+            return self.energy(x, flat_levels[index], rows)
+
+        return fn
+
+
+def evenly_spaced_levels(m: int, batch: int = 1, device: torch.device | None = None) -> Tensor:
+    """Levels (j + 0.5) / M, j = 0..M-1: M candidates that together trace the forecast distribution."""
+    return ((torch.arange(m, device=device, dtype=torch.float32) + 0.5) / m).expand(batch, m)
+
+
+def candidate_pinball(paths: Tensor, target: Tensor, levels: Tensor, mask: Tensor) -> Tensor:
+    """Per-candidate mean pinball loss: (B, M, H) -> (B, M)."""
+    diff = target.unsqueeze(1) - paths
+    u = levels.unsqueeze(-1)
+    loss = torch.maximum(u * diff, (u - 1.0) * diff) * mask.unsqueeze(1)
+    return loss.sum(-1) / mask.sum(-1, keepdim=True).clamp(min=1)

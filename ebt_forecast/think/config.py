@@ -1,0 +1,60 @@
+"""Settings of the thinking engine, checked at start with messages that name the key."""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+STOP_POLICIES = ("fixed", "energy_change", "energy_threshold")
+
+
+class ConfigError(ValueError):
+    """An invalid setting: the message names the key, the value and the allowed range."""
+
+
+@dataclass
+class ThinkConfig:
+    """How candidates are refined by gradient descent on the energy."""
+
+    train_steps: int = 2  # thinking steps while training (the upper end when randomised)
+    train_steps_min: int = 0  # >0: draw the training steps uniformly from [train_steps_min, train_steps]
+    infer_steps: int = 2  # thinking steps at inference
+    alpha: float = 10.0  # step size (its initial value when learnable)
+    learn_alpha: bool = True
+    alpha_lr_multiplier: float = 1.0  # alpha's own optimizer group: lr = multiplier * peak lr
+    alpha_random_scale: float = 1.0  # s >= 1: while training, alpha ~ U[alpha / s, alpha * s] per candidate
+    langevin_std: float = 0.0  # noise added to the candidate before each training step
+    infer_langevin_std: float = 0.0  # the same at inference
+    max_update: float = 0.0  # >0: clamp each element of the update alpha * grad to [-max_update, max_update]
+    truncate: bool = True  # only the last training step builds the second-order graph
+    detach_init: bool = True  # the refinement loss does not reach whatever produced the initial candidates
+    num_candidates: int = 8  # M candidates per prediction
+    stop_policy: str = "fixed"
+    stop_tolerance: float = 1e-3  # energy_change: stop a sample when |E_t - E_{t-1}| < tolerance
+    energy_threshold: float = 0.0  # energy_threshold: think only where the initial energy is above this
+    replay_size: int = 0  # replay buffer capacity (0 = off)
+    replay_fraction: float = 0.5  # share of a training batch drawn from the replay buffer
+    temperature: float = 1.0  # energy-weighted resampling: softmax(-energy / temperature)
+
+    def validate(self, prefix: str = "think") -> "ThinkConfig":
+        """Raise ConfigError naming the first invalid key; return self when all are valid."""
+        checks = {
+            "train_steps": (self.train_steps >= 0, ">= 0"),
+            "train_steps_min": (0 <= self.train_steps_min <= max(self.train_steps, 0), f"in [0, train_steps={self.train_steps}]"),
+            "infer_steps": (self.infer_steps >= 0, ">= 0"),
+            "alpha": (self.alpha > 0, "> 0"),
+            "alpha_lr_multiplier": (self.alpha_lr_multiplier >= 0, ">= 0"),
+            "alpha_random_scale": (self.alpha_random_scale >= 1, ">= 1 (1 = off)"),
+            "langevin_std": (self.langevin_std >= 0, ">= 0"),
+            "infer_langevin_std": (self.infer_langevin_std >= 0, ">= 0"),
+            "max_update": (self.max_update >= 0, ">= 0 (0 = off)"),
+            "num_candidates": (self.num_candidates >= 1, ">= 1"),
+            "stop_policy": (self.stop_policy in STOP_POLICIES, f"one of {', '.join(STOP_POLICIES)}"),
+            "stop_tolerance": (self.stop_tolerance >= 0, ">= 0"),
+            "replay_size": (self.replay_size >= 0, ">= 0"),
+            "replay_fraction": (0 <= self.replay_fraction < 1, "in [0, 1)"),
+            "temperature": (self.temperature > 0, "> 0"),
+        }
+        for f in fields(self):
+            ok, allowed = checks.get(f.name, (True, ""))
+            if not ok:
+                raise ConfigError(f"{prefix}.{f.name}={getattr(self, f.name)!r} is invalid: must be {allowed}")
+        return self

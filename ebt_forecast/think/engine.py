@@ -1,0 +1,225 @@
+"""The System 2 loop: refine candidates by gradient descent on a learned energy.
+
+The engine knows nothing about the modality. It sees candidates shaped (B, M, *event) (B
+predictions, M candidates each) and an energy function over a flat set of candidates:
+
+    energy_fn(x, index) -> energies
+      x:     (N, *event) candidates
+      index: None when x holds all B * M candidates in (B, M) order, otherwise the flat
+             indices (into B * M) of the rows of x; the prediction a row belongs to is index // M
+      returns (N,) energies
+
+so a task adapter can reuse one cached context for every step and every candidate, and the
+engine can stop thinking on some samples and spend passes only on the others.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from ebt_forecast.think.config import ThinkConfig
+from ebt_forecast.think.step_size import StepSize
+
+EnergyFn = Callable[[Tensor, "Tensor | None"], Tensor]
+
+
+@dataclass
+class ThinkRecord:
+    """What one call did: energies per step, steps per sample, passes spent, non-finite flags."""
+
+    energies: Tensor  # (T + 1, B, M): energy before step t (row T = at the final candidate); NaN = not evaluated
+    steps_taken: Tensor  # (B, M) update steps applied per candidate
+    forward_passes: int  # candidate energy evaluations
+    backward_passes: int  # candidate energy gradients
+    nonfinite: Tensor  # (B, M) True where a NaN / inf energy or gradient stopped the sample
+    steps_budget: int  # the number of steps asked for
+
+    @property
+    def any_nonfinite(self) -> bool:
+        return bool(self.nonfinite.any())
+
+
+@dataclass
+class ThinkResult:
+    """Final candidates (B, M, *event), their energies (B, M), the path, and the record."""
+
+    candidates: Tensor
+    energies: Tensor
+    trajectory: list[Tensor] = field(default_factory=list)  # candidates after each step (step 0 = init)
+    record: ThinkRecord | None = None
+
+
+class StopPolicy:
+    """Fixed steps: every candidate thinks for the whole budget."""
+
+    def initial_active(self, energies: Tensor) -> Tensor:
+        return torch.ones_like(energies, dtype=torch.bool)
+
+    def still_active(self, previous: Tensor, current: Tensor) -> Tensor:
+        return torch.ones_like(current, dtype=torch.bool)
+
+
+class EnergyChangeStop(StopPolicy):
+    """Stop a candidate once its energy changes by less than `tolerance` in one step."""
+
+    def __init__(self, tolerance: float):
+        self.tolerance = tolerance
+
+    def still_active(self, previous: Tensor, current: Tensor) -> Tensor:
+        return (current - previous).abs() >= self.tolerance
+
+
+class EnergyThresholdStop(StopPolicy):
+    """Think only on candidates whose initial energy is above `threshold`."""
+
+    def __init__(self, threshold: float):
+        self.threshold = threshold
+
+    def initial_active(self, energies: Tensor) -> Tensor:
+        return energies > self.threshold
+
+
+def make_stop_policy(cfg: ThinkConfig) -> StopPolicy:
+    """The stopping policy named by cfg.stop_policy."""
+    if cfg.stop_policy == "energy_change":
+        return EnergyChangeStop(cfg.stop_tolerance)
+    if cfg.stop_policy == "energy_threshold":
+        return EnergyThresholdStop(cfg.energy_threshold)
+    return StopPolicy()
+
+
+def draw_train_steps(cfg: ThinkConfig, generator: torch.Generator | None = None) -> int:
+    """Training steps for this call: fixed, or uniform in [train_steps_min, train_steps]."""
+    if cfg.train_steps_min <= 0 or cfg.train_steps_min >= cfg.train_steps:
+        return cfg.train_steps
+    return int(torch.randint(cfg.train_steps_min, cfg.train_steps + 1, (1,), generator=generator))
+
+
+def _per_row(values: Tensor, like: Tensor) -> Tensor:
+    """Reshape (N,) to broadcast against (N, *event)."""
+    return values.view(-1, *[1] * (like.dim() - 1))
+
+
+def think(
+    energy_fn: EnergyFn,
+    init: Tensor,
+    cfg: ThinkConfig,
+    step_size: StepSize,
+    *,
+    training: bool = False,
+    steps: int | None = None,
+    final_energy: bool = True,
+    keep_trajectory: bool = False,
+    generator: torch.Generator | None = None,
+) -> ThinkResult:
+    """Refine candidates `init` (B, M, *event) by `candidate -= alpha * grad(energy)`.
+
+    Training: randomised steps and alpha, Langevin noise and `create_graph` (second order; only
+    the last step when cfg.truncate). Inference: first-order only, with cfg's stopping policy.
+    """
+    batch, num_candidates = init.shape[:2]
+    n = batch * num_candidates
+    event = init.shape[2:]
+    if steps is None:
+        steps = draw_train_steps(cfg, generator) if training else cfg.infer_steps
+    noise_std = cfg.langevin_std if training else cfg.infer_langevin_std
+    policy = StopPolicy() if training else make_stop_policy(cfg)
+
+    x = init.reshape(n, *event)
+    if cfg.detach_init or not training:
+        x = x.detach()
+    alpha = step_size.randomised((n,), cfg.alpha_random_scale if training else 1.0, generator)
+    if not training:
+        alpha = alpha.detach()
+
+    energies = torch.full((steps + 1, n), float("nan"), device=x.device)
+    steps_taken = torch.zeros(n, dtype=torch.long, device=x.device)
+    nonfinite = torch.zeros(n, dtype=torch.bool, device=x.device)
+    forward_passes = backward_passes = 0
+    trajectory = [x.reshape(batch, num_candidates, *event)] if keep_trajectory else []
+
+    with torch.enable_grad():
+        active = torch.ones(n, dtype=torch.bool, device=x.device)
+        if isinstance(policy, EnergyThresholdStop):
+            with torch.no_grad():
+                e0 = energy_fn(x, None)
+            forward_passes += n
+            energies[0] = e0
+            active = policy.initial_active(e0) & torch.isfinite(e0)
+        previous = energies[0].clone()
+        for t in range(steps):
+            idx = active.nonzero().squeeze(-1)
+            if idx.numel() == 0:
+                break
+            full = idx.numel() == n
+            build_graph = training and (not cfg.truncate or t == steps - 1)
+            xa = x if full else x[idx]
+            if not build_graph:
+                xa = xa.detach()
+            if noise_std > 0:
+                noise = torch.randn(xa.shape, generator=generator, device=xa.device)
+                xa = xa + noise_std * noise
+            if not xa.requires_grad:
+                xa = xa.requires_grad_(True)
+            e = energy_fn(xa, None if full else idx)
+            (g,) = torch.autograd.grad(e.sum(), xa, create_graph=build_graph)
+            forward_passes += idx.numel()
+            backward_passes += idx.numel()
+
+            finite = torch.isfinite(e.detach()) & torch.isfinite(g.detach()).flatten(1).all(dim=1)
+            update = _per_row(alpha[idx], g) * g
+            if cfg.max_update > 0:
+                update = update.clamp(-cfg.max_update, cfg.max_update)
+            # a non-finite energy or gradient freezes the sample at its last finite candidate
+            update = torch.where(_per_row(finite, g), update, torch.zeros_like(update))
+            xa_new = xa - update
+            if not build_graph:
+                xa_new = xa_new.detach()
+            x = xa_new if full else x.index_copy(0, idx, xa_new.to(x.dtype))
+
+            e_now = e.detach()
+            energies[t, idx] = e_now
+            steps_taken[idx] += finite.long()
+            nonfinite[idx] |= ~finite
+            seen_before = ~torch.isnan(previous[idx])
+            keep = finite & (~seen_before | policy.still_active(previous[idx], e_now))
+            active[idx] = keep
+            previous[idx] = e_now
+            if keep_trajectory:
+                trajectory.append(x.reshape(batch, num_candidates, *event))
+
+        if final_energy:
+            grad_ctx = torch.enable_grad() if training else torch.no_grad()
+            with grad_ctx:
+                e_final = energy_fn(x if training else x.detach(), None)
+            forward_passes += n
+            energies[steps] = e_final.detach()
+            final = e_final
+        else:
+            final = _last_finite(energies)
+
+    record = ThinkRecord(
+        energies=energies.view(steps + 1, batch, num_candidates),
+        steps_taken=steps_taken.view(batch, num_candidates),
+        forward_passes=forward_passes,
+        backward_passes=backward_passes,
+        nonfinite=nonfinite.view(batch, num_candidates),
+        steps_budget=steps,
+    )
+    return ThinkResult(
+        candidates=x.reshape(batch, num_candidates, *event),
+        energies=final.view(batch, num_candidates),
+        trajectory=trajectory,
+        record=record,
+    )
+
+
+def _last_finite(energies: Tensor) -> Tensor:
+    """Per column, the last non-NaN row of a (T, N) table (NaN where none)."""
+    out = torch.full_like(energies[0], float("nan"))
+    for row in energies:
+        out = torch.where(torch.isnan(row), out, row)
+    return out

@@ -1,0 +1,202 @@
+import numpy as np
+import pandas as pd
+import properscoring
+import pytest
+
+from ebt_forecast.metrics import (
+    QUANTILE_LEVELS,
+    aggregate,
+    geometric_mean_relative,
+    relative_to_baseline,
+    sample_quantiles,
+    score_window,
+    seasonal_error,
+)
+
+
+def _random_windows(rng, n_windows=3, horizon=12, past_len=60, num_samples=(100, 37, 1), nan=False):
+    out = []
+    for i in range(n_windows):
+        past = 50 + 10 * np.sin(np.arange(past_len) / 3.0) + rng.normal(0, 3, past_len)
+        future = 50 + rng.normal(0, 8, horizon)
+        if nan:
+            past[[3, 10, 11]] = np.nan
+            future[[2, 7]] = np.nan
+        ns = num_samples[i % len(num_samples)]
+        samples = 50 + rng.normal(0, 6, (ns, horizon)) + rng.normal(0, 2)
+        out.append((past, future, samples))
+    return out
+
+
+def _gluonts_eval(windows, season_length, freq="D"):
+    from gluonts.evaluation import Evaluator
+    from gluonts.model.forecast import SampleForecast
+
+    start = pd.Period("2021-01-01", freq=freq)
+    tss, fcsts = [], []
+    for i, (past, future, samples) in enumerate(windows):
+        full = np.concatenate([past, future])
+        idx = pd.period_range(start, periods=len(full), freq=freq)
+        tss.append(pd.DataFrame(full, index=idx))
+        fcsts.append(
+            SampleForecast(samples=samples, start_date=start + len(past), item_id=str(i))
+        )
+    ev = Evaluator(quantiles=QUANTILE_LEVELS, seasonality=season_length, num_workers=0)
+    agg, _ = ev(iter(tss), iter(fcsts), num_series=len(windows))
+    return agg
+
+
+@pytest.mark.parametrize("nan", [False, True])
+@pytest.mark.parametrize("season_length", [1, 7])
+def test_matches_gluonts_evaluator(nan, season_length):
+    rng = np.random.default_rng(1 + season_length + 10 * nan)
+    windows = _random_windows(rng, nan=nan)
+    ours = aggregate([score_window(s, f, p, season_length) for p, f, s in windows])
+    ref = _gluonts_eval(windows, season_length)
+    np.testing.assert_allclose(ours["wql"], ref["mean_wQuantileLoss"], rtol=1e-6)
+    for q in QUANTILE_LEVELS:
+        np.testing.assert_allclose(ours[f"wql[{q:g}]"], ref[f"wQuantileLoss[{q}]"], rtol=1e-6)
+    np.testing.assert_allclose(ours["mase"], ref["MASE"], rtol=1e-6)
+    np.testing.assert_allclose(ours["msis"], ref["MSIS"], rtol=1e-6)
+    np.testing.assert_allclose(ours["nd"], ref["ND"], rtol=1e-6)
+    np.testing.assert_allclose(ours["smape"], ref["sMAPE"], rtol=1e-6)
+
+
+def test_quantiles_follow_gluonts_sample_forecast():
+    from gluonts.model.forecast import SampleForecast
+
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 5, 10, 11, 100, 101):
+        samples = rng.normal(size=(n, 4))
+        fc = SampleForecast(samples=samples, start_date=pd.Period("2020-01-01", freq="D"))
+        levels = (0.025, 0.1, 0.25, 0.5, 0.75, 0.9, 0.975)
+        ours = sample_quantiles(samples, levels)
+        for k, q in enumerate(levels):
+            np.testing.assert_array_equal(ours[k], fc.quantile(q))
+
+
+def test_seasonal_error_matches_gluonts():
+    from gluonts.evaluation.metrics import calculate_seasonal_error
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=30)
+    x[[4, 17]] = np.nan
+    for m in (1, 5, 29, 30, 40):
+        ref = calculate_seasonal_error(np.ma.masked_invalid(x), seasonality=m)
+        assert seasonal_error(x, m) == pytest.approx(float(ref), rel=1e-12)
+
+
+def test_crps_matches_properscoring_and_is_scaled():
+    rng = np.random.default_rng(4)
+    windows = _random_windows(rng, nan=True)
+    scores = [score_window(s, f, p, 1) for p, f, s in windows]
+    agg = aggregate(scores)
+    crps, absy = [], []
+    for _, f, s in windows:
+        ok = ~np.isnan(f)
+        crps.append(properscoring.crps_ensemble(f[ok], s[:, ok].T))
+        absy.append(np.abs(f[ok]))
+    crps, absy = np.concatenate(crps), np.concatenate(absy)
+    np.testing.assert_allclose(agg["crps"], crps.mean(), rtol=1e-10)
+    np.testing.assert_allclose(agg["crps_scaled"], crps.mean() / absy.mean(), rtol=1e-10)
+    assert agg["num_obs"] == len(crps)
+    # single-sample CRPS is the absolute error (standard estimator)
+    y = np.array([1.0, -2.0, 3.0])
+    sc = score_window(np.array([[1.5, -2.0, 0.0]]), y, np.arange(10.0), 1)
+    assert sc["crps_sum"] == pytest.approx(0.5 + 0.0 + 3.0)
+
+
+def test_perfect_forecast_scores_zero():
+    rng = np.random.default_rng(5)
+    past = rng.normal(10, 2, 50)
+    future = rng.normal(10, 2, 8)
+    agg = aggregate([score_window(np.tile(future, (20, 1)), future, past, 7)])
+    assert agg["wql"] == 0.0
+    assert agg["mase"] == 0.0
+    assert agg["crps"] == 0.0
+    assert agg["smape"] == 0.0
+    assert agg["coverage_80"] == 1.0
+
+
+def test_single_sample_wql_is_normalised_absolute_error():
+    rng = np.random.default_rng(6)
+    wins = [(rng.normal(5, 1, 40), rng.normal(5, 2, 10), rng.normal(5, 2, (1, 10))) for _ in range(3)]
+    agg = aggregate([score_window(s, f, p, 1) for p, f, s in wins])
+    err = sum(np.abs(f - s[0]).sum() for _, f, s in wins)
+    tot = sum(np.abs(f).sum() for _, f, _ in wins)
+    assert agg["wql"] == pytest.approx(err / tot, rel=1e-12)
+    assert agg["nd"] == pytest.approx(err / tot, rel=1e-12)
+    assert agg["crps_scaled"] == pytest.approx(err / tot, rel=1e-12)
+
+
+def test_coverage_wide_and_far_off():
+    rng = np.random.default_rng(7)
+    future = rng.normal(0, 1, 12)
+    past = rng.normal(0, 1, 30)
+    wide = rng.normal(0, 100, (200, 12))
+    wide[:20] = -1e6  # make q0.1 surely below
+    wide[-20:] = 1e6
+    assert aggregate([score_window(wide, future, past, 1)])["coverage_80"] == 1.0
+    far = rng.normal(1000, 1, (200, 12))
+    assert aggregate([score_window(far, future, past, 1)])["coverage_80"] == 0.0
+
+
+def test_nan_targets_are_ignored():
+    rng = np.random.default_rng(8)
+    past = rng.normal(size=30)
+    future = rng.normal(size=6)
+    samples = rng.normal(size=(50, 6))
+    f_nan = future.copy()
+    f_nan[[1, 4]] = np.nan
+    a = score_window(samples, f_nan, past, 1)
+    keep = [0, 2, 3, 5]
+    b = score_window(samples[:, keep], future[keep], past, 1)
+    for k in a:
+        assert a[k] == pytest.approx(b[k], rel=1e-12), k
+    assert a["num_obs"] == 4
+
+
+def test_score_window_rejects_bad_shapes():
+    with pytest.raises(ValueError):
+        score_window(np.zeros((5, 3)), np.zeros(4), np.zeros(10), 1)
+    with pytest.raises(ValueError):
+        score_window(np.full((5, 4), np.nan), np.zeros(4), np.zeros(10), 1)
+
+
+def _table():
+    return pd.DataFrame(
+        {
+            "dataset": ["a", "a", "a", "b", "b", "b"],
+            "model": ["seasonal_naive", "m1", "m2"] * 2,
+            "wql": [0.2, 0.1, 0.4, 0.5, 1.0, 0.25],
+            "mase": [1.0, 0.5, 2.0, 2.0, 2.0, 1.0],
+        }
+    )
+
+
+def test_relative_to_baseline():
+    rel = relative_to_baseline(_table(), metrics=("wql", "mase", "crps_scaled"))
+    assert list(rel.columns) == ["dataset", "model", "wql", "mase"]
+    r = rel.set_index(["dataset", "model"])
+    assert r.loc[("a", "m1"), "wql"] == pytest.approx(0.5)
+    assert r.loc[("a", "m2"), "wql"] == pytest.approx(2.0)
+    assert r.loc[("b", "m1"), "wql"] == pytest.approx(2.0)
+    assert r.loc[("b", "m2"), "mase"] == pytest.approx(0.5)
+    assert r.loc[("b", "seasonal_naive"), "mase"] == pytest.approx(1.0)
+
+
+def test_geometric_mean_relative():
+    g = geometric_mean_relative(_table(), metrics=("wql", "mase")).set_index("model")
+    # m1: wql ratios 0.5, 2.0 -> 1.0; mase 0.5, 1.0 -> sqrt(0.5)
+    assert g.loc["m1", "wql"] == pytest.approx(1.0)
+    assert g.loc["m1", "mase"] == pytest.approx(np.sqrt(0.5))
+    # m2: wql 2.0, 0.5 -> 1.0; mase 2.0, 0.5 -> 1.0
+    assert g.loc["m2", "wql"] == pytest.approx(1.0)
+    assert g.loc["m2", "mase"] == pytest.approx(1.0)
+    assert g.loc["seasonal_naive", "wql"] == pytest.approx(1.0)
+    assert (g["num_datasets"] == 2).all()
+
+
+def test_relative_requires_baseline():
+    with pytest.raises(ValueError):
+        relative_to_baseline(_table(), baseline="nope", metrics=("wql",))
