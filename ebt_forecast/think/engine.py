@@ -159,6 +159,7 @@ def think(
             xa = x if full else x[idx]
             if not build_graph:
                 xa = xa.detach()
+            x_prev = xa  # the candidate before noise: where a non-finite sample stays
             if noise_std > 0:
                 noise = torch.randn(xa.shape, generator=generator, device=xa.device)
                 xa = xa + noise_std * noise
@@ -175,7 +176,7 @@ def think(
                 update = update.clamp(-cfg.max_update, cfg.max_update)
             # a non-finite energy or gradient freezes the sample at its last finite candidate
             update = torch.where(_per_row(finite, g), update, torch.zeros_like(update))
-            xa_new = xa - update
+            xa_new = torch.where(_per_row(finite, g), xa - update, x_prev)
             if not build_graph:
                 xa_new = xa_new.detach()
             x = xa_new if full else x.index_copy(0, idx, xa_new.to(x.dtype))

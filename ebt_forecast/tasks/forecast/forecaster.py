@@ -5,6 +5,7 @@ predict sample arrays per window); `estimator.py` wraps the same pieces in Gluon
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -14,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ebt_forecast.data.types import ForecastTask, Series, TestWindow
-from ebt_forecast.data.windows import TrainWindowDataset, make_inference_batch
+from ebt_forecast.data.windows import TrainWindowDataset, make_inference_batch, split_train_val
 from ebt_forecast.tasks.base import OptimConfig
 from ebt_forecast.tasks.forecast.model import ForecastModelConfig, evenly_spaced_levels
 from ebt_forecast.tasks.forecast.module import ForecastLossConfig, ForecastModule
@@ -30,8 +31,8 @@ SELECTIONS = ("proposal", "refined", "verified", "lowest", "resample")
 
 
 @dataclass
-class ForecasterConfig:
-    """Everything one forecaster run needs: sizes, thinking, optimisation, losses, budget, output."""
+class ModelSizeConfig:
+    """Window and backbone sizes; 0 = chosen from the data set's horizon and season."""
 
     context_length: int = 0  # 0 = auto: 4 horizons (at least 2 seasons), within [32, 512]
     patch_len: int = 0  # 0 = auto: 16 for horizons >= 24, else 4
@@ -39,36 +40,67 @@ class ForecasterConfig:
     depth: int = 2
     heads: int = 4
     ffn_multiplier: float = 2.0
+
+
+@dataclass
+class TrainerConfig(OptimConfig):
+    """Training budget and optimiser (shared by the EBT and its feed-forward twin)."""
+
     max_steps: int = 300
     batch_size: int = 64
+    gradient_clip: float = 1.0
+    progress_bar: bool = True
+
+
+@dataclass
+class ForecastTaskConfig(ForecastLossConfig):
+    """Forecast-task settings: loss weights, candidates at inference and how they become samples."""
+
     num_candidates: int = 21  # M at inference (21 levels j/20 put sample quantiles exactly on 0.05 steps)
     selection: str = "verified"  # see SELECTIONS
-    seed: int = 0
-    progress_bar: bool = True
+    verify_group: int = 4  # G starts per level (the proposal and G-1 perturbed copies); "verified" keeps the lowest energy
+    verify_noise: float = 0.1  # std of the perturbations, in scaled units
+    val_windows: int = 64  # validation windows cut from the end of the training series (diagnostics)
+
+
+@dataclass
+class ForecasterConfig:
+    """Everything one forecaster run needs."""
+
+    model: ModelSizeConfig = field(default_factory=ModelSizeConfig)
     think: ThinkConfig = field(default_factory=ThinkConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    loss: ForecastLossConfig = field(default_factory=ForecastLossConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    task: ForecastTaskConfig = field(default_factory=ForecastTaskConfig)
+    seed: int = 0
 
     def validate(self) -> "ForecasterConfig":
         """Raise ConfigError naming the first invalid key."""
-        self.think.validate("model.think")
-        for key, ok, allowed in [
-            ("context_length", self.context_length >= 0, ">= 0"), ("patch_len", self.patch_len >= 0, ">= 0"),
-            ("dim", self.dim >= 1 and self.dim % max(self.heads, 1) == 0, "a positive multiple of heads"),
-            ("depth", self.depth >= 1, ">= 1"), ("heads", self.heads >= 1, ">= 1"),
-            ("max_steps", self.max_steps >= 1, ">= 1"), ("batch_size", self.batch_size >= 1, ">= 1"),
-            ("num_candidates", self.num_candidates >= 1, ">= 1"),
-            ("selection", self.selection in SELECTIONS, f"one of {', '.join(SELECTIONS)}"),
+        self.think.validate("think")
+        m, t, k = self.model, self.trainer, self.task
+        for key, value, ok, allowed in [
+            ("model.context_length", m.context_length, m.context_length >= 0, ">= 0"),
+            ("model.patch_len", m.patch_len, m.patch_len >= 0, ">= 0"),
+            ("model.dim", m.dim, m.dim >= 1 and m.dim % max(m.heads, 1) == 0, "a positive multiple of model.heads"),
+            ("model.depth", m.depth, m.depth >= 1, ">= 1"), ("model.heads", m.heads, m.heads >= 1, ">= 1"),
+            ("trainer.max_steps", t.max_steps, t.max_steps >= 1, ">= 1"),
+            ("trainer.batch_size", t.batch_size, t.batch_size >= 1, ">= 1"),
+            ("trainer.lr", t.lr, t.lr > 0, "> 0"),
+            ("task.num_candidates", k.num_candidates, k.num_candidates >= 1, ">= 1"),
+            ("task.train_candidates", k.train_candidates, k.train_candidates >= 1, ">= 1"),
+            ("task.verify_group", k.verify_group, k.verify_group >= 1, ">= 1"),
+            ("task.verify_noise", k.verify_noise, k.verify_noise >= 0, ">= 0"),
+            ("task.selection", k.selection, k.selection in SELECTIONS, f"one of {', '.join(SELECTIONS)}"),
         ]:
             if not ok:
-                raise ConfigError(f"model.{key}={getattr(self, key)!r} is invalid: must be {allowed}")
+                raise ConfigError(f"{key}={value!r} is invalid: must be {allowed}")
         return self
 
     def model_config(self, horizon: int, season_length: int) -> ForecastModelConfig:
         """Window sizes for a data set's horizon and season."""
-        context = self.context_length or int(np.clip(max(4 * horizon, 2 * season_length), 32, 512))
-        patch = self.patch_len or (16 if horizon >= 24 else 4)
-        return ForecastModelConfig(context, horizon, patch, self.dim, self.depth, self.heads, self.ffn_multiplier)
+        m = self.model
+        context = m.context_length or int(np.clip(max(4 * horizon, 2 * season_length), 32, 512))
+        patch = m.patch_len or (16 if horizon >= 24 else 4)
+        return ForecastModelConfig(context, horizon, patch, m.dim, m.depth, m.heads, m.ffn_multiplier)
 
 
 def inference_levels(m: int, batch: int, device=None) -> torch.Tensor:
@@ -83,16 +115,17 @@ def train_module(series: list[Series], horizon: int, season_length: int, cfg: Fo
     """Train a forecasting module with Lightning; return it, its training seconds and optimizer steps."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     model_cfg = cfg.model_config(horizon, season_length)
-    module = ForecastModule(model_cfg, cfg.think, cfg.optim, cfg.loss, mode=mode)
+    t = cfg.trainer
+    module = ForecastModule(model_cfg, cfg.think, t, cfg.task, mode=mode)
     data = TrainWindowDataset(series, model_cfg.context_length, horizon,
-                              num_samples=cfg.max_steps * cfg.batch_size, seed=cfg.seed)
+                              num_samples=t.max_steps * t.batch_size, seed=cfg.seed)
     trainer = L.Trainer(
-        max_steps=cfg.max_steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-        enable_model_summary=False, enable_progress_bar=cfg.progress_bar, gradient_clip_val=1.0,
+        max_steps=t.max_steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+        enable_model_summary=False, enable_progress_bar=t.progress_bar, gradient_clip_val=t.gradient_clip,
         num_sanity_val_steps=0,
     )
     start = time.perf_counter()
-    trainer.fit(module, DataLoader(data, batch_size=cfg.batch_size, shuffle=False))
+    trainer.fit(module, DataLoader(data, batch_size=t.batch_size, shuffle=False))
     return module.eval(), time.perf_counter() - start, int(trainer.global_step)
 
 
@@ -104,6 +137,7 @@ class ThoughtForecast:
     proposals: np.ndarray  # (N, M, H) step-0 candidates, data units
     candidates: np.ndarray  # (N, M, H) final candidates, data units
     energies: np.ndarray  # (N, T + 1, M) energy of the path state at each step
+    path: np.ndarray  # (N, T + 1, M, H) candidates after each step, data units
     forward_passes: int
     backward_passes: int
     nonfinite: int
@@ -111,30 +145,41 @@ class ThoughtForecast:
 
 def think_forecast(
     module: ForecastModule, pasts: list[np.ndarray], *, num_candidates: int, steps: int, selection: str,
-    batch_size: int = 256, seed: int = 0,
+    verify_group: int = 1, verify_noise: float = 0.1, batch_size: int = 256, seed: int = 0,
 ) -> ThoughtForecast:
-    """Propose M candidate paths per window, think for `steps`, and turn them into samples."""
+    """Propose M level paths per window, start G candidates per level (the proposal and G-1 perturbed
+    copies), think for `steps` in one batched call, and turn the set into samples (see `_select`)."""
     model, cfg = module.model, module.model.cfg
     generator = torch.Generator().manual_seed(seed)
-    parts: dict[str, list] = {k: [] for k in ("samples", "proposals", "candidates", "energies")}
+    m, g = num_candidates, verify_group
+    parts: dict[str, list] = {k: [] for k in ("samples", "proposals", "candidates", "energies", "path")}
     passes = [0, 0, 0]
     for start in range(0, len(pasts), batch_size):
         batch = make_inference_batch(pasts[start:start + batch_size], cfg.context_length)
         scale = batch["scale"].view(-1, 1, 1)
+        b = len(scale)
         with torch.no_grad():
             cache = model.encode(batch["context"], batch["context_mask"])
-            levels = inference_levels(num_candidates, len(scale))
+            levels = inference_levels(m, b)
             proposals = model.propose(cache, levels)
-        result = module.think(model.energy_fn(cache, levels), proposals, training=False, steps=steps,
+        group_levels = levels.repeat_interleave(g, dim=1)  # (B, M * G): level-major
+        init = proposals.repeat_interleave(g, dim=1)
+        noise = torch.randn(init.shape, generator=generator) * verify_noise
+        noise.view(b, m, g, -1)[:, :, 0] = 0.0  # the first start of each level is the proposal itself
+        init = init + noise
+        result = module.think(model.energy_fn(cache, group_levels), init, training=False, steps=steps,
                               keep_trajectory=True, generator=generator)
         record: ThinkRecord = result.record
-        path = torch.stack(result.trajectory, dim=1)  # (B, T + 1, M, H)
-        energies = record.energies.transpose(0, 1)  # (B, T + 1, M)
-        samples = _select(selection, path, energies, result.candidates, result.energies, module, generator)
-        parts["samples"].append((samples * scale).detach().numpy())
+        grouped = result.candidates.detach().view(b, m, g, -1)
+        grouped_energy = result.energies.detach().view(b, m, g)
+        samples = _select(selection, proposals, grouped, grouped_energy, module, generator)
+        path = torch.stack(result.trajectory, dim=1).detach().view(b, steps + 1, m, g, -1)[:, :, :, 0]
+        energies = record.energies.transpose(0, 1).reshape(b, steps + 1, m, g)[..., 0]
+        parts["samples"].append((samples * scale).numpy())
         parts["proposals"].append((proposals * scale).numpy())
-        parts["candidates"].append((result.candidates * scale).detach().numpy())
+        parts["candidates"].append((grouped[:, :, 0] * scale).numpy())
         parts["energies"].append(energies.numpy())
+        parts["path"].append((path * scale.unsqueeze(1)).numpy())
         passes[0] += record.forward_passes
         passes[1] += record.backward_passes
         passes[2] += int(record.nonfinite.sum())
@@ -142,21 +187,29 @@ def think_forecast(
     return ThoughtForecast(**out, forward_passes=passes[0], backward_passes=passes[1], nonfinite=passes[2])
 
 
-def _select(selection: str, path, energies, final, final_energies, module, generator) -> torch.Tensor:
-    """Turn the thinking path into a sample set (B, S, H)."""
+def _select(selection: str, proposals, grouped, energies, module, generator) -> torch.Tensor:
+    """Turn candidates grouped (B, M, G, H) by level, with energies (B, M, G), into samples (B, S, H)."""
+    b, m, g, h = grouped.shape
     if selection == "proposal":
-        return path[:, 0]
+        return proposals
     if selection == "refined":
-        return final
+        return grouped[:, :, 0]  # each level's refined proposal, no verification
     if selection == "verified":
-        # self-verification along the path: each candidate keeps its lowest-energy state
-        best = energies.nan_to_num(float("inf")).argmin(dim=1)  # (B, M)
-        return torch.gather(path, 1, best[:, None, :, None].expand(-1, 1, -1, path.shape[-1])).squeeze(1)
+        # self-verification: per level, keep the lowest-energy of the G refined starts
+        return select_lowest_energy(grouped.reshape(b * m, g, h), energies.reshape(b * m, g)).view(b, m, h)
+    flat, flat_energy = grouped.reshape(b, m * g, h), energies.reshape(b, m * g)
     if selection == "lowest":
-        return select_lowest_energy(final, final_energies).unsqueeze(1)
+        return select_lowest_energy(flat, flat_energy).unsqueeze(1)
     if selection == "resample":
-        return energy_weighted_resample(final, final_energies, final.shape[1], module.think_cfg.temperature, generator)
+        return energy_weighted_resample(flat, flat_energy, m, module.think_cfg.temperature, generator)
     raise ConfigError(f"selection={selection!r} is invalid: must be one of {', '.join(SELECTIONS)}")
+
+
+def validation_windows_per_series(task: ForecastTask, cfg: ForecasterConfig) -> int:
+    """Enough windows for about cfg.task.val_windows in all, cutting at most a fifth of the shortest series."""
+    shortest = min(len(s) for s in task.train)
+    wanted = math.ceil(cfg.task.val_windows / len(task.train))
+    return max(1, min(wanted, int(0.2 * shortest / task.horizon)))
 
 
 class EBTForecaster:
@@ -169,22 +222,29 @@ class EBTForecaster:
         self.module: ForecastModule | None = None
         self.train_seconds, self.train_steps = 0.0, 0
         self.last_forecast: ThoughtForecast | None = None
+        self.val_windows: list[TestWindow] = []
 
     def fit(self, task: ForecastTask) -> "EBTForecaster":
-        """Train on the task's training series."""
+        """Train on the task's training series minus a validation tail (kept for diagnostics)."""
+        train, self.val_windows = split_train_val(task.train, task.horizon, validation_windows_per_series(task, self.cfg))
         self.module, self.train_seconds, self.train_steps = train_module(
-            task.train, task.horizon, task.season_length, self.cfg, self.mode)
+            train, task.horizon, task.season_length, self.cfg, self.mode)
         return self
 
-    def predict(self, windows: list[TestWindow], task: ForecastTask, *, steps: int | None = None,
-                selection: str | None = None, num_candidates: int | None = None) -> list[np.ndarray]:
+    def predict(self, windows: list[TestWindow], task: ForecastTask | None = None, *, steps: int | None = None,
+                selection: str | None = None, num_candidates: int | None = None,
+                verify_group: int | None = None) -> list[np.ndarray]:
         """Samples (S, H) per window; the feed-forward twin always returns its proposals."""
         assert self.module is not None, "call fit() first"
+        k = self.cfg.task
         steps = self.cfg.think.infer_steps if steps is None else steps
-        selection = selection or self.cfg.selection
+        selection = selection or k.selection
+        group = k.verify_group if verify_group is None else verify_group
         if self.mode != "ebt":
-            steps, selection = 0, "proposal"
+            steps, selection, group = 0, "proposal", 1
+        if selection in ("proposal", "refined"):
+            group = 1
         self.last_forecast = think_forecast(
-            self.module, [w.past for w in windows], num_candidates=num_candidates or self.cfg.num_candidates,
-            steps=steps, selection=selection, seed=self.cfg.seed)
+            self.module, [w.past for w in windows], num_candidates=num_candidates or k.num_candidates,
+            steps=steps, selection=selection, verify_group=group, verify_noise=k.verify_noise, seed=self.cfg.seed)
         return list(self.last_forecast.samples)

@@ -20,6 +20,7 @@ class ForecastLossConfig:
     refine: float = 1.0  # System 2: pinball of the refined candidates, averaged over thinking steps
     verify: float = 1.0  # the energy regresses each candidate's own pinball loss, so it ranks candidates
     train_candidates: int = 8  # random levels per window while training
+    verify_noise_train: float = 0.3  # perturbed proposals (std up to this, scaled units) the energy learns to score
 
 
 class ForecastModule(EBTLightningModule):
@@ -76,9 +77,12 @@ class ForecastModule(EBTLightningModule):
         refine_loss = torch.stack(
             [candidate_pinball(x, batch["future"], think_levels, batch["future_mask"]).mean() for x in refined]
         ).mean()
-        # verification: the energy regresses the pinball loss of the proposal and of the refined candidate
-        states = torch.stack([init.detach(), result.candidates.detach()], dim=1)  # (B, 2, M, H)
-        state_levels = think_levels.unsqueeze(1).expand(-1, 2, -1)
+        # verification: the energy regresses the pinball loss of the proposal, the refined candidate and
+        # a perturbed proposal (the kind of alternative start it must rank at inference)
+        sigma = torch.rand(init.shape[:2], device=init.device).unsqueeze(-1) * cfg.verify_noise_train
+        perturbed = init.detach() + sigma * torch.randn_like(init)
+        states = torch.stack([init.detach(), result.candidates.detach(), perturbed], dim=1)  # (B, 3, M, H)
+        state_levels = think_levels.unsqueeze(1).expand(-1, states.shape[1], -1)
         grouped = TransformerPP.expand_cache(cache, "grouped", candidate_dims=2)
         energies = self.model.energy(states, state_levels, grouped)
         targets = torch.stack(

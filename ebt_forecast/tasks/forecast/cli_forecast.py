@@ -1,0 +1,52 @@
+"""The `forecast` command: fit on every series of a file and write quantiles of the next H steps."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from gluonts.time_feature import get_seasonality
+
+from ebt_forecast.data.errors import DataError
+from ebt_forecast.data.frames import frame_to_series, load_long_frame, quiet_pandas
+from ebt_forecast.data.types import ForecastTask, TestWindow
+from ebt_forecast.io import atomic_write_csv
+from ebt_forecast.metrics import QUANTILE_LEVELS
+from ebt_forecast.tasks.forecast.forecaster import EBTForecaster
+
+
+def forecast_frame(task: ForecastTask, samples: list[np.ndarray]) -> pd.DataFrame:
+    """Tidy output: one row per series and future step with the mean and the 0.1..0.9 quantiles."""
+    frames = []
+    with quiet_pandas():
+        for s, series_samples in zip(task.train, samples):
+            start = s.start + len(s.target)
+            stamps = pd.period_range(start, periods=task.horizon, freq=start.freq).to_timestamp()
+            q = np.quantile(series_samples, QUANTILE_LEVELS, axis=0, method="nearest")
+            frame = pd.DataFrame({"item_id": s.item_id, "timestamp": stamps, "mean": series_samples.mean(0)})
+            for level, values in zip(QUANTILE_LEVELS, q):
+                frame[f"{level:g}"] = values
+            frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def run_forecast(app) -> Path:
+    """Validate the request, fit the EBT on every series of app.input, write app.output atomically."""
+    if not app.input:
+        raise DataError("forecast needs input=PATH (a CSV or Parquet file in long form)")
+    if not app.output:
+        raise DataError("forecast needs output=OUT.csv")
+    if app.horizon <= 0:
+        raise DataError(f"horizon={app.horizon} is invalid: must be a positive number of steps")
+    min_length = app.min_length or app.horizon + 1
+    frame = load_long_frame(app.input, id_col=app.id_col, time_col=app.time_col, target_col=app.target_col,
+                            freq=app.freq, min_length=min_length)
+    freq = frame.attrs["freq"]
+    series = frame_to_series(frame, freq)
+    with quiet_pandas():
+        season = int(get_seasonality(app.freq or freq))
+    task = ForecastTask(Path(app.input).stem, freq, app.horizon, season, series)
+    windows = [TestWindow(s.item_id, s.start, s.target, np.full(app.horizon, np.nan, np.float32)) for s in series]
+    forecaster = EBTForecaster(app.forecaster(), "ebt").fit(task)
+    samples = forecaster.predict(windows, task)
+    return atomic_write_csv(forecast_frame(task, samples), app.output)

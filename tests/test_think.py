@@ -1,0 +1,498 @@
+"""Tests of the modality-free thinking engine: convergence, pass accounting, stopping policies,
+non-finite handling, second-order training, candidate selection, replay and config validation."""
+import math
+
+import pytest
+import torch
+
+from ebt_forecast.tasks.forecast.model import ForecastModelConfig, PatchForecastEBT, evenly_spaced_levels
+from ebt_forecast.think import (
+    ConfigError,
+    ReplayBuffer,
+    StepSize,
+    ThinkConfig,
+    draw_train_steps,
+    energy_weighted_resample,
+    energy_weights,
+    select_lowest_energy,
+    select_lowest_fraction,
+    think,
+)
+from ebt_forecast.think.step_size import MIN_ALPHA
+
+
+# ---------------------------------------------------------------- helpers
+
+
+class QuadraticEnergy:
+    """E(x) = ||x - x*_b||^2 per candidate, x*_b the target of the prediction the row belongs to.
+
+    Counts the rows it is called with: every call is a forward pass over those rows; calls made
+    with grad enabled on an input that requires grad are followed by one backward over them.
+    """
+
+    def __init__(self, targets, num_candidates, nan_rows=None, nan_above=None):
+        self.targets = targets  # (B, *event)
+        self.m = num_candidates
+        self.nan_rows = nan_rows  # flat row ids whose energy is NaN once x[..., 0] > nan_above
+        self.nan_above = nan_above
+        self.forward_rows = 0
+        self.backward_rows = 0
+        self.calls = 0
+
+    def __call__(self, x, index):
+        n = x.shape[0]
+        rows = torch.arange(n) if index is None else index
+        self.calls += 1
+        self.forward_rows += n
+        if torch.is_grad_enabled() and x.requires_grad:
+            self.backward_rows += n
+        target = self.targets[torch.div(rows, self.m, rounding_mode="floor")]
+        e = (x - target).pow(2).flatten(1).sum(1)
+        if self.nan_rows is not None:
+            bad = torch.isin(rows, torch.as_tensor(self.nan_rows)) & (x.detach().flatten(1)[:, 0] > self.nan_above)
+            e = torch.where(bad, torch.full_like(e, float("nan")), e)
+        return e
+
+
+def _error(candidates, targets):
+    """Max |x - x*| over everything: (B, M, *event) vs (B, *event)."""
+    return (candidates - targets.unsqueeze(1)).abs().max().item()
+
+
+def _quadratic_problem(batch=3, m=4, event=(5,), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    targets = torch.randn(batch, *event, generator=g) * 2
+    init = torch.randn(batch, m, *event, generator=g) * 2
+    return targets, init
+
+
+# ---------------------------------------------------------------- convergence
+
+
+def test_think_converges_to_quadratic_minimiser_monotonically():
+    targets, init = _quadratic_problem()
+    cfg = ThinkConfig(alpha=0.2, learn_alpha=False).validate()
+    errors = []
+    for k in (1, 2, 4, 8, 16, 32):
+        res = think(QuadraticEnergy(targets, 4), init, cfg, StepSize(cfg.alpha, learnable=False), steps=k)
+        errors.append(_error(res.candidates, targets))
+        # the update is x <- x - 2 alpha (x - x*): the error contracts by exactly 1 - 2 alpha per step
+        expected = init + (targets.unsqueeze(1) - init) * (1 - (1 - 2 * cfg.alpha) ** k)
+        torch.testing.assert_close(res.candidates, expected, atol=1e-5, rtol=1e-5)
+    assert all(a > b for a, b in zip(errors, errors[1:])), errors
+    assert errors[-1] < 1e-3, errors
+    assert errors[0] > 0.1  # the first step alone is far from the minimiser: the test has teeth
+
+
+def test_think_energies_decrease_and_record_is_consistent():
+    targets, init = _quadratic_problem()
+    cfg = ThinkConfig(alpha=0.2, infer_steps=6)
+    res = think(QuadraticEnergy(targets, 4), init, cfg, StepSize(cfg.alpha), keep_trajectory=True)
+    e = res.record.energies  # (T + 1, B, M)
+    assert e.shape == (7, 3, 4)
+    assert torch.isfinite(e).all()
+    assert (e[1:] < e[:-1]).all()
+    torch.testing.assert_close(res.energies, e[-1])
+    assert len(res.trajectory) == 7
+    torch.testing.assert_close(res.trajectory[0], init)
+    torch.testing.assert_close(res.trajectory[-1], res.candidates)
+    assert not res.record.any_nonfinite
+    assert (res.record.steps_taken == 6).all()
+
+
+def test_max_update_clamps_each_step():
+    targets = torch.full((1, 3), 100.0)
+    init = torch.zeros(1, 2, 3)
+    cfg = ThinkConfig(alpha=0.25, max_update=0.5, infer_steps=4)
+    res = think(QuadraticEnergy(targets, 2), init, cfg, StepSize(cfg.alpha))
+    torch.testing.assert_close(res.candidates, torch.full((1, 2, 3), 2.0))
+
+
+# ---------------------------------------------------------------- pass accounting and stop policies
+
+
+@pytest.mark.parametrize("steps", [0, 1, 3])
+def test_fixed_policy_pass_counts_exact(steps):
+    batch, m = 3, 4
+    n = batch * m
+    targets, init = _quadratic_problem(batch, m)
+    energy = QuadraticEnergy(targets, m)
+    cfg = ThinkConfig(alpha=0.1, infer_steps=steps, stop_policy="fixed")
+    res = think(energy, init, cfg, StepSize(cfg.alpha), final_energy=True)
+    rec = res.record
+    assert rec.forward_passes == n * (steps + 1) == energy.forward_rows
+    assert rec.backward_passes == n * steps == energy.backward_rows
+    assert rec.steps_budget == steps
+    assert (rec.steps_taken == steps).all()
+
+
+def _expected_energy_change_steps(e0, alpha, tol, budget):
+    """Energy after t steps is e0 * c^t, c = (1 - 2 alpha)^2; a sample evaluated at step t (t >= 1)
+    stops when |E_t - E_{t-1}| < tol, after applying that step's update."""
+    c = (1 - 2 * alpha) ** 2
+    for t in range(budget):
+        if t >= 1 and abs(e0 * c**t - e0 * c ** (t - 1)) < tol:
+            return t + 1
+    return budget
+
+
+def test_energy_change_policy_steps_differ_and_passes_match_counter():
+    # one prediction per distance; each candidate starts at a known squared distance from the target
+    distances = torch.tensor([0.01, 1.0, 30.0, 300.0])
+    batch, m, dim = len(distances), 2, 4
+    targets = torch.zeros(batch, dim)
+    init = torch.zeros(batch, m, dim)
+    init[..., 0] = distances.sqrt().view(-1, 1)  # E0 = distance
+    alpha, tol, budget = 0.25, 1e-3, 30
+    energy = QuadraticEnergy(targets, m)
+    cfg = ThinkConfig(alpha=alpha, infer_steps=budget, stop_policy="energy_change", stop_tolerance=tol).validate()
+    res = think(energy, init, cfg, StepSize(alpha), final_energy=True)
+    rec = res.record
+    steps = rec.steps_taken
+    expected = torch.tensor([_expected_energy_change_steps(float(d), alpha, tol, budget) for d in distances])
+    assert torch.equal(steps, expected.view(-1, 1).expand(batch, m))
+    assert len(set(expected.tolist())) == batch  # every distance stops at a different step
+    assert (steps < budget).all()
+    n = batch * m
+    assert rec.backward_passes == int(steps.sum()) == energy.backward_rows
+    assert rec.forward_passes == int(steps.sum()) + n == energy.forward_rows
+    # energies are recorded exactly where a sample was evaluated
+    evaluated = ~torch.isnan(rec.energies[:-1])
+    assert torch.equal(evaluated.sum(0), steps)
+
+
+def test_energy_threshold_policy_skips_low_energy_samples():
+    batch, m, dim = 2, 3, 2
+    targets = torch.zeros(batch, dim)
+    init = torch.zeros(batch, m, dim)
+    init[0, :, 0] = torch.tensor([0.1, 0.2, 3.0])  # energies 0.01, 0.04, 9
+    init[1, :, 0] = torch.tensor([2.0, 0.05, 1.5])  # energies 4, 0.0025, 2.25
+    energy = QuadraticEnergy(targets, m)
+    k = 4
+    cfg = ThinkConfig(alpha=0.1, infer_steps=k, stop_policy="energy_threshold", energy_threshold=0.5).validate()
+    res = think(energy, init, cfg, StepSize(cfg.alpha), final_energy=True)
+    rec = res.record
+    above = torch.tensor([[False, False, True], [True, False, True]])
+    assert torch.equal(rec.steps_taken, torch.where(above, k, 0))
+    torch.testing.assert_close(res.candidates[~above], init[~above], atol=0, rtol=0)
+    assert (res.candidates[above].abs().sum(-1) < init[above].abs().sum(-1)).all()
+    n, active = batch * m, int(above.sum())
+    assert rec.forward_passes == n + active * k + n == energy.forward_rows
+    assert rec.backward_passes == active * k == energy.backward_rows
+
+
+def test_energy_threshold_policy_all_below_spends_no_gradient():
+    targets = torch.zeros(2, 3)
+    init = torch.full((2, 2, 3), 0.01)
+    energy = QuadraticEnergy(targets, 2)
+    cfg = ThinkConfig(infer_steps=5, stop_policy="energy_threshold", energy_threshold=1.0)
+    res = think(energy, init, cfg, StepSize(1.0))
+    assert res.record.backward_passes == 0 == energy.backward_rows
+    assert res.record.forward_passes == 8 == energy.forward_rows
+    torch.testing.assert_close(res.candidates, init, atol=0, rtol=0)
+
+
+# ---------------------------------------------------------------- non-finite energies
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.05])
+def test_nonfinite_sample_keeps_last_finite_candidate(noise):
+    batch, m, dim = 2, 2, 3
+    targets = torch.full((batch, dim), 10.0)
+    init = torch.zeros(batch, m, dim)
+    bad_row = 1  # flat row (prediction 0, candidate 1)
+    # the energy of row 1 is NaN once x[0] > 5: it is at 5 +- noise after one step and 7.5 after two
+    energy = QuadraticEnergy(targets, m, nan_rows=[bad_row], nan_above=6.0)
+    cfg = ThinkConfig(alpha=0.25, infer_steps=6, infer_langevin_std=noise)
+    gen = torch.Generator().manual_seed(0)
+    res = think(energy, init, cfg, StepSize(cfg.alpha), keep_trajectory=True, generator=gen)
+    rec = res.record
+    expected_flags = torch.zeros(batch * m, dtype=torch.bool)
+    expected_flags[bad_row] = True
+    assert torch.equal(rec.nonfinite.reshape(-1), expected_flags)
+    flat = res.candidates.reshape(batch * m, dim)
+    traj = [t.reshape(batch * m, dim) for t in res.trajectory]
+    # row 1's energy is finite at step 0 (x = 0) and step 1 (x ~ 5), NaN at step 2 (x ~ 7.5)
+    assert rec.steps_taken.reshape(-1)[bad_row] == 2
+    last_finite = traj[2][bad_row]
+    torch.testing.assert_close(flat[bad_row], last_finite, atol=0, rtol=0)
+    assert torch.isfinite(flat).all()
+    # the energy before the bad step was finite; the record holds the NaN at the bad step
+    e = rec.energies.reshape(-1, batch * m)
+    assert torch.isfinite(e[:2, bad_row]).all() and torch.isnan(e[2, bad_row])
+    # the others keep improving to the end
+    good = ~expected_flags
+    err = lambda x: (x[good] - 10.0).abs().max(dim=1).values  # noqa: E731
+    assert (err(flat) < err(traj[2])).all()
+    assert (rec.steps_taken.reshape(-1)[good] == 6).all()
+    assert err(flat).max() < 0.5
+
+
+def test_nonfinite_sample_frozen_in_training_mode():
+    targets = torch.full((1, 2), 10.0)
+    init = torch.zeros(1, 3, 2)
+    energy = QuadraticEnergy(targets, 3, nan_rows=[2], nan_above=6.0)
+    cfg = ThinkConfig(alpha=0.25, train_steps=4, langevin_std=0.0, truncate=False)
+    res = think(energy, init, cfg, StepSize(cfg.alpha), training=True, keep_trajectory=True)
+    assert res.record.nonfinite.reshape(-1).tolist() == [False, False, True]
+    torch.testing.assert_close(res.candidates[0, 2], res.trajectory[2][0, 2], atol=0, rtol=0)
+    assert torch.isfinite(res.candidates).all()
+
+
+# ---------------------------------------------------------------- training: second order through the loop
+
+
+def _tiny_forecast_model(seed=0):
+    torch.manual_seed(seed)
+    cfg = ForecastModelConfig(context_length=12, horizon=6, patch_len=4, dim=16, depth=2, heads=2,
+                              ffn_multiplier=1.0, level_features=4)
+    return PatchForecastEBT(cfg)
+
+
+@pytest.mark.parametrize("truncate", [False, True])
+def test_training_backprop_through_two_steps_reaches_backbone_and_alpha(truncate):
+    model = _tiny_forecast_model()
+    g = torch.Generator().manual_seed(1)
+    b, m = 2, 3
+    context = torch.randn(b, 12, generator=g)
+    mask = torch.ones(b, 12)
+    target = torch.randn(b, m, 6, generator=g)
+    levels = evenly_spaced_levels(m, b)
+    cache = model.encode(context, mask)
+    init = model.propose(cache, levels)
+    step = StepSize(1.0, learnable=True)
+    cfg = ThinkConfig(train_steps=2, alpha=1.0, truncate=truncate, alpha_random_scale=1.0).validate()
+    res = think(model.energy_fn(cache, levels), init, cfg, step, training=True)
+    assert res.record.steps_taken.eq(2).all()
+    assert res.candidates.requires_grad
+    # the loss sees the backbone only through grad(energy): its gradient is second order
+    loss = (res.candidates - target).pow(2).mean()
+    loss.backward()
+    for name, p in model.backbone.named_parameters():
+        assert p.grad is not None, name
+        assert torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+    # the energy head's weights shape grad(energy); its output bias does not (no gradient reaches it)
+    for p in (model.energy_head.norm.weight, model.energy_head.proj.weight, model.candidate_embed.weight):
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
+    # detach_init: the proposal head is not reached through the refinement
+    assert model.proposal_out.weight.grad is None
+    assert step.raw.grad is not None and torch.isfinite(step.raw.grad) and step.raw.grad != 0
+
+
+def test_truncation_changes_alpha_gradient():
+    grads = {}
+    for truncate in (False, True):
+        model = _tiny_forecast_model()
+        levels = evenly_spaced_levels(2, 1)
+        cache = model.encode(torch.randn(1, 12, generator=torch.Generator().manual_seed(3)), torch.ones(1, 12))
+        init = torch.randn(1, 2, 6, generator=torch.Generator().manual_seed(4))
+        step = StepSize(50.0)
+        cfg = ThinkConfig(train_steps=3, alpha=50.0, truncate=truncate)
+        res = think(model.energy_fn(cache, levels), init, cfg, step, training=True)
+        res.candidates.pow(2).sum().backward()
+        grads[truncate] = step.raw.grad.item()
+    assert math.isfinite(grads[False]) and math.isfinite(grads[True])
+    assert grads[False] != pytest.approx(grads[True], rel=1e-6)
+
+
+def test_inference_mode_builds_no_graph():
+    model = _tiny_forecast_model()
+    levels = evenly_spaced_levels(2, 1)
+    cache = model.encode(torch.randn(1, 12), torch.ones(1, 12))
+    init = model.propose(cache, levels)
+    cfg = ThinkConfig(infer_steps=2, alpha=1.0)
+    res = think(model.energy_fn(cache, levels), init, cfg, StepSize(1.0))
+    assert not res.candidates.requires_grad
+    assert not res.energies.requires_grad
+
+
+# ---------------------------------------------------------------- step size and randomised steps
+
+
+def test_randomised_alpha_within_bounds():
+    alpha, s = 2.0, 3.0
+    step = StepSize(alpha)
+    g = torch.Generator().manual_seed(0)
+    a = step.randomised((20000,), s, g)
+    assert a.min() >= alpha / s - 1e-6 and a.max() <= alpha * s + 1e-6
+    # the draw covers the range, close to both ends
+    assert a.min() < alpha / s + 0.05 and a.max() > alpha * s - 0.05
+    # scale 1 is a constant alpha
+    assert torch.equal(step.randomised((5,), 1.0), torch.full((5,), alpha))
+
+
+def test_randomised_alpha_is_differentiable_wrt_raw():
+    step = StepSize(1.5)
+    a = step.randomised((10,), 2.0, torch.Generator().manual_seed(0))
+    a.sum().backward()
+    assert step.raw.grad > 0
+
+
+def test_step_size_floor_when_raw_negative():
+    step = StepSize(0.5)
+    with torch.no_grad():
+        step.raw.fill_(-3.0)
+    assert step().item() == pytest.approx(MIN_ALPHA)
+    assert (step() >= torch.tensor(MIN_ALPHA)).all() and step().item() > 0.99e-4
+    a = step.randomised((1000,), 2.0, torch.Generator().manual_seed(0))
+    assert (a >= MIN_ALPHA / 2 - 1e-12).all() and (a > 0).all()
+    # a frozen step size has no gradient
+    assert not StepSize(1.0, learnable=False).raw.requires_grad
+
+
+def test_draw_train_steps_in_range_and_hits_both_ends():
+    cfg = ThinkConfig(train_steps=5, train_steps_min=2).validate()
+    g = torch.Generator().manual_seed(0)
+    draws = [draw_train_steps(cfg, g) for _ in range(400)]
+    assert min(draws) == 2 and max(draws) == 5
+    assert set(draws) == {2, 3, 4, 5}
+    # off: always train_steps
+    assert {draw_train_steps(ThinkConfig(train_steps=3, train_steps_min=0), g) for _ in range(20)} == {3}
+
+
+def test_training_think_uses_drawn_steps():
+    targets, init = _quadratic_problem(1, 2)
+    cfg = ThinkConfig(train_steps=4, train_steps_min=1, alpha=0.1)
+    seen = set()
+    g = torch.Generator().manual_seed(0)
+    for _ in range(40):
+        res = think(QuadraticEnergy(targets, 2), init, cfg, StepSize(0.1), training=True, generator=g)
+        assert 1 <= res.record.steps_budget <= 4
+        assert (res.record.steps_taken == res.record.steps_budget).all()
+        seen.add(res.record.steps_budget)
+    assert seen == {1, 2, 3, 4}
+
+
+# ---------------------------------------------------------------- candidate sets
+
+
+def _candidates_and_energies(seed=0, b=4, m=6, event=(3, 2)):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, m, *event, generator=g), torch.randn(b, m, generator=g)
+
+
+def test_select_lowest_energy_picks_argmin():
+    cands, energies = _candidates_and_energies()
+    best = select_lowest_energy(cands, energies)
+    assert best.shape == (4, 3, 2)
+    for i in range(4):
+        assert torch.equal(best[i], cands[i, energies[i].argmin()])
+    # NaN energies are never chosen
+    energies[0, :] = torch.tensor([float("nan"), 5.0, 4.0, float("nan"), 6.0, 7.0])
+    assert torch.equal(select_lowest_energy(cands, energies)[0], cands[0, 2])
+
+
+def test_select_lowest_fraction_keeps_lowest():
+    cands, energies = _candidates_and_energies(m=8)
+    kept = select_lowest_fraction(cands, energies, 0.25)
+    assert kept.shape == (4, 2, 3, 2)
+    order = energies.argsort(dim=1)
+    for i in range(4):
+        assert torch.equal(kept[i, 0], cands[i, order[i, 0]])
+        assert torch.equal(kept[i, 1], cands[i, order[i, 1]])
+    # at least one survives
+    assert select_lowest_fraction(cands, energies, 0.01).shape[1] == 1
+    assert torch.equal(select_lowest_fraction(cands, energies, 0.01)[:, 0], select_lowest_energy(cands, energies))
+
+
+def test_energy_weights_sum_to_one():
+    _, energies = _candidates_and_energies()
+    for t in (0.1, 1.0, 10.0):
+        w = energy_weights(energies, t)
+        torch.testing.assert_close(w.sum(1), torch.ones(4))
+        assert (w >= 0).all()
+        # lower energy, higher weight
+        assert torch.equal(w.argmax(1), energies.argmin(1))
+    energies[0, 1] = float("nan")
+    w = energy_weights(energies, 1.0)
+    assert w[0, 1] == 0
+    torch.testing.assert_close(w.sum(1), torch.ones(4))
+
+
+def test_energy_weighted_resample_low_temperature_and_reproducible():
+    cands, energies = _candidates_and_energies()
+    out = energy_weighted_resample(cands, energies, 50, temperature=1e-6, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (4, 50, 3, 2)
+    best = select_lowest_energy(cands, energies)
+    assert torch.equal(out, best.unsqueeze(1).expand_as(out))
+    a = energy_weighted_resample(cands, energies, 30, temperature=2.0, generator=torch.Generator().manual_seed(7))
+    b = energy_weighted_resample(cands, energies, 30, temperature=2.0, generator=torch.Generator().manual_seed(7))
+    c = energy_weighted_resample(cands, energies, 30, temperature=2.0, generator=torch.Generator().manual_seed(8))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    # every draw is one of the set's own candidates
+    for i in range(4):
+        assert all(any(torch.equal(a[i, s], cands[i, j]) for j in range(6)) for s in range(30))
+
+
+# ---------------------------------------------------------------- replay buffer
+
+
+def test_replay_buffer_fifo():
+    buf = ReplayBuffer(5)
+    buf.push({"x": torch.arange(3).float().unsqueeze(1), "y": torch.arange(3) * 10})
+    assert len(buf) == 3
+    assert buf.oldest()["x"].item() == 0
+    buf.push({"x": torch.arange(3, 8).float().unsqueeze(1), "y": torch.arange(3, 8) * 10})  # 8 rows pushed
+    assert len(buf) == 5
+    assert buf.oldest()["x"].item() == 3 and buf.oldest()["y"].item() == 30
+    assert [r["x"].item() for r in buf._rows] == [3, 4, 5, 6, 7]
+    buf.push({"x": torch.tensor([[8.0]]), "y": torch.tensor([80])})
+    assert buf.oldest()["x"].item() == 4
+    batch = buf.sample(100, torch.Generator().manual_seed(0))
+    assert batch["x"].shape == (100, 1) and batch["y"].shape == (100,)
+    assert set(batch["x"].squeeze(1).tolist()) <= {4.0, 5.0, 6.0, 7.0, 8.0}
+    torch.testing.assert_close(batch["y"].float(), batch["x"].squeeze(1) * 10)
+
+
+def test_replay_buffer_stores_detached_copies():
+    buf = ReplayBuffer(2)
+    x = torch.ones(2, 3, requires_grad=True)
+    buf.push({"x": x * 2})
+    assert not buf.oldest()["x"].requires_grad
+
+
+def test_replay_buffer_capacity_zero_stores_nothing():
+    buf = ReplayBuffer(0)
+    buf.push({"x": torch.ones(4, 2)})
+    assert len(buf) == 0
+    with pytest.raises(ValueError):
+        buf.sample(1)
+    with pytest.raises(ValueError):
+        ReplayBuffer(-1)
+
+
+# ---------------------------------------------------------------- config validation
+
+
+@pytest.mark.parametrize(
+    "kwargs, key, allowed",
+    [
+        ({"train_steps": -1}, "think.train_steps", ">= 0"),
+        ({"infer_steps": -2}, "think.infer_steps", ">= 0"),
+        ({"train_steps": 3, "train_steps_min": 4}, "think.train_steps_min", "in [0, train_steps=3]"),
+        ({"alpha": 0.0}, "think.alpha", "> 0"),
+        ({"alpha": -1.0}, "think.alpha", "> 0"),
+        ({"num_candidates": 0}, "think.num_candidates", ">= 1"),
+        ({"stop_policy": "sometimes"}, "think.stop_policy", "one of fixed, energy_change, energy_threshold"),
+        ({"replay_fraction": 1.0}, "think.replay_fraction", "in [0, 1)"),
+        ({"temperature": 0.0}, "think.temperature", "> 0"),
+        ({"alpha_random_scale": 0.5}, "think.alpha_random_scale", ">= 1"),
+    ],
+)
+def test_config_validate_names_key_and_range(kwargs, key, allowed):
+    with pytest.raises(ConfigError) as info:
+        ThinkConfig(**kwargs).validate()
+    msg = str(info.value)
+    assert key + "=" in msg
+    assert allowed in msg
+    assert isinstance(info.value, ValueError)
+
+
+def test_config_validate_prefix_and_valid_default():
+    cfg = ThinkConfig()
+    assert cfg.validate() is cfg
+    with pytest.raises(ConfigError, match=r"model\.think\.alpha"):
+        ThinkConfig(alpha=-1).validate(prefix="model.think")
