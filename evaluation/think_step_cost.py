@@ -47,8 +47,11 @@ def main() -> None:
     p.add_argument("--context", type=int, default=512)
     p.add_argument("--candidate", type=int, default=64)
     p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--repeats", type=int, default=30)
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=30, help="timed rounds of (a) and (c)")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--uncached-every", type=int, default=3, help="time (b) in every n-th round only")
+    p.add_argument("--max-seconds", type=float, default=60.0, help="stop timing after this (at least --min-repeats rounds)")
+    p.add_argument("--min-repeats", type=int, default=6)
     p.add_argument("--json", type=str, default=None, help="also write the results as JSON here")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -88,13 +91,22 @@ def main() -> None:
 
     steps = {"a_cached": step_cached, "b_uncached": step_uncached, "c_candidate_only": step_alone}
     times: dict[str, list[float]] = {k: [] for k in steps}
+    start = time.perf_counter()
+    rounds = 0
     for r in range(args.warmup + args.repeats):
+        timed = r >= args.warmup
         for name, fn in steps.items():
+            # (b) is several times dearer than (a) and (c): time it every `uncached_every` rounds
+            if name == "b_uncached" and timed and (r - args.warmup) % args.uncached_every:
+                continue
             t0 = time.perf_counter()
             fn()
             dt = time.perf_counter() - t0
-            if r >= args.warmup:
+            if timed:
                 times[name].append(dt)
+        rounds += timed
+        if timed and rounds >= args.min_repeats and time.perf_counter() - start > args.max_seconds:
+            break  # keep the whole run short on a loaded machine
     med = {k: statistics.median(v) for k, v in times.items()}
     ratio_a = med["a_cached"] / med["c_candidate_only"]
     ratio_b = med["b_uncached"] / med["c_candidate_only"]
@@ -102,8 +114,9 @@ def main() -> None:
     setup = (f"TransformerPP dim={d} depth={args.depth} heads={args.heads} ffn={args.ffn_multiplier}x "
              f"({backbone_params:,} backbone params, {params:,} with candidate Linear + EnergyHead); "
              f"batch={b}, context={lc} tokens, candidate={lq} tokens; torch {torch.__version__}, "
-             f"threads={torch.get_num_threads()}, {platform.machine()}; median of {args.repeats} "
-             f"(after {args.warmup} warm-up), cached-vs-uncached grad max diff {max_diff:.1e}")
+             f"threads={torch.get_num_threads()}, {platform.machine()}; medians of {len(times['a_cached'])} (a), "
+             f"{len(times['b_uncached'])} (b), {len(times['c_candidate_only'])} (c) interleaved runs after "
+             f"{args.warmup} warm-up rounds; cached-vs-uncached grad max diff {max_diff:.1e}")
     rows = [
         ("(a) cached context: candidate fwd + grad", med["a_cached"], ratio_a),
         ("(b) no cache: [context ; candidate] fwd + grad", med["b_uncached"], ratio_b),
@@ -124,7 +137,7 @@ def main() -> None:
             "config": {"dim": d, "depth": args.depth, "heads": args.heads, "ffn_multiplier": args.ffn_multiplier,
                        "backbone_params": backbone_params, "total_params": params, "batch": b,
                        "context_tokens": lc, "candidate_tokens": lq, "threads": torch.get_num_threads(),
-                       "repeats": args.repeats, "warmup": args.warmup, "torch": torch.__version__},
+                       "repeats": {k: len(v) for k, v in times.items()}, "warmup": args.warmup, "torch": torch.__version__},
             "median_s": med,
             "all_s": times,
             "ratio_a_over_c": ratio_a,
