@@ -22,17 +22,23 @@ from ebt_forecast.think import ConfigError
 
 log = logging.getLogger(__name__)
 MODELS = ("seasonal_naive", "transformer_pp", "transformer_pp+gaussian", "deepar", "ebt")
-SUITES = ("default", "shared")
+SUITES = ("default", "shared", "etth1", "m4_hourly", "exchange_rate")
 
 
 def load_suite(app: AppConfig) -> list[ForecastTask]:
     """The data sets of app.suite."""
     if app.suite == "default":
         return load_default_suite()
+    root = app.data.root
+    shared = {
+        "etth1": lambda: load_etth1(root, columns="all", stride=app.data.etth1_stride),
+        "m4_hourly": lambda: load_m4_hourly(root),
+        "exchange_rate": lambda: load_exchange_rate(root),
+    }
     if app.suite == "shared":
-        root = app.data.root
-        return [load_etth1(root, columns="all", stride=app.data.etth1_stride), load_m4_hourly(root),
-                load_exchange_rate(root)]
+        return [load() for load in shared.values()]
+    if app.suite in shared:  # one shared data set alone
+        return [shared[app.suite]()]
     raise ConfigError(f"suite={app.suite!r} is invalid: must be one of {', '.join(SUITES)}")
 
 
@@ -59,7 +65,7 @@ def run_ebt_cell(task: ForecastTask, app: AppConfig, plots: Path) -> list[dict]:
                                             "nonfinite": fc.nonfinite}))
     plot_fans(task, {"ebt": default}, plots / f"{task.name}__ebt.png", app.experiment.plot_series)
     m0, g0, k0 = cfg.task.num_candidates, cfg.task.verify_group, cfg.think.infer_steps
-    settings = [(0, "proposal", m0, 1)]
+    settings = [(0, "proposal", m0, 1), (0, "verified", m0, g0), (0, "average", m0, g0), (k0, "average", m0, g0)]
     settings += [(s, sel, m0, g0) for s in app.experiment.think_steps if s > 0 for sel in app.experiment.selections]
     settings += [(k0, "verified", m0, g) for g in app.experiment.verify_groups]
     settings += [(k0, sel, m, g0) for m in app.experiment.candidate_counts for sel in ("refined", "verified", "resample", "lowest")]
@@ -141,11 +147,12 @@ def plot_fans(task: ForecastTask, forecasts: dict[str, list[np.ndarray]], path: 
 def summary_markdown(table: pd.DataFrame, app: AppConfig) -> str:
     """Results as markdown: geometric-mean relative scores, per-data-set metrics, thinking and diagnostics."""
     main = table[~table.model.str.startswith("ebt[")]
-    rel = geometric_mean_relative(table, metrics=("wql", "mase", "crps_scaled", "smape", "msis"))
+    has_baseline = "seasonal_naive" in set(table.model)
+    rel = geometric_mean_relative(table, metrics=("wql", "mase", "crps_scaled", "smape", "msis")) if has_baseline else None
     cols = ["dataset", "model", "wql", "mase", "crps_scaled", "smape", "msis", "coverage_80", "train_steps", "train_seconds"]
     parts = [f"# Benchmark: suite={app.suite}\n",
              "## Relative to seasonal naive (geometric mean over data sets; lower is better)\n",
-             rel.to_markdown(index=False, floatfmt=".3f"),
+             rel.to_markdown(index=False, floatfmt=".3f") if rel is not None else "(no seasonal_naive rows)",
              "\n## Per data set\n", main[[c for c in cols if c in main]].to_markdown(index=False, floatfmt=".4f")]
     think_rows = table[table.model.str.startswith("ebt")]
     if len(think_rows):
@@ -155,7 +162,7 @@ def summary_markdown(table: pd.DataFrame, app: AppConfig) -> str:
                   think_rows[[c for c in tcols if c in think_rows]].to_markdown(index=False, floatfmt=".4f")]
         diag_cols = [c for c in table.columns if c.startswith("val_")]
         if diag_cols:
-            d = table[table.model == "ebt"][["dataset", *diag_cols]]
+            d = table[table.model == "ebt"][["dataset", *diag_cols]].rename(columns=lambda c: c.removeprefix("val_"))
             parts += ["\n## Does the energy verify? (validation windows)\n", d.to_markdown(index=False, floatfmt=".3f")]
     return "\n".join(parts) + "\n"
 
@@ -184,7 +191,8 @@ def run_benchmark(app: AppConfig) -> Path:
         rows += cell_rows
     table = pd.DataFrame(rows)
     atomic_write_csv(table, out / "results.csv")
-    atomic_write_csv(geometric_mean_relative(table), out / "relative.csv")
+    if "seasonal_naive" in set(table.model):
+        atomic_write_csv(geometric_mean_relative(table), out / "relative.csv")
     markdown = summary_markdown(table, app)
     atomic_write_text(out / "results.md", markdown)
     return out

@@ -24,7 +24,10 @@ def _tiny_forecast_model(seed=0, **overrides):
     kwargs = dict(context_length=30, horizon=10, patch_len=4, dim=16, depth=2, heads=2,
                   ffn_multiplier=1.5, level_features=4)
     kwargs.update(overrides)
-    return PatchForecastEBT(ForecastModelConfig(**kwargs)).eval()
+    model = PatchForecastEBT(ForecastModelConfig(**kwargs)).eval()
+    # a fresh model's energy map is zero (thinking starts as the identity); give it a slope to test
+    torch.nn.init.normal_(model.energy_head.proj.weight, std=0.5)
+    return model
 
 
 def _window(b, context_length, seed=1, dtype=torch.float32):

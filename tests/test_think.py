@@ -247,7 +247,10 @@ def _tiny_forecast_model(seed=0):
     torch.manual_seed(seed)
     cfg = ForecastModelConfig(context_length=12, horizon=6, patch_len=4, dim=16, depth=2, heads=2,
                               ffn_multiplier=1.0, level_features=4)
-    return PatchForecastEBT(cfg)
+    model = PatchForecastEBT(cfg)
+    # a fresh model's energy map is zero (thinking starts as the identity); give it a slope to test
+    torch.nn.init.normal_(model.energy_head.proj.weight, std=0.5)
+    return model
 
 
 @pytest.mark.parametrize("truncate", [False, True])

@@ -44,7 +44,8 @@ class EBTLightningModule(L.LightningModule):
     def log_think_record(self, record: ThinkRecord, prefix: str) -> None:
         """Log the energies, steps, passes and non-finite count of one thinking call."""
         e = record.energies
-        first, last = e[0].nanmean(), e[-1].nanmean()
+        evaluated = [row for row in e if not torch.isnan(row).all()]
+        first, last = evaluated[0].nanmean(), evaluated[-1].nanmean()
         self.log_dict(
             {
                 f"{prefix}/energy_start": first, f"{prefix}/energy_end": last,

@@ -17,7 +17,7 @@ class ThinkConfig:
     train_steps: int = 2  # thinking steps while training (the upper end when randomised)
     train_steps_min: int = 0  # >0: draw the training steps uniformly from [train_steps_min, train_steps]
     infer_steps: int = 2  # thinking steps at inference
-    alpha: float = 10.0  # step size (its initial value when learnable)
+    alpha: float = 1.0  # step size (its initial value when learnable)
     learn_alpha: bool = True
     alpha_lr_multiplier: float = 1.0  # alpha's own optimizer group: lr = multiplier * peak lr
     alpha_random_scale: float = 1.0  # s >= 1: while training, alpha ~ U[alpha / s, alpha * s] per candidate

@@ -1,4 +1,4 @@
-"""Does the energy verify? Within-window ranking of candidates and the value of keeping the best."""
+"""Does the energy verify? Ranking of candidates by energy against their real errors, on held-out windows."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,40 +10,50 @@ from ebt_forecast.tasks.forecast.forecaster import EBTForecaster, inference_leve
 
 
 def _mean_spearman(energies: np.ndarray, errors: np.ndarray) -> float:
-    """Mean over rows of the Spearman correlation between two (N, K) tables (rows with ties skipped)."""
-    values = []
-    for e, err in zip(energies, errors):
-        if np.ptp(e) > 0 and np.ptp(err) > 0:
-            values.append(spearmanr(e, err).statistic)
+    """Mean over rows of the Spearman correlation between two (N, K) tables (constant rows skipped)."""
+    values = [spearmanr(e, err).statistic for e, err in zip(energies, errors) if np.ptp(e) > 0 and np.ptp(err) > 0]
     return float(np.mean(values)) if values else float("nan")
 
 
+def _pinball(candidates: np.ndarray, futures: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """Mean pinball loss of candidates (N, M, ..., H) at levels (M,) against futures (N, H)."""
+    extra = candidates.ndim - 3
+    u = levels.reshape(1, -1, *[1] * extra, 1)
+    diff = futures.reshape(len(futures), 1, *[1] * extra, -1) - candidates
+    return np.nanmean(np.maximum(u * diff, (u - 1) * diff), axis=-1)
+
+
 def verification_diagnostics(forecaster: EBTForecaster, windows: list[TestWindow], season_length: int,
-                             steps: int) -> dict[str, float]:
-    """Energy-vs-error Spearman within windows (across candidates, and along each thinking path),
-    and WQL of the lowest-energy half of the candidates against the full set."""
-    forecaster.predict(windows, None, steps=steps, selection="refined")
+                             steps: int, group: int = 4) -> dict[str, float]:
+    """How well the energy ranks what thinking produced, measured against the truth of held-out windows:
+    - group_spearman: within each (window, level), energy vs pinball loss over the G refined starts;
+    - pick_accuracy: how often the lowest-energy start is the lowest-error one (chance = 1 / G);
+    - path_spearman: along each thinking path, energy vs absolute error of the states;
+    - window_spearman: across windows, mean energy vs the window's WQL (selective forecasting);
+    - wql_refined / wql_verified: the proposal's refinement alone vs the lowest-energy of G starts."""
+    def wql(sets) -> float:
+        return aggregate([score_window(s, w.future, w.past, season_length) for s, w in zip(sets, windows)])["wql"]
+
+    futures = np.stack([w.future for w in windows])
+    refined = forecaster.predict(windows, steps=steps, selection="refined")
+    path_out = forecaster.last_forecast
+    verified = forecaster.predict(windows, steps=steps, selection="verified", verify_group=group)
     out = forecaster.last_forecast
-    futures = np.stack([w.future for w in windows])  # (N, H)
-    m = out.candidates.shape[1]
-    levels = inference_levels(m, 1).numpy()[0]  # (M,)
-    diff = futures[:, None, :] - out.candidates
-    pinball = np.nanmean(np.maximum(levels[None, :, None] * diff, (levels[None, :, None] - 1) * diff), axis=-1)
-    mae = np.nanmean(np.abs(diff), axis=-1)
-    final_energy = out.energies[:, -1, :]
-    # along the path: the energy of each state against that state's error, per candidate
-    path_spearman = float("nan")
-    if steps > 0:
-        path_err = np.nanmean(np.abs(futures[:, None, None, :] - out.path), axis=-1)  # (N, T+1, M)
-        e = out.energies.transpose(0, 2, 1).reshape(-1, steps + 1)
-        path_spearman = _mean_spearman(e, path_err.transpose(0, 2, 1).reshape(-1, steps + 1))
-    order = np.argsort(final_energy, axis=1)[:, : max(1, m // 2)]
-    best_half = np.take_along_axis(out.candidates, order[:, :, None], axis=1)
-    score = lambda sets: aggregate([score_window(s, w.future, w.past, season_length) for s, w in zip(sets, windows)])["wql"]  # noqa: E731
+    m, g = out.group_energies.shape[1:]
+    levels = inference_levels(m, 1).numpy()[0]
+    errors = _pinball(out.group_candidates, futures, levels)  # (N, M, G)
+    energies = out.group_energies
+    pick = np.take_along_axis(errors, energies.argmin(-1)[..., None], -1)[..., 0]
+    path_err = np.nanmean(np.abs(futures[:, None, None, :] - path_out.path), axis=-1)  # (N, T + 1, M)
+    per_window = np.array([aggregate([score_window(r, w.future, w.past, season_length)])["wql"]
+                           for r, w in zip(refined, windows)])
     return {
-        "spearman_energy_vs_pinball": _mean_spearman(final_energy, pinball),
-        "spearman_energy_vs_mae": _mean_spearman(final_energy, mae),
-        "spearman_energy_vs_mae_along_path": path_spearman,
-        "wql_full_set": score(out.candidates),
-        "wql_lowest_energy_half": score(best_half),
+        "group_spearman": _mean_spearman(energies.reshape(-1, g), errors.reshape(-1, g)) if g > 2 else float("nan"),
+        "pick_accuracy": float(np.mean(pick <= errors.min(-1) + 1e-12)),
+        "chance": 1.0 / g,
+        "path_spearman": _mean_spearman(path_out.energies.transpose(0, 2, 1).reshape(-1, steps + 1),
+                                        path_err.transpose(0, 2, 1).reshape(-1, steps + 1)) if steps else float("nan"),
+        "window_spearman": float(spearmanr(path_out.energies[:, -1].mean(-1), per_window).statistic),
+        "wql_refined": wql(refined),
+        "wql_verified": wql(verified),
     }

@@ -27,7 +27,7 @@ from ebt_forecast.think import (
     select_lowest_energy,
 )
 
-SELECTIONS = ("proposal", "refined", "verified", "lowest", "resample")
+SELECTIONS = ("proposal", "refined", "verified", "average", "lowest", "resample")
 
 
 @dataclass
@@ -58,8 +58,8 @@ class ForecastTaskConfig(ForecastLossConfig):
 
     num_candidates: int = 21  # M at inference (21 levels j/20 put sample quantiles exactly on 0.05 steps)
     selection: str = "verified"  # see SELECTIONS
-    verify_group: int = 4  # G starts per level (the proposal and G-1 perturbed copies); "verified" keeps the lowest energy
-    verify_noise: float = 0.1  # std of the perturbations, in scaled units
+    verify_group: int = 2  # G starts per level (proposal, seasonal naive, perturbed proposals); "verified" keeps the lowest energy
+    verify_noise: float = 0.5  # std of the perturbations, in half-widths of the proposal set
     val_windows: int = 64  # validation windows cut from the end of the training series (diagnostics)
 
 
@@ -100,7 +100,8 @@ class ForecasterConfig:
         m = self.model
         context = m.context_length or int(np.clip(max(4 * horizon, 2 * season_length), 32, 512))
         patch = m.patch_len or (16 if horizon >= 24 else 4)
-        return ForecastModelConfig(context, horizon, patch, m.dim, m.depth, m.heads, m.ffn_multiplier)
+        return ForecastModelConfig(context, horizon, patch, m.dim, m.depth, m.heads, m.ffn_multiplier,
+                                   season_length=season_length)
 
 
 def inference_levels(m: int, batch: int, device=None) -> torch.Tensor:
@@ -138,6 +139,8 @@ class ThoughtForecast:
     candidates: np.ndarray  # (N, M, H) final candidates, data units
     energies: np.ndarray  # (N, T + 1, M) energy of the path state at each step
     path: np.ndarray  # (N, T + 1, M, H) candidates after each step, data units
+    group_candidates: np.ndarray  # (N, M, G, H) every start's final candidate, data units
+    group_energies: np.ndarray  # (N, M, G) their final energies
     forward_passes: int
     backward_passes: int
     nonfinite: int
@@ -145,14 +148,15 @@ class ThoughtForecast:
 
 def think_forecast(
     module: ForecastModule, pasts: list[np.ndarray], *, num_candidates: int, steps: int, selection: str,
-    verify_group: int = 1, verify_noise: float = 0.1, batch_size: int = 256, seed: int = 0,
+    verify_group: int = 1, verify_noise: float = 0.5, batch_size: int = 256, seed: int = 0,
 ) -> ThoughtForecast:
-    """Propose M level paths per window, start G candidates per level (the proposal and G-1 perturbed
-    copies), think for `steps` in one batched call, and turn the set into samples (see `_select`)."""
+    """Propose M level paths per window, start G candidates per level (the proposal, the seasonal-naive
+    path, perturbed proposals), think for `steps` in one batched call, and turn them into samples (`_select`)."""
     model, cfg = module.model, module.model.cfg
     generator = torch.Generator().manual_seed(seed)
     m, g = num_candidates, verify_group
-    parts: dict[str, list] = {k: [] for k in ("samples", "proposals", "candidates", "energies", "path")}
+    parts: dict[str, list] = {k: [] for k in ("samples", "proposals", "candidates", "energies", "path",
+                                              "group_candidates", "group_energies")}
     passes = [0, 0, 0]
     for start in range(0, len(pasts), batch_size):
         batch = make_inference_batch(pasts[start:start + batch_size], cfg.context_length)
@@ -161,25 +165,27 @@ def think_forecast(
         with torch.no_grad():
             cache = model.encode(batch["context"], batch["context_mask"])
             levels = inference_levels(m, b)
-            proposals = model.propose(cache, levels)
+            proposals, starts = model.propose_starts(
+                cache, batch["context"], batch["context_mask"], levels, g, verify_noise, generator)
         group_levels = levels.repeat_interleave(g, dim=1)  # (B, M * G): level-major
-        init = proposals.repeat_interleave(g, dim=1)
-        noise = torch.randn(init.shape, generator=generator) * verify_noise
-        noise.view(b, m, g, -1)[:, :, 0] = 0.0  # the first start of each level is the proposal itself
-        init = init + noise
+        init = starts.reshape(b, m * g, -1)
         result = module.think(model.energy_fn(cache, group_levels), init, training=False, steps=steps,
                               keep_trajectory=True, generator=generator)
         record: ThinkRecord = result.record
         grouped = result.candidates.detach().view(b, m, g, -1)
         grouped_energy = result.energies.detach().view(b, m, g)
         samples = _select(selection, proposals, grouped, grouped_energy, module, generator)
-        path = torch.stack(result.trajectory, dim=1).detach().view(b, steps + 1, m, g, -1)[:, :, :, 0]
+        # a stopping policy can end every candidate before the budget: they stay at their last state
+        trajectory = result.trajectory + result.trajectory[-1:] * (steps + 1 - len(result.trajectory))
+        path = torch.stack(trajectory, dim=1).detach().view(b, steps + 1, m, g, -1)[:, :, :, 0]
         energies = record.energies.transpose(0, 1).reshape(b, steps + 1, m, g)[..., 0]
         parts["samples"].append((samples * scale).numpy())
         parts["proposals"].append((proposals * scale).numpy())
         parts["candidates"].append((grouped[:, :, 0] * scale).numpy())
         parts["energies"].append(energies.numpy())
         parts["path"].append((path * scale.unsqueeze(1)).numpy())
+        parts["group_candidates"].append((grouped * scale.unsqueeze(-1)).numpy())
+        parts["group_energies"].append(grouped_energy.numpy())
         passes[0] += record.forward_passes
         passes[1] += record.backward_passes
         passes[2] += int(record.nonfinite.sum())
@@ -197,6 +203,8 @@ def _select(selection: str, proposals, grouped, energies, module, generator) -> 
     if selection == "verified":
         # self-verification: per level, keep the lowest-energy of the G refined starts
         return select_lowest_energy(grouped.reshape(b * m, g, h), energies.reshape(b * m, g)).view(b, m, h)
+    if selection == "average":
+        return grouped.mean(2)  # energy-free combination of the G starts: the control for "verified"
     flat, flat_energy = grouped.reshape(b, m * g, h), energies.reshape(b, m * g)
     if selection == "lowest":
         return select_lowest_energy(flat, flat_energy).unsqueeze(1)

@@ -36,6 +36,7 @@ class ForecastModelConfig:
     heads: int = 4
     ffn_multiplier: float = 2.0
     level_features: int = 32  # cosine features of the quantile level u
+    season_length: int = 1  # for seasonal-naive candidate starts
     dropout: float = 0.0
 
     @property
@@ -77,6 +78,8 @@ class PatchForecastEBT(nn.Module):
         self.candidate_embed = nn.Linear(p, d)
         self.energy_level = LevelEmbedding(cfg.level_features, d)
         self.energy_head = EnergyHead(d, reduction="mean")
+        # a zero energy map starts thinking as the identity: refinement can only learn to add
+        nn.init.zeros_(self.energy_head.proj.weight)
         self.register_buffer("context_positions", torch.arange(cfg.context_patches), persistent=False)
         self.register_buffer(
             "horizon_positions", torch.arange(cfg.context_patches, cfg.context_patches + cfg.horizon_patches), persistent=False
@@ -102,6 +105,17 @@ class PatchForecastEBT(nn.Module):
         gate = 1.0 + self.proposal_level(levels)  # (B, M, D)
         paths = self.proposal_out(h.unsqueeze(1) * gate.unsqueeze(2))  # (B, M, Nh, P)
         return paths.flatten(-2)[..., : self.cfg.horizon]
+
+    def propose_starts(
+        self, cache: KVCache, context: Tensor, context_mask: Tensor, levels: Tensor, group: int, noise: float,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Proposals (B, M, H) at `levels` and G thinking starts per level (B, M, G, H)."""
+        with_median = torch.cat([levels, torch.full_like(levels[:, :1], 0.5)], dim=1)
+        paths = self.propose(cache, with_median)
+        proposals, median = paths[:, :-1], paths[:, -1]
+        naive = seasonal_naive_path(context, context_mask, self.cfg.season_length, self.cfg.horizon, median.detach())
+        return proposals, candidate_starts(proposals, median, naive, group, noise, generator)
 
     def energy(self, candidates: Tensor, levels: Tensor, cache: KVCache) -> Tensor:
         """Energies of candidate paths (..., horizon) at levels (...) against a cache that broadcasts."""
@@ -129,6 +143,34 @@ class PatchForecastEBT(nn.Module):
 def evenly_spaced_levels(m: int, batch: int = 1, device: torch.device | None = None) -> Tensor:
     """Levels (j + 0.5) / M, j = 0..M-1: M candidates that together trace the forecast distribution."""
     return ((torch.arange(m, device=device, dtype=torch.float32) + 0.5) / m).expand(batch, m)
+
+
+def seasonal_naive_path(context: Tensor, context_mask: Tensor, season: int, horizon: int, fallback: Tensor) -> Tensor:
+    """The last season repeated over the horizon (B, H); unobserved values fall back to `fallback` (B, H)."""
+    length = context.shape[-1]
+    season = min(max(season, 1), length)
+    idx = length - season + torch.arange(horizon, device=context.device) % season
+    return torch.where(context_mask[:, idx] > 0, context[:, idx], fallback)
+
+
+def candidate_starts(
+    proposals: Tensor, median: Tensor, naive: Tensor, group: int, noise: float, generator: torch.Generator | None = None,
+) -> Tensor:
+    """G starts per level (B, M, G, H): the proposal, the seasonal-naive path carrying the proposal's
+    offset from the median (a second System 1 opinion), then proposals perturbed by noise x set half-width."""
+    starts = [proposals.unsqueeze(2)]
+    if group >= 2:
+        starts.append((naive.unsqueeze(1) + proposals - median.unsqueeze(1)).unsqueeze(2))
+    if group >= 3:
+        spread = set_spread(proposals).unsqueeze(-1)
+        eps = torch.randn((*proposals.shape[:2], group - 2, proposals.shape[-1]), generator=generator, device=proposals.device)
+        starts.append(proposals.unsqueeze(2) + noise * spread * eps)
+    return torch.cat(starts, dim=2)
+
+
+def set_spread(paths: Tensor) -> Tensor:
+    """Half the mean width of a candidate set (B, M, H) -> (B, 1, 1): the unit for perturbing it."""
+    return ((paths.amax(1) - paths.amin(1)).mean(-1) / 2).clamp_min(1e-3).view(-1, 1, 1)
 
 
 def candidate_pinball(paths: Tensor, target: Tensor, levels: Tensor, mask: Tensor) -> Tensor:

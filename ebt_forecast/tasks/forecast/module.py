@@ -18,9 +18,11 @@ class ForecastLossConfig:
 
     proposal: float = 1.0  # System 1: pinball of the proposals at random levels
     refine: float = 1.0  # System 2: pinball of the refined candidates, averaged over thinking steps
-    verify: float = 1.0  # the energy regresses each candidate's own pinball loss, so it ranks candidates
-    train_candidates: int = 8  # random levels per window while training
-    verify_noise_train: float = 0.3  # perturbed proposals (std up to this, scaled units) the energy learns to score
+    verify: float = 1.0  # listwise ranking: within a level, lower energy = lower pinball loss
+    train_candidates: int = 4  # random levels per window while training
+    train_group: int = 3  # starts per level while training: proposal, seasonal naive, perturbed proposal
+    verify_noise_train: float = 0.5  # perturbation std, in half-widths of the proposal set
+    rank_temperature: float = 0.1  # soft ranking targets softmax(-error / (t * mean error))
 
 
 class ForecastModule(EBTLightningModule):
@@ -37,62 +39,58 @@ class ForecastModule(EBTLightningModule):
         self.model = PatchForecastEBT(model_cfg)
         self.replay = ReplayBuffer(think_cfg.replay_size)
 
-    def _with_replay(self, batch: dict[str, Tensor], proposals: Tensor, levels: Tensor):
-        """Swap a share of the batch's initial candidates for replayed ones (their own windows too)."""
-        cfg = self.think_cfg
-        n_replay = int(cfg.replay_fraction * len(proposals))
-        if not cfg.replay_size or len(self.replay) == 0 or n_replay == 0:
-            return batch, proposals, levels, None
+    def _with_replay(self, batch: dict[str, Tensor], starts: Tensor, levels: Tensor):
+        """Swap a share of the batch (windows, starts, levels) for replayed rows that start from their past results."""
+        n_replay = int(self.think_cfg.replay_fraction * len(starts))
+        if not self.think_cfg.replay_size or len(self.replay) == 0 or n_replay == 0:
+            return batch, starts, levels, False
         old = {k: v.to(self.device) for k, v in self.replay.sample(n_replay).items()}
-        batch = {k: torch.cat([batch[k][n_replay:], old[k]]) for k in ("context", "context_mask", "future", "future_mask")}
-        return batch, old["candidates"], old["levels"], n_replay
+        mixed = {k: torch.cat([batch[k][n_replay:], old[k]]) for k in ("context", "context_mask", "future", "future_mask")}
+        return mixed, torch.cat([starts[n_replay:], old["candidates"]]), torch.cat([levels[n_replay:], old["levels"]]), True
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         cfg = self.loss_cfg
         b = batch["context"].shape[0]
         levels = torch.rand(b, cfg.train_candidates, device=self.device)
         cache = self.model.encode(batch["context"], batch["context_mask"])
-        proposals = self.model.propose(cache, levels)
+        group = cfg.train_group if self.mode == "ebt" else 1
+        proposals, starts = self.model.propose_starts(
+            cache, batch["context"], batch["context_mask"], levels, group, cfg.verify_noise_train)
         proposal_loss = candidate_pinball(proposals, batch["future"], levels, batch["future_mask"]).mean()
         loss = cfg.proposal * proposal_loss
         self.log("train/proposal_pinball", proposal_loss, prog_bar=True, batch_size=b)
         if self.mode == "ebt":
-            loss = loss + self._system2_loss(batch, cache, proposals, levels)
+            loss = loss + self._system2_loss(batch, cache, starts, levels)
         self.log("train/loss", loss, batch_size=b)
         return loss
 
-    def _system2_loss(self, batch: dict[str, Tensor], cache, proposals: Tensor, levels: Tensor) -> Tensor:
+    def _system2_loss(self, batch: dict[str, Tensor], cache, starts: Tensor, levels: Tensor) -> Tensor:
+        """Refine every start through the thinking steps (pinball at its level), and teach the energy to
+        rank each level's starts and refined candidates by their pinball loss (listwise, soft targets)."""
         cfg = self.loss_cfg
-        b = proposals.shape[0]
-        init, think_levels = proposals, levels
-        replay_batch, replay_init, replay_levels, n_replay = self._with_replay(batch, proposals, levels)
-        if n_replay:
-            # replayed rows bring their own windows: re-encode the mixed batch
-            batch = replay_batch
+        batch, starts, levels, replayed = self._with_replay(batch, starts, levels)
+        if replayed:  # replayed rows bring their own windows: re-encode the mixed batch
             cache = self.model.encode(batch["context"], batch["context_mask"])
-            init = torch.cat([proposals[n_replay:], replay_init])
-            think_levels = torch.cat([levels[n_replay:], replay_levels])
-        result = self.think(self.model.energy_fn(cache, think_levels), init, keep_trajectory=True)
+        b, m, g, h = starts.shape
+        flat_levels = levels.repeat_interleave(g, dim=1)
+        init = starts.reshape(b, m * g, h)
+        result = self.think(self.model.energy_fn(cache, flat_levels), init, keep_trajectory=True, final_energy=False)
         refined = result.trajectory[1:] or [result.candidates]
-        refine_loss = torch.stack(
-            [candidate_pinball(x, batch["future"], think_levels, batch["future_mask"]).mean() for x in refined]
-        ).mean()
-        # verification: the energy regresses the pinball loss of the proposal, the refined candidate and
-        # a perturbed proposal (the kind of alternative start it must rank at inference)
-        sigma = torch.rand(init.shape[:2], device=init.device).unsqueeze(-1) * cfg.verify_noise_train
-        perturbed = init.detach() + sigma * torch.randn_like(init)
-        states = torch.stack([init.detach(), result.candidates.detach(), perturbed], dim=1)  # (B, 3, M, H)
-        state_levels = think_levels.unsqueeze(1).expand(-1, states.shape[1], -1)
-        grouped = TransformerPP.expand_cache(cache, "grouped", candidate_dims=2)
-        energies = self.model.energy(states, state_levels, grouped)
-        targets = torch.stack(
-            [candidate_pinball(s, batch["future"], think_levels, batch["future_mask"]) for s in states.unbind(1)], dim=1
-        )
-        verify_loss = torch.nn.functional.smooth_l1_loss(energies, targets.detach(), beta=0.1)
-        self.replay.push({
-            "context": batch["context"], "context_mask": batch["context_mask"], "future": batch["future"],
-            "future_mask": batch["future_mask"], "candidates": result.candidates.detach(), "levels": think_levels,
-        })
-        self.log_dict({"train/refine_pinball": refine_loss, "train/verify": verify_loss}, prog_bar=True, batch_size=b)
+        future, mask = batch["future"], batch["future_mask"]
+        # the refinement is taught on the proposals' own path (start 0 of each level): small corrections to good
+        # candidates; the other starts only teach the energy to rank
+        own = lambda x: x.view(b, m, g, h)[:, :, 0]  # noqa: E731
+        refine_loss = torch.stack([candidate_pinball(own(x), future, levels, mask).mean() for x in refined]).mean()
+        # verification: within each level, the energy must order the starts and their refinements by error
+        states = torch.cat([init.detach().view(b, m, g, h), result.candidates.detach().view(b, m, g, h)], dim=2)
+        state_levels = levels.unsqueeze(-1).expand(-1, -1, 2 * g)
+        energies = self.model.energy(states, state_levels, TransformerPP.expand_cache(cache, "grouped", candidate_dims=2))
+        errors = candidate_pinball(states.view(b, m * 2 * g, h), future, state_levels.reshape(b, -1), mask).view(b, m, 2 * g)
+        temperature = cfg.rank_temperature * errors.mean(-1, keepdim=True).clamp_min(1e-6)
+        target = torch.softmax(-errors / temperature, dim=-1)
+        verify_loss = -(target * torch.log_softmax(-energies, dim=-1)).sum(-1).mean()
+        self.replay.push({"context": batch["context"], "context_mask": batch["context_mask"], "future": future,
+                          "future_mask": mask, "candidates": result.candidates.detach().view(b, m, g, h), "levels": levels})
+        self.log_dict({"train/refine_pinball": refine_loss, "train/verify_rank": verify_loss}, prog_bar=True, batch_size=b)
         self.log_think_record(result.record, "think")
         return cfg.refine * refine_loss + cfg.verify * verify_loss

@@ -1,0 +1,328 @@
+"""Behaviour of the forecasting frontend: accuracy against seasonal naive, output shapes for every
+selection, missing values, short series, reproducibility, thinking pass counts, diagnostics and
+the GluonTS estimator API."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ebt_forecast.baselines import SeasonalNaive
+from ebt_forecast.data.types import ForecastTask, Series
+from ebt_forecast.data.types import TestWindow as Window  # not collected as a test class
+from ebt_forecast.data.windows import tail_windows
+from ebt_forecast.metrics import aggregate, score_window
+from ebt_forecast.tasks.forecast.diagnostics import verification_diagnostics
+from ebt_forecast.tasks.forecast.forecaster import (
+    SELECTIONS,
+    EBTForecaster,
+    ForecasterConfig,
+    ForecastTaskConfig,
+    ModelSizeConfig,
+    TrainerConfig,
+    think_forecast,
+)
+from ebt_forecast.think import ThinkConfig
+
+HORIZON = 24
+SEASON = 24
+START = pd.Period("2021-01-01 00:00", "h")
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def seasonal_series(num_series: int, length: int, seed: int = 0, noise: float = 0.5,
+                    trend: float = 0.0) -> list[Series]:
+    """Level 10 + a daily sine (amplitude 1..num_series, a phase per series) + trend + Gaussian noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(length)
+    out = []
+    for i in range(num_series):
+        y = 10.0 + trend * t + (i + 1) * np.sin(2 * np.pi * t / SEASON + i) + noise * rng.standard_normal(length)
+        out.append(Series(item_id=f"s{i}", start=START, target=y.astype(np.float32)))
+    return out
+
+
+def make_task(series: list[Series], num_windows: int = 2, horizon: int = HORIZON) -> ForecastTask:
+    """Train on all but the last num_windows horizons of each series; those are the test windows."""
+    train, tests = [], []
+    for s in series:
+        short, windows = tail_windows(s, horizon, num_windows)
+        train.append(short)
+        tests.extend(windows)
+    return ForecastTask("synthetic", "h", horizon, SEASON, train, tests)
+
+
+def small_config(max_steps: int = 30, seed: int = 0, num_candidates: int = 9, model: dict | None = None,
+                 think: dict | None = None, task: dict | None = None, lr: float = 3e-3) -> ForecasterConfig:
+    return ForecasterConfig(
+        model=ModelSizeConfig(**{"dim": 32, "depth": 1, **(model or {})}),
+        think=ThinkConfig(**{"train_steps": 2, "infer_steps": 2, **(think or {})}),
+        trainer=TrainerConfig(max_steps=max_steps, batch_size=16, lr=lr, warmup_steps=5, progress_bar=False),
+        task=ForecastTaskConfig(**{"num_candidates": num_candidates, "val_windows": 8, **(task or {})}),
+        seed=seed,
+    )
+
+
+def wql(samples: list[np.ndarray], windows: list[Window], season: int = SEASON) -> float:
+    return aggregate([score_window(s, w.future, w.past, season) for s, w in zip(samples, windows)])["wql"]
+
+
+@pytest.fixture(scope="module")
+def seasonal_task() -> ForecastTask:
+    return make_task(seasonal_series(3, 400, seed=1), num_windows=2)
+
+
+@pytest.fixture(scope="module")
+def fitted(seasonal_task) -> EBTForecaster:
+    """A tiny EBT trained for a few steps: enough for shapes, pass counts and diagnostics."""
+    return EBTForecaster(small_config(max_steps=30), "ebt").fit(seasonal_task)
+
+
+# ---------------------------------------------------------------- accuracy
+
+
+@pytest.fixture(scope="module")
+def pattern_fit():
+    """An EBT trained for 200 steps on 4 noisy daily-pattern series with a trend, and seasonal naive's
+    WQL on the same test windows. Seasonal naive copies yesterday's noise (its error is the noise
+    twice); a model that learns the daily shape only pays the noise once."""
+    task = make_task(seasonal_series(4, 1500, seed=0, trend=0.001), num_windows=4)
+    # patches of one day: the season sits at the same position in every patch, so 200 steps suffice
+    cfg = small_config(max_steps=200, num_candidates=21, model={"context_length": 48, "patch_len": 24})
+    ebt = EBTForecaster(cfg, "ebt").fit(task)
+    naive_wql = wql(SeasonalNaive().fit(task).predict(task.test_windows, task), task.test_windows)
+    return task, ebt, naive_wql
+
+
+def test_ebt_proposals_and_thinking_beat_seasonal_naive(pattern_fit):
+    task, ebt, naive_wql = pattern_fit
+    assert ebt.train_steps == 200
+    assert 0.03 < naive_wql < 0.07  # noise sd 0.5 twice over a level of ~10-12
+    proposal_wql = wql(ebt.predict(task.test_windows, task, steps=0, selection="proposal"), task.test_windows)
+    refined_wql = wql(ebt.predict(task.test_windows, task, steps=2, selection="refined"), task.test_windows)
+    assert proposal_wql < 0.85 * naive_wql, (proposal_wql, naive_wql)
+    assert refined_wql < 0.85 * naive_wql, (refined_wql, naive_wql)
+
+
+def test_ebt_default_forecast_beats_seasonal_naive(pattern_fit):
+    """The forecast as users get it: default thinking steps and the default selection ("verified",
+    best of G starts per level by energy)."""
+    task, ebt, naive_wql = pattern_fit
+    assert ebt.cfg.task.selection == "verified"
+    ebt_wql = wql(ebt.predict(task.test_windows, task), task.test_windows)
+    assert ebt_wql < naive_wql, (ebt_wql, naive_wql)
+
+
+# ---------------------------------------------------------------- shapes and selections
+
+
+def test_predict_returns_one_m_by_h_array_per_window(fitted, seasonal_task):
+    windows = seasonal_task.test_windows
+    m = fitted.cfg.task.num_candidates
+    samples = fitted.predict(windows, seasonal_task)
+    assert len(samples) == len(windows) == 6
+    for s in samples:
+        assert s.shape == (m, HORIZON)
+        assert np.isfinite(s).all()
+    # the samples live in data units (level ~10), not in scaled units (~1)
+    assert 5 < np.mean([s.mean() for s in samples]) < 15
+
+
+@pytest.mark.parametrize("m", [1, 2, 5])
+def test_predict_with_other_candidate_counts(fitted, seasonal_task, m):
+    samples = fitted.predict(seasonal_task.test_windows, seasonal_task, num_candidates=m)
+    assert [s.shape for s in samples] == [(m, HORIZON)] * len(seasonal_task.test_windows)
+    assert all(np.isfinite(s).all() for s in samples)
+
+
+@pytest.mark.parametrize("selection", SELECTIONS)
+def test_every_selection_gives_finite_samples(fitted, seasonal_task, selection):
+    m = fitted.cfg.task.num_candidates
+    samples = fitted.predict(seasonal_task.test_windows, seasonal_task, selection=selection)
+    expected = (1, HORIZON) if selection == "lowest" else (m, HORIZON)
+    assert [s.shape for s in samples] == [expected] * len(seasonal_task.test_windows)
+    assert all(np.isfinite(s).all() for s in samples)
+
+
+def test_selections_relate_as_documented(fitted, seasonal_task):
+    """proposal = the step-0 path; refined = the path's last state; lowest is one of the candidates."""
+    windows = seasonal_task.test_windows
+    proposal = np.stack(fitted.predict(windows, seasonal_task, selection="proposal"))
+    fc = fitted.last_forecast
+    np.testing.assert_allclose(proposal, fc.proposals, rtol=1e-6)
+    refined = np.stack(fitted.predict(windows, seasonal_task, selection="refined", steps=2))
+    fc = fitted.last_forecast
+    np.testing.assert_allclose(fc.path[:, 0], proposal, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(refined, fc.path[:, -1], rtol=1e-6)
+    np.testing.assert_allclose(refined, fc.candidates, rtol=1e-6)
+    assert not np.allclose(refined, proposal)  # two steps of alpha = 10 move the candidates
+    # verified with one start per level is the refined set
+    verified = np.stack(fitted.predict(windows, seasonal_task, selection="verified", steps=2, verify_group=1))
+    np.testing.assert_allclose(verified, refined, rtol=1e-6)
+
+
+def test_feedforward_twin_returns_its_proposals(seasonal_task):
+    ff = EBTForecaster(small_config(max_steps=10), "feedforward").fit(seasonal_task)
+    assert ff.name == "transformer_pp"
+    samples = ff.predict(seasonal_task.test_windows, seasonal_task, steps=5, selection="lowest")
+    assert [s.shape for s in samples] == [(9, HORIZON)] * len(seasonal_task.test_windows)
+    assert ff.last_forecast.backward_passes == 0  # no thinking in the twin
+
+
+# ---------------------------------------------------------------- missing values and short series
+
+
+def test_missing_values_in_training_and_test_pasts():
+    rng = np.random.default_rng(3)
+    series = seasonal_series(3, 300, seed=3)
+    for s in series:
+        s.target[rng.random(len(s.target)) < 0.05] = np.nan  # scattered gaps
+        s.target[100:130] = np.nan  # a block longer than a season
+    task = make_task(series, num_windows=1)
+    assert all(np.isnan(s.target).any() for s in task.train)
+    windows = list(task.test_windows)
+    # a gap at the very end of the past, right before the forecast start
+    w = windows[0]
+    past = w.past.copy()
+    past[-10:] = np.nan
+    windows.append(Window(w.item_id, w.start, past, w.future))
+    # a past with nothing observed at all
+    windows.append(Window("empty", w.start, np.full(50, np.nan, np.float32), w.future))
+    assert all(np.isnan(x.past).any() for x in windows)
+
+    ebt = EBTForecaster(small_config(max_steps=20), "ebt").fit(task)
+    for selection in ("verified", "resample"):
+        samples = ebt.predict(windows, task, selection=selection)
+        assert len(samples) == len(windows)
+        for s in samples:
+            assert s.shape == (9, HORIZON)
+            assert np.isfinite(s).all()
+        assert ebt.last_forecast.nonfinite == 0
+    # observed windows are scored as usual (NaN futures would be masked)
+    assert np.isfinite(wql(samples[:3], windows[:3]))
+
+
+def test_series_shorter_than_the_context_length():
+    """Auto context for horizon 24 is 96 points; series of 40-60 points are left-padded and masked."""
+    series = seasonal_series(3, 100, seed=4)
+    train = [Series(s.item_id, s.start, s.target[:n].copy()) for s, n in zip(series, (40, 50, 60))]
+    task = ForecastTask("short", "h", HORIZON, SEASON, train)
+    cfg = small_config(max_steps=15)
+    assert cfg.model_config(HORIZON, SEASON).context_length == 96
+    ebt = EBTForecaster(cfg, "ebt").fit(task)
+    windows = [Window(s.item_id, s.start, s.target, np.full(HORIZON, np.nan, np.float32)) for s in train]
+    windows.append(Window("tiny", START, series[0].target[:5].copy(), np.full(HORIZON, np.nan, np.float32)))
+    samples = ebt.predict(windows, task)
+    assert [s.shape for s in samples] == [(9, HORIZON)] * 4
+    assert all(np.isfinite(s).all() for s in samples)
+
+
+# ---------------------------------------------------------------- reproducibility
+
+
+def test_same_seed_same_forecast(seasonal_task):
+    def run(seed):
+        ebt = EBTForecaster(small_config(max_steps=10, seed=seed), "ebt").fit(seasonal_task)
+        return np.stack(ebt.predict(seasonal_task.test_windows, seasonal_task, selection="resample"))
+
+    first, again, other = run(0), run(0), run(1)
+    np.testing.assert_array_equal(first, again)
+    assert not np.allclose(first, other)
+
+
+# ---------------------------------------------------------------- thinking accounting
+
+
+@pytest.mark.parametrize("steps,group", [(3, 1), (0, 1), (2, 3)])
+def test_think_forecast_pass_counts_for_the_fixed_policy(fitted, seasonal_task, steps, group):
+    """Every candidate gets one energy per step plus the final one, and one gradient per step,
+    also when the windows are split over several inference batches."""
+    assert fitted.module.think_cfg.stop_policy == "fixed"
+    pasts = [w.past for w in seasonal_task.test_windows][:5]
+    n, m = len(pasts), 4
+    out = think_forecast(fitted.module, pasts, num_candidates=m, steps=steps, selection="verified",
+                         verify_group=group, batch_size=2)
+    starts = n * m * group
+    assert out.forward_passes == starts * (steps + 1)
+    assert out.backward_passes == starts * steps
+    assert out.nonfinite == 0
+    assert out.samples.shape == (n, m, HORIZON)
+    assert out.proposals.shape == out.candidates.shape == (n, m, HORIZON)
+    assert out.path.shape == (n, steps + 1, m, HORIZON)
+    assert out.energies.shape == (n, steps + 1, m)
+    assert np.isfinite(out.energies).all()
+    # the first start of each level is the proposal itself, and the path ends at the candidates
+    np.testing.assert_allclose(out.path[:, 0], out.proposals, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out.path[:, -1], out.candidates, rtol=1e-6)
+
+
+@pytest.mark.parametrize("think,thinking_steps", [
+    ({"stop_policy": "energy_change", "stop_tolerance": 1e9}, 2),  # every candidate stops at its 2nd step
+    ({"stop_policy": "energy_threshold", "energy_threshold": 1e9}, 0),  # no candidate starts thinking
+])
+def test_early_stopping_policies_end_before_the_budget(seasonal_task, think, thinking_steps):
+    """Candidates that stop early keep their last state over the rest of the path (the budget is 4)."""
+    ebt = EBTForecaster(small_config(max_steps=10, think=think), "ebt").fit(seasonal_task)
+    pasts = [w.past for w in seasonal_task.test_windows]
+    budget = 4
+    for selection in ("refined", "verified"):
+        out = think_forecast(ebt.module, pasts, num_candidates=3, steps=budget, selection=selection)
+        n = len(pasts) * 3
+        initial = n if think["stop_policy"] == "energy_threshold" else 0  # the threshold check's pass
+        assert out.backward_passes == n * thinking_steps
+        assert out.forward_passes == initial + n * thinking_steps + n
+        assert out.path.shape == (len(pasts), budget + 1, 3, HORIZON)
+        for t in range(thinking_steps + 1, budget + 1):
+            np.testing.assert_array_equal(out.path[:, t], out.candidates)
+        assert np.isfinite(out.samples).all()
+    if thinking_steps == 0:
+        np.testing.assert_allclose(out.candidates, out.proposals, rtol=1e-6)
+
+
+def test_verification_diagnostics(fitted):
+    assert fitted.val_windows  # cut from the training tail
+    diag = verification_diagnostics(fitted, fitted.val_windows, SEASON, steps=2)
+    assert set(diag) == {"spearman_energy_vs_pinball", "spearman_energy_vs_mae",
+                         "spearman_energy_vs_mae_along_path", "wql_full_set", "wql_lowest_energy_half"}
+    for key in ("spearman_energy_vs_pinball", "spearman_energy_vs_mae", "spearman_energy_vs_mae_along_path"):
+        assert np.isnan(diag[key]) or -1.0 <= diag[key] <= 1.0
+    assert np.isfinite(diag["wql_full_set"]) and diag["wql_full_set"] > 0
+    assert np.isfinite(diag["wql_lowest_energy_half"]) and diag["wql_lowest_energy_half"] > 0
+
+
+# ---------------------------------------------------------------- GluonTS estimator API
+
+
+def test_gluonts_estimator_trains_and_predicts_sample_forecasts():
+    from gluonts.evaluation import Evaluator, make_evaluation_predictions
+    from gluonts.model.forecast import SampleForecast
+
+    from ebt_forecast.data.frames import series_to_gluonts
+    from ebt_forecast.tasks.forecast import EBTEstimator, EBTPredictor
+
+    series = seasonal_series(2, 300, seed=5)
+    dataset = series_to_gluonts(series, "h")
+    predictor = EBTEstimator(prediction_length=HORIZON, freq="h", config=small_config(max_steps=15)).train(dataset)
+    assert isinstance(predictor, EBTPredictor)
+    assert predictor.forecaster.train_steps == 15
+
+    forecasts = list(predictor.predict(dataset))
+    assert len(forecasts) == 2
+    for s, fc in zip(series, forecasts):
+        assert isinstance(fc, SampleForecast)
+        assert fc.samples.shape == (9, HORIZON)
+        assert np.isfinite(fc.samples).all()
+        assert fc.item_id == s.item_id
+        assert fc.start_date == s.start + len(s.target)
+        assert fc.quantile(0.9).shape == (HORIZON,)
+        assert (fc.quantile(0.9) >= fc.quantile(0.1)).all()
+
+    # GluonTS's own evaluation loop runs on it unchanged
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fc_it, ts_it = make_evaluation_predictions(dataset, predictor=predictor, num_samples=9)
+        agg, _ = Evaluator(quantiles=[0.1, 0.5, 0.9], num_workers=0)(ts_it, fc_it)
+    assert np.isfinite(agg["mean_wQuantileLoss"]) and agg["mean_wQuantileLoss"] > 0
