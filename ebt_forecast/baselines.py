@@ -11,11 +11,13 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from ebt_forecast.data.types import ForecastTask, Series, TestWindow
+from ebt_forecast.data.types import ForecastTask, TestWindow
+from ebt_forecast.data.windows import mean_abs_scale, split_train_val
 
 __all__ = [
     "Forecaster",
@@ -66,16 +68,8 @@ def seasonal_naive_forecast(past: np.ndarray, horizon: int, season_length: int) 
     return out
 
 
-def mean_abs_scale(past: np.ndarray, context: int | None = None, minimum: float = 1e-8) -> float:
-    """Mean |y| of the (last ``context`` points of the) past, NaN-safe; 1.0 if undefined or ~0."""
-    past = np.asarray(past, dtype=np.float64).ravel()
-    if context is not None:
-        past = past[-context:]
-    vals = np.abs(past[np.isfinite(past)])
-    if vals.size == 0:
-        return 1.0
-    s = float(vals.mean())
-    return s if s > minimum else 1.0
+def _tail(past: np.ndarray, context: int | None) -> np.ndarray:
+    return past[-context:] if context else past
 
 
 def split_validation_tail(
@@ -83,31 +77,11 @@ def split_validation_tail(
 ) -> tuple[ForecastTask, list[TestWindow]]:
     """Cut the last ``length`` (default: horizon) steps of every training series off as validation.
 
-    Returns the shortened task (no test windows) and one validation window per series longer than
-    ``length`` with at least one observed past value. Shorter series stay whole in the training set
-    (they are not used for validation, so nothing leaks).
+    Returns the shortened task (no test windows) and one validation window per series long enough
+    (`split_train_val`); shorter series stay whole in the training set.
     """
-    length = task.horizon if length is None else int(length)
-    train: list[Series] = []
-    val: list[TestWindow] = []
-    for s in task.train:
-        tgt = np.asarray(s.target)
-        if len(tgt) > length and np.isfinite(tgt[:-length]).any():
-            train.append(Series(item_id=s.item_id, start=s.start, target=tgt[:-length]))
-            val.append(
-                TestWindow(item_id=s.item_id, start=s.start, past=tgt[:-length], future=tgt[-length:])
-            )
-        else:
-            train.append(s)
-    cut = ForecastTask(
-        name=f"{task.name}/val-cut",
-        freq=task.freq,
-        horizon=task.horizon,
-        season_length=task.season_length,
-        train=train,
-        test_windows=[],
-    )
-    return cut, val
+    train, val = split_train_val(task.train, task.horizon if length is None else int(length), 1)
+    return replace(task, name=f"{task.name}/val-cut", train=train, test_windows=[]), val
 
 
 # --------------------------------------------------------------------------------------------------
@@ -359,7 +333,7 @@ class PointPlusGaussian:
         model = self.point_forecaster_factory().fit(cut_task)
         points = self._points(model, val, cut_task)
         futures = np.stack([np.asarray(w.future, dtype=np.float64) for w in val])
-        scales = np.array([mean_abs_scale(w.past, self.scale_context) for w in val])
+        scales = np.array([mean_abs_scale(_tail(w.past, self.scale_context)) for w in val])
         resid = (futures - points) / scales[:, None]
         with np.errstate(invalid="ignore"):
             sq = np.where(np.isfinite(resid), resid**2, np.nan)
@@ -394,7 +368,7 @@ class PointPlusGaussian:
         rng = np.random.default_rng(self.seed)
         out = []
         for w, p in zip(windows, points):
-            sd = self.residual_sd * mean_abs_scale(w.past, self.scale_context)
+            sd = self.residual_sd * mean_abs_scale(_tail(w.past, self.scale_context))
             noise = rng.standard_normal((self.num_samples, task.horizon))
             out.append((p[None, :] + noise * sd[None, :]).astype(np.float32))
         return out

@@ -59,13 +59,16 @@ def run_ebt_cell(task: ForecastTask, app: AppConfig, plots: Path) -> list[dict]:
     rows = []
     default = ebt.predict(task.test_windows, task)
     fc = ebt.last_forecast
-    rows.append(_row(task, "ebt", default, {**budget, "steps": cfg.think.infer_steps, "selection": cfg.task.selection,
+    auto = cfg.task.selection == "auto"
+    steps0, selection0 = ebt.chosen if auto else (cfg.think.infer_steps, cfg.task.selection)
+    rows.append(_row(task, "ebt", default, {**budget, "steps": steps0,
+                                            "selection": f"auto: {selection0}" if auto else selection0,
                                             "candidates": cfg.task.num_candidates, "verify_group": cfg.task.verify_group,
                                             "forward_passes": fc.forward_passes, "backward_passes": fc.backward_passes,
                                             "nonfinite": fc.nonfinite}))
     plot_fans(task, {"ebt": default}, plots / f"{task.name}__ebt.png", app.experiment.plot_series)
     m0, g0, k0 = cfg.task.num_candidates, cfg.task.verify_group, cfg.think.infer_steps
-    settings = [(0, "proposal", m0, 1), (0, "verified", m0, g0), (0, "average", m0, g0), (k0, "average", m0, g0)]
+    settings = [(0, "proposal", m0, 1)] + [(s, sel, m0, g0) for s in (0, k0) for sel in ("verified", "weighted", "average")]
     settings += [(s, sel, m0, g0) for s in app.experiment.think_steps if s > 0 for sel in app.experiment.selections]
     settings += [(k0, "verified", m0, g) for g in app.experiment.verify_groups]
     settings += [(k0, sel, m, g0) for m in app.experiment.candidate_counts for sel in ("refined", "verified", "resample", "lowest")]

@@ -345,3 +345,27 @@ def test_split_train_val():
     assert [len(s) for s in train] == [34, 10]  # "b" too short to split: kept whole
     assert [(w.item_id, len(w.past), len(w.future)) for w in val] == [("a", 34, 8), ("a", 42, 8)]
     assert val[1].future.tolist() == list(range(42, 50))
+
+
+def test_gluonts_repository_loader_reads_a_local_copy(tmp_path):
+    """get_dataset's local-copy path works offline: a data set saved in GluonTS's layout loads as a task."""
+    from gluonts.dataset.common import ListDataset, MetaData, TrainDatasets
+    from gluonts.dataset.repository.datasets import default_dataset_writer
+
+    from ebt_forecast.data import load_gluonts_repository
+
+    rng = np.random.default_rng(0)
+    train = ListDataset([{"start": "2020-01-01 00:00", "target": rng.normal(size=200)} for _ in range(3)], freq="h")
+    test = ListDataset([{"start": "2020-01-01 00:00", "target": rng.normal(size=224)} for _ in range(3)], freq="h")
+    TrainDatasets(MetaData(freq="h", prediction_length=24), train, test).save(
+        str(tmp_path / "m4_hourly"), writer=default_dataset_writer)
+    task = load_gluonts_repository("m4_hourly", path=tmp_path)
+    assert (task.horizon, task.season_length, len(task.train), len(task.test_windows)) == (24, 24, 3, 3)
+    assert all(len(w.future) == 24 and len(w.past) == 200 for w in task.test_windows)
+
+
+def test_gluonts_repository_loader_names_a_missing_data_set(tmp_path):
+    from ebt_forecast.data import load_gluonts_repository
+
+    with pytest.raises(DataError, match="not_a_dataset"):
+        load_gluonts_repository("not_a_dataset", path=tmp_path)

@@ -326,3 +326,48 @@ def test_gluonts_estimator_trains_and_predicts_sample_forecasts():
         fc_it, ts_it = make_evaluation_predictions(dataset, predictor=predictor, num_samples=9)
         agg, _ = Evaluator(quantiles=[0.1, 0.5, 0.9], num_workers=0)(ts_it, fc_it)
     assert np.isfinite(agg["mean_wQuantileLoss"]) and agg["mean_wQuantileLoss"] > 0
+
+
+@pytest.mark.parametrize("init", ["seasonal_naive", "noise"])
+def test_candidate_initialisations(seasonal_task, init):
+    """Start 0 of each level can be the seasonal-naive path or noise; "refined" follows it."""
+    forecaster = EBTForecaster(small_config(max_steps=5, task={"init": init}), "ebt").fit(seasonal_task)
+    refined = forecaster.predict(seasonal_task.test_windows, steps=0, selection="refined")
+    proposals = forecaster.predict(seasonal_task.test_windows, steps=0, selection="proposal")
+    assert all(np.isfinite(r).all() for r in refined)
+    assert not np.allclose(np.stack(refined), np.stack(proposals))
+    if init == "seasonal_naive":
+        # at the median level the seasonal-naive start is the last season itself
+        w = seasonal_task.test_windows[0]
+        median_row = refined[0][len(refined[0]) // 2]
+        np.testing.assert_allclose(median_row, w.past[-SEASON:][:HORIZON], rtol=1e-4)
+
+
+def test_set_crps_term_trains(seasonal_task):
+    """The optional scoringrules set-CRPS term on the refined level paths trains to finite forecasts."""
+    forecaster = EBTForecaster(small_config(max_steps=5, task={"set_crps": 1.0}), "ebt").fit(seasonal_task)
+    assert all(np.isfinite(s).all() for s in forecaster.predict(seasonal_task.test_windows))
+
+
+def test_weighted_selection_lies_between_its_starts(fitted, seasonal_task):
+    """Soft verification is a convex combination of each level's refined starts."""
+    fitted.predict(seasonal_task.test_windows, steps=1, selection="weighted", verify_group=2)
+    out = fitted.last_forecast
+    lo, hi = out.group_candidates.min(2), out.group_candidates.max(2)
+    assert np.all(out.samples >= lo - 1e-4) and np.all(out.samples <= hi + 1e-4)
+
+
+def test_training_checkpoints_and_resumes(seasonal_task, tmp_path, monkeypatch):
+    """With trainer.checkpoint_dir set, a run saves last.ckpt and a longer run resumes from it."""
+    from ebt_forecast.tasks.forecast.module import ForecastModule
+
+    cfg = small_config(max_steps=6)
+    cfg.trainer.checkpoint_dir, cfg.trainer.checkpoint_every = str(tmp_path), 3
+    first = EBTForecaster(cfg, "ebt").fit(seasonal_task)
+    assert (tmp_path / "last.ckpt").exists() and first.train_steps == 6
+    calls = []
+    original = ForecastModule.training_step
+    monkeypatch.setattr(ForecastModule, "training_step", lambda self, b, i: (calls.append(i), original(self, b, i))[1])
+    cfg.trainer.max_steps = 9
+    second = EBTForecaster(cfg, "ebt").fit(seasonal_task)
+    assert second.train_steps == 9 and len(calls) == 3  # resumed at step 6: only 3 new steps ran

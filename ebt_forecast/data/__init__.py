@@ -12,6 +12,7 @@ from ebt_forecast.data.loaders import (
     load_etth1,
     load_exchange_rate,
     load_m4_hourly,
+    load_gluonts_repository,
     load_shared_suite,
     load_statsmodels,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "load_exchange_rate",
     "load_long_frame",
     "load_m4_hourly",
+    "load_gluonts_repository",
     "load_shared_suite",
     "load_statsmodels",
     "make_inference_batch",

@@ -163,3 +163,29 @@ def load_default_suite() -> list[ForecastTask]:
 def load_shared_suite(root: str | Path) -> list[ForecastTask]:
     """ETTh1 (all 7 columns, stride 48), M4 hourly and exchange_rate from a data root."""
     return [load_etth1(root, columns="all", stride=48), load_m4_hourly(root), load_exchange_rate(root)]
+
+
+def load_gluonts_repository(name: str, path: str | Path | None = None, season_length: int | None = None) -> ForecastTask:
+    """A GluonTS repository data set via `get_dataset`: read from `path/name` when a copy is there
+    (works offline), otherwise downloaded into `path` (needs a network). Test windows are the last
+    prediction_length points of each test entry, GluonTS's convention."""
+    from gluonts.dataset.repository import get_dataset
+    from gluonts.time_feature import get_seasonality
+
+    from ebt_forecast.data.frames import gluonts_to_series
+
+    kwargs = {"path": Path(path)} if path is not None else {}
+    try:
+        with quiet_pandas():
+            ds = get_dataset(name, **kwargs)
+    except Exception as err:  # noqa: BLE001 - download and parse failures alike become one clear message
+        where = f" under {path}" if path is not None else ""
+        raise DataError(f"GluonTS data set {name!r} could not be loaded{where}: {err}") from err
+    horizon, freq = int(ds.metadata.prediction_length), ds.metadata.freq
+    train = gluonts_to_series(ds.train, freq)
+    test = gluonts_to_series(ds.test, freq) if ds.test is not None else []
+    windows = [TestWindow(s.item_id, s.start, s.target[:-horizon], s.target[-horizon:]) for s in test
+               if len(s.target) > horizon]
+    with quiet_pandas():
+        season = season_length or int(get_seasonality(freq))
+    return ForecastTask(f"gluonts_{name}", train[0].start.freqstr if train else freq, horizon, season, train, windows)

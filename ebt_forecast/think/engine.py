@@ -175,7 +175,6 @@ def think(
             if cfg.max_update > 0:
                 update = update.clamp(-cfg.max_update, cfg.max_update)
             # a non-finite energy or gradient freezes the sample at its last finite candidate
-            update = torch.where(_per_row(finite, g), update, torch.zeros_like(update))
             xa_new = torch.where(_per_row(finite, g), xa - update, x_prev)
             if not build_graph:
                 xa_new = xa_new.detach()

@@ -30,13 +30,16 @@ def verification_diagnostics(forecaster: EBTForecaster, windows: list[TestWindow
     - pick_accuracy: how often the lowest-energy start is the lowest-error one (chance = 1 / G);
     - path_spearman: along each thinking path, energy vs absolute error of the states;
     - window_spearman: across windows, mean energy vs the window's WQL (selective forecasting);
-    - wql_refined / wql_verified: the proposal's refinement alone vs the lowest-energy of G starts."""
+    - wql_refined: the proposal's refinement alone; wql_verified / weighted / average: the lowest-energy
+      start, the Boltzmann-weighted starts and their plain mean (the energy-free control)."""
     def wql(sets) -> float:
         return aggregate([score_window(s, w.future, w.past, season_length) for s, w in zip(sets, windows)])["wql"]
 
     futures = np.stack([w.future for w in windows])
     refined = forecaster.predict(windows, steps=steps, selection="refined")
     path_out = forecaster.last_forecast
+    pair = {sel: wql(forecaster.predict(windows, steps=steps, selection=sel, verify_group=2))
+            for sel in ("verified", "weighted", "average")}
     verified = forecaster.predict(windows, steps=steps, selection="verified", verify_group=group)
     out = forecaster.last_forecast
     m, g = out.group_energies.shape[1:]
@@ -55,5 +58,6 @@ def verification_diagnostics(forecaster: EBTForecaster, windows: list[TestWindow
                                         path_err.transpose(0, 2, 1).reshape(-1, steps + 1)) if steps else float("nan"),
         "window_spearman": float(spearmanr(path_out.energies[:, -1].mean(-1), per_window).statistic),
         "wql_refined": wql(refined),
-        "wql_verified": wql(verified),
+        **{f"wql_{sel}_G2": value for sel, value in pair.items()},
+        f"wql_verified_G{group}": wql(verified),
     }

@@ -8,14 +8,18 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
 
 import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from ebt_forecast.data.types import ForecastTask, Series, TestWindow
 from ebt_forecast.data.windows import TrainWindowDataset, make_inference_batch, split_train_val
+from ebt_forecast.metrics import aggregate, score_window
 from ebt_forecast.tasks.base import OptimConfig
 from ebt_forecast.tasks.forecast.model import ForecastModelConfig, evenly_spaced_levels
 from ebt_forecast.tasks.forecast.module import ForecastLossConfig, ForecastModule
@@ -24,10 +28,15 @@ from ebt_forecast.think import (
     ThinkConfig,
     ThinkRecord,
     energy_weighted_resample,
+    energy_weights,
     select_lowest_energy,
 )
 
-SELECTIONS = ("proposal", "refined", "verified", "average", "lowest", "resample")
+INITS = ("proposal", "seasonal_naive", "noise")
+# what selection=auto chooses from on validation: step 0 is always there, so thinking may only add
+AUTO_SETTINGS = ((0, "proposal"), (0, "verified"), (0, "weighted"), (1, "refined"), (1, "verified"), (1, "weighted"),
+                 (2, "refined"), (2, "verified"), (2, "weighted"))
+SELECTIONS = ("proposal", "refined", "verified", "weighted", "average", "lowest", "resample")
 
 
 @dataclass
@@ -50,6 +59,8 @@ class TrainerConfig(OptimConfig):
     batch_size: int = 64
     gradient_clip: float = 1.0
     progress_bar: bool = True
+    checkpoint_dir: Optional[str] = None  # set: save `last.ckpt` there every checkpoint_every steps and resume from it
+    checkpoint_every: int = 100
 
 
 @dataclass
@@ -57,7 +68,7 @@ class ForecastTaskConfig(ForecastLossConfig):
     """Forecast-task settings: loss weights, candidates at inference and how they become samples."""
 
     num_candidates: int = 21  # M at inference (21 levels j/20 put sample quantiles exactly on 0.05 steps)
-    selection: str = "verified"  # see SELECTIONS
+    selection: str = "auto"  # see SELECTIONS; auto = the best of AUTO_SETTINGS on the validation windows
     verify_group: int = 2  # G starts per level (proposal, seasonal naive, perturbed proposals); "verified" keeps the lowest energy
     verify_noise: float = 0.5  # std of the perturbations, in half-widths of the proposal set
     val_windows: int = 64  # validation windows cut from the end of the training series (diagnostics)
@@ -88,8 +99,10 @@ class ForecasterConfig:
             ("task.num_candidates", k.num_candidates, k.num_candidates >= 1, ">= 1"),
             ("task.train_candidates", k.train_candidates, k.train_candidates >= 1, ">= 1"),
             ("task.verify_group", k.verify_group, k.verify_group >= 1, ">= 1"),
+            ("task.init", k.init, k.init in INITS, f"one of {', '.join(INITS)}"),
+            ("task.set_crps", k.set_crps, k.set_crps >= 0, ">= 0"),
             ("task.verify_noise", k.verify_noise, k.verify_noise >= 0, ">= 0"),
-            ("task.selection", k.selection, k.selection in SELECTIONS, f"one of {', '.join(SELECTIONS)}"),
+            ("task.selection", k.selection, k.selection in (*SELECTIONS, "auto"), f"auto or one of {', '.join(SELECTIONS)}"),
         ]:
             if not ok:
                 raise ConfigError(f"{key}={value!r} is invalid: must be {allowed}")
@@ -120,13 +133,19 @@ def train_module(series: list[Series], horizon: int, season_length: int, cfg: Fo
     module = ForecastModule(model_cfg, cfg.think, t, cfg.task, mode=mode)
     data = TrainWindowDataset(series, model_cfg.context_length, horizon,
                               num_samples=t.max_steps * t.batch_size, seed=cfg.seed)
+    callbacks, resume = [], None
+    if t.checkpoint_dir:
+        callbacks.append(ModelCheckpoint(dirpath=t.checkpoint_dir, save_last=True, save_top_k=0,
+                                         every_n_train_steps=t.checkpoint_every))
+        last = Path(t.checkpoint_dir) / "last.ckpt"
+        resume = str(last) if last.exists() else None
     trainer = L.Trainer(
-        max_steps=t.max_steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-        enable_model_summary=False, enable_progress_bar=t.progress_bar, gradient_clip_val=t.gradient_clip,
-        num_sanity_val_steps=0,
+        max_steps=t.max_steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=bool(callbacks),
+        callbacks=callbacks, enable_model_summary=False, enable_progress_bar=t.progress_bar,
+        gradient_clip_val=t.gradient_clip, num_sanity_val_steps=0,
     )
     start = time.perf_counter()
-    trainer.fit(module, DataLoader(data, batch_size=t.batch_size, shuffle=False))
+    trainer.fit(module, DataLoader(data, batch_size=t.batch_size, shuffle=False), ckpt_path=resume, weights_only=True)
     return module.eval(), time.perf_counter() - start, int(trainer.global_step)
 
 
@@ -166,7 +185,8 @@ def think_forecast(
             cache = model.encode(batch["context"], batch["context_mask"])
             levels = inference_levels(m, b)
             proposals, starts = model.propose_starts(
-                cache, batch["context"], batch["context_mask"], levels, g, verify_noise, generator)
+                cache, batch["context"], batch["context_mask"], levels, g, verify_noise, generator,
+                init=module.loss_cfg.init)
         group_levels = levels.repeat_interleave(g, dim=1)  # (B, M * G): level-major
         init = starts.reshape(b, m * g, -1)
         result = module.think(model.energy_fn(cache, group_levels), init, training=False, steps=steps,
@@ -203,6 +223,10 @@ def _select(selection: str, proposals, grouped, energies, module, generator) -> 
     if selection == "verified":
         # self-verification: per level, keep the lowest-energy of the G refined starts
         return select_lowest_energy(grouped.reshape(b * m, g, h), energies.reshape(b * m, g)).view(b, m, h)
+    if selection == "weighted":
+        # soft self-verification: per level, the starts averaged with Boltzmann weights softmax(-E / T)
+        weights = energy_weights(energies.reshape(b * m, g), module.think_cfg.temperature).view(b, m, g, 1)
+        return (weights * grouped).sum(2)
     if selection == "average":
         return grouped.mean(2)  # energy-free combination of the G starts: the control for "verified"
     flat, flat_energy = grouped.reshape(b, m * g, h), energies.reshape(b, m * g)
@@ -231,22 +255,44 @@ class EBTForecaster:
         self.train_seconds, self.train_steps = 0.0, 0
         self.last_forecast: ThoughtForecast | None = None
         self.val_windows: list[TestWindow] = []
+        self.chosen: tuple[int, str] = (cfg.think.infer_steps, "verified")
+        self.validation_scores: dict[str, float] = {}
 
     def fit(self, task: ForecastTask) -> "EBTForecaster":
         """Train on the task's training series minus a validation tail (kept for diagnostics)."""
         train, self.val_windows = split_train_val(task.train, task.horizon, validation_windows_per_series(task, self.cfg))
         self.module, self.train_seconds, self.train_steps = train_module(
             train, task.horizon, task.season_length, self.cfg, self.mode)
+        self.chosen = self._choose_on_validation(task.season_length)
         return self
+
+    def _choose_on_validation(self, season_length: int) -> tuple[int, str]:
+        """The (steps, selection) of AUTO_SETTINGS with the lowest WQL on the validation windows."""
+        if self.mode != "ebt" or not self.val_windows:
+            return 0, "proposal"
+        windows = self.val_windows
+        scores = {}
+        for steps, selection in AUTO_SETTINGS:
+            samples = self.predict(windows, steps=steps, selection=selection)
+            scores[(steps, selection)] = aggregate(
+                [score_window(s, w.future, w.past, season_length) for s, w in zip(samples, windows)])["wql"]
+        self.validation_scores = {f"{s}:{sel}": v for (s, sel), v in scores.items()}
+        return min(scores, key=scores.get)
 
     def predict(self, windows: list[TestWindow], task: ForecastTask | None = None, *, steps: int | None = None,
                 selection: str | None = None, num_candidates: int | None = None,
                 verify_group: int | None = None) -> list[np.ndarray]:
-        """Samples (S, H) per window; the feed-forward twin always returns its proposals."""
+        """Samples (S, H) per window; the feed-forward twin always returns its proposals.
+
+        With selection=auto (the default) the thinking steps and selection are those that scored best
+        on the validation windows (`self.chosen`)."""
         assert self.module is not None, "call fit() first"
         k = self.cfg.task
-        steps = self.cfg.think.infer_steps if steps is None else steps
         selection = selection or k.selection
+        if selection == "auto":
+            chosen_steps, selection = self.chosen
+            steps = chosen_steps if steps is None else steps
+        steps = self.cfg.think.infer_steps if steps is None else steps
         group = k.verify_group if verify_group is None else verify_group
         if self.mode != "ebt":
             steps, selection, group = 0, "proposal", 1

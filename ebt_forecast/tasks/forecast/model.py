@@ -108,14 +108,24 @@ class PatchForecastEBT(nn.Module):
 
     def propose_starts(
         self, cache: KVCache, context: Tensor, context_mask: Tensor, levels: Tensor, group: int, noise: float,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | None = None, init: str = "proposal",
     ) -> tuple[Tensor, Tensor]:
-        """Proposals (B, M, H) at `levels` and G thinking starts per level (B, M, G, H)."""
+        """Proposals (B, M, H) at `levels` and G thinking starts per level (B, M, G, H).
+
+        `init` picks start 0 (the one "refined" follows): the proposal, the seasonal-naive path, or noise."""
         with_median = torch.cat([levels, torch.full_like(levels[:, :1], 0.5)], dim=1)
         paths = self.propose(cache, with_median)
         proposals, median = paths[:, :-1], paths[:, -1]
         naive = seasonal_naive_path(context, context_mask, self.cfg.season_length, self.cfg.horizon, median.detach())
-        return proposals, candidate_starts(proposals, median, naive, group, noise, generator)
+        starts = candidate_starts(proposals, median, naive, max(group, 2), noise, generator)
+        if init == "seasonal_naive":
+            starts = starts[:, :, [1, 0, *range(2, starts.shape[2])]]
+        elif init == "noise":
+            start = torch.randn(starts[:, :, :1].shape, generator=generator, device=starts.device)
+            starts = torch.cat([start, starts[:, :, 1:]], dim=2)
+        elif init != "proposal":
+            raise ValueError(f"init={init!r} is invalid: must be proposal, seasonal_naive or noise")
+        return proposals, starts[:, :, :group]
 
     def energy(self, candidates: Tensor, levels: Tensor, cache: KVCache) -> Tensor:
         """Energies of candidate paths (..., horizon) at levels (...) against a cache that broadcasts."""

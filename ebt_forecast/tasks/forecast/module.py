@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import scoringrules as sr
 import torch
 from torch import Tensor
 
@@ -23,6 +24,8 @@ class ForecastLossConfig:
     train_group: int = 3  # starts per level while training: proposal, seasonal naive, perturbed proposal
     verify_noise_train: float = 0.5  # perturbation std, in half-widths of the proposal set
     rank_temperature: float = 0.1  # soft ranking targets softmax(-error / (t * mean error))
+    set_crps: float = 0.0  # weight of the fair CRPS (scoringrules) of each refined level set, a proper set score
+    init: str = "proposal"  # start 0 of each level: proposal | seasonal_naive | noise
 
 
 class ForecastModule(EBTLightningModule):
@@ -55,7 +58,7 @@ class ForecastModule(EBTLightningModule):
         cache = self.model.encode(batch["context"], batch["context_mask"])
         group = cfg.train_group if self.mode == "ebt" else 1
         proposals, starts = self.model.propose_starts(
-            cache, batch["context"], batch["context_mask"], levels, group, cfg.verify_noise_train)
+            cache, batch["context"], batch["context_mask"], levels, group, cfg.verify_noise_train, init=cfg.init)
         proposal_loss = candidate_pinball(proposals, batch["future"], levels, batch["future_mask"]).mean()
         loss = cfg.proposal * proposal_loss
         self.log("train/proposal_pinball", proposal_loss, prog_bar=True, batch_size=b)
@@ -81,6 +84,10 @@ class ForecastModule(EBTLightningModule):
         # candidates; the other starts only teach the energy to rank
         own = lambda x: x.view(b, m, g, h)[:, :, 0]  # noqa: E731
         refine_loss = torch.stack([candidate_pinball(own(x), future, levels, mask).mean() for x in refined]).mean()
+        if cfg.set_crps > 0:
+            crps = torch.stack([sr.crps_ensemble(future, own(x).transpose(1, 2), m_axis=-1, estimator="fair",
+                                                 backend="torch") for x in refined])  # (T, B, H)
+            refine_loss = refine_loss + cfg.set_crps * (crps * mask).sum() / (mask.sum() * len(refined)).clamp(min=1)
         # verification: within each level, the energy must order the starts and their refinements by error
         states = torch.cat([init.detach().view(b, m, g, h), result.candidates.detach().view(b, m, g, h)], dim=2)
         state_levels = levels.unsqueeze(-1).expand(-1, -1, 2 * g)
