@@ -108,12 +108,22 @@ def test_ebt_proposals_and_thinking_beat_seasonal_naive(pattern_fit):
 
 
 def test_ebt_default_forecast_beats_seasonal_naive(pattern_fit):
-    """The forecast as users get it: default thinking steps and the default selection ("verified",
-    best of G starts per level by energy)."""
+    """The forecast as users get it: selection "auto" (the thinking steps and selection that scored best
+    on the validation windows) and, as a check of self-verification, the lowest-energy of G=2 starts."""
     task, ebt, naive_wql = pattern_fit
-    assert ebt.cfg.task.selection == "verified"
+    assert ebt.cfg.task.selection == "auto" and ebt.chosen in ebt_auto_settings()
+    assert len(ebt.validation_scores) == len(ebt_auto_settings())
     ebt_wql = wql(ebt.predict(task.test_windows, task), task.test_windows)
     assert ebt_wql < naive_wql, (ebt_wql, naive_wql)
+    verified_wql = wql(ebt.predict(task.test_windows, task, steps=1, selection="verified", verify_group=2),
+                       task.test_windows)
+    assert verified_wql < naive_wql, (verified_wql, naive_wql)
+
+
+def ebt_auto_settings():
+    from ebt_forecast.tasks.forecast.forecaster import AUTO_SETTINGS
+
+    return AUTO_SETTINGS
 
 
 # ---------------------------------------------------------------- shapes and selections
@@ -284,13 +294,40 @@ def test_early_stopping_policies_end_before_the_budget(seasonal_task, think, thi
 
 def test_verification_diagnostics(fitted):
     assert fitted.val_windows  # cut from the training tail
-    diag = verification_diagnostics(fitted, fitted.val_windows, SEASON, steps=2)
-    assert set(diag) == {"spearman_energy_vs_pinball", "spearman_energy_vs_mae",
-                         "spearman_energy_vs_mae_along_path", "wql_full_set", "wql_lowest_energy_half"}
-    for key in ("spearman_energy_vs_pinball", "spearman_energy_vs_mae", "spearman_energy_vs_mae_along_path"):
+    diag = verification_diagnostics(fitted, fitted.val_windows, SEASON, steps=2, group=4)
+    assert diag["chance"] == 0.25 and 0.0 <= diag["pick_accuracy"] <= 1.0
+    for key in ("group_spearman", "path_spearman", "window_spearman"):
         assert np.isnan(diag[key]) or -1.0 <= diag[key] <= 1.0
-    assert np.isfinite(diag["wql_full_set"]) and diag["wql_full_set"] > 0
-    assert np.isfinite(diag["wql_lowest_energy_half"]) and diag["wql_lowest_energy_half"] > 0
+    for key in ("wql_refined", "wql_verified_G2", "wql_weighted_G2", "wql_average_G2", "wql_verified_G4"):
+        assert np.isfinite(diag[key]) and diag[key] > 0
+
+
+def test_verification_diagnostics_score_an_oracle_energy_as_perfect():
+    """An energy equal to each candidate's true pinball loss ranks perfectly: Spearman 1, pick accuracy 1."""
+    from ebt_forecast.tasks.forecast.forecaster import ThoughtForecast, inference_levels
+
+    rng = np.random.default_rng(0)
+    n, m, g, h, steps = 6, 5, 4, HORIZON, 1
+    windows = [Window("s", START, rng.normal(10, 1, 100), rng.normal(10, 1, h)) for _ in range(n)]
+    futures = np.stack([w.future for w in windows])
+    u = inference_levels(m, 1).numpy()[0][None, :, None, None]
+    group = futures[:, None, None, :] + rng.normal(0, 1, (n, m, g, h))
+    diff = futures[:, None, None, :] - group
+    oracle = np.maximum(u * diff, (u - 1) * diff).mean(-1)
+
+    class OracleForecaster:
+        def predict(self, windows, steps=0, selection="refined", verify_group=1):
+            path = np.repeat(group[:, None, :, 0], steps + 1, axis=1)
+            energies = np.repeat(oracle[:, None, :, 0], steps + 1, axis=1)
+            self.last_forecast = ThoughtForecast(
+                samples=group[:, :, 0], proposals=group[:, :, 0], candidates=group[:, :, 0], energies=energies,
+                path=path, group_candidates=group, group_energies=oracle, forward_passes=0, backward_passes=0,
+                nonfinite=0)
+            return list(group[:, :, 0])
+
+    diag = verification_diagnostics(OracleForecaster(), windows, SEASON, steps=steps, group=g)
+    assert diag["group_spearman"] == pytest.approx(1.0)
+    assert diag["pick_accuracy"] == 1.0
 
 
 # ---------------------------------------------------------------- GluonTS estimator API
