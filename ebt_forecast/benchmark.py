@@ -154,9 +154,16 @@ def summary_markdown(table: pd.DataFrame, app: AppConfig) -> str:
     rel = geometric_mean_relative(table, metrics=("wql", "mase", "crps_scaled", "smape", "msis")) if has_baseline else None
     cols = ["dataset", "model", "wql", "mase", "crps_scaled", "smape", "msis", "coverage_80", "train_steps", "train_seconds"]
     parts = [f"# Benchmark: suite={app.suite}\n",
-             "## Relative to seasonal naive (geometric mean over data sets; lower is better)\n",
-             rel.to_markdown(index=False, floatfmt=".3f") if rel is not None else "(no seasonal_naive rows)",
-             "\n## Per data set\n", main[[c for c in cols if c in main]].to_markdown(index=False, floatfmt=".4f")]
+             "## Relative to seasonal naive (geometric mean over data sets; lower is better)\n"]
+    if rel is None:
+        parts.append("(no seasonal_naive rows)")
+    else:
+        variant = rel.model.str.startswith("ebt[")
+        parts += [rel[~variant].to_markdown(index=False, floatfmt=".3f"),
+                  "\n### EBT inference settings, same trained model (`ebt[steps,selection,M candidates,G starts]`)\n",
+                  rel[variant].to_markdown(index=False, floatfmt=".3f")]
+    parts += [
+        "\n## Per data set\n", main[[c for c in cols if c in main]].to_markdown(index=False, floatfmt=".4f")]
     think_rows = table[table.model.str.startswith("ebt")]
     if len(think_rows):
         tcols = ["dataset", "model", "steps", "selection", "candidates", "verify_group", "wql", "mase", "coverage_80",

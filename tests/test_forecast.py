@@ -408,3 +408,14 @@ def test_training_checkpoints_and_resumes(seasonal_task, tmp_path, monkeypatch):
     cfg.trainer.max_steps = 9
     second = EBTForecaster(cfg, "ebt").fit(seasonal_task)
     assert second.train_steps == 9 and len(calls) == 3  # resumed at step 6: only 3 new steps ran
+
+
+def test_replay_buffer_feeds_training(seasonal_task):
+    """With think.replay_size set, past final candidates (with their windows) are stored and replayed."""
+    forecaster = EBTForecaster(small_config(max_steps=6, think={"replay_size": 40, "replay_fraction": 0.5}), "ebt")
+    forecaster.fit(seasonal_task)
+    replay = forecaster.module.replay
+    assert len(replay) == 40  # FIFO, full after 6 steps of 16 rows
+    row = replay.oldest()
+    assert row["candidates"].shape[-1] == HORIZON and row["context"].ndim == 1
+    assert all(np.isfinite(s).all() for s in forecaster.predict(seasonal_task.test_windows))
