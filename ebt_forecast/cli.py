@@ -8,9 +8,12 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from ebt_forecast.config import AppConfig, register_configs
-from ebt_forecast.data.errors import DataError
-from ebt_forecast.think import ConfigError
+# gluonts suggests optional JSON speed-ups on import; not actionable for a CLI user
+warnings.filterwarnings("ignore", message=".*json.*-module for json-handling")
+
+from ebt_forecast.config import AppConfig, register_configs  # noqa: E402
+from ebt_forecast.data.errors import DataError  # noqa: E402
+from ebt_forecast.think import ConfigError  # noqa: E402
 
 COMMANDS = {
     "benchmark": "run the forecasting benchmark (suite=default|shared) and write tables and plots",
