@@ -26,6 +26,7 @@ class ForecastLossConfig:
     rank_temperature: float = 0.1  # soft ranking targets softmax(-error / (t * mean error))
     set_crps: float = 0.0  # weight of the fair CRPS (scoringrules) of each refined level set, a proper set score
     init: str = "proposal"  # start 0 of each level: proposal | seasonal_naive | noise
+    detach_context: bool = False  # System 2 losses do not reach the cached context keys / values
 
 
 class ForecastModule(EBTLightningModule):
@@ -74,6 +75,9 @@ class ForecastModule(EBTLightningModule):
         batch, starts, levels, replayed = self._with_replay(batch, starts, levels)
         if replayed:  # replayed rows bring their own windows: re-encode the mixed batch
             cache = self.model.encode(batch["context"], batch["context_mask"])
+        if cfg.detach_context:
+            # System 2 losses then shape the energy path only, not the context encoding the proposals share
+            cache = [(k.detach(), v.detach()) for k, v in cache]
         b, m, g, h = starts.shape
         flat_levels = levels.repeat_interleave(g, dim=1)
         init = starts.reshape(b, m * g, h)
