@@ -419,3 +419,23 @@ def test_replay_buffer_feeds_training(seasonal_task):
     row = replay.oldest()
     assert row["candidates"].shape[-1] == HORIZON and row["context"].ndim == 1
     assert all(np.isfinite(s).all() for s in forecaster.predict(seasonal_task.test_windows))
+
+
+@pytest.mark.parametrize("detach", [False, True])
+def test_detach_context_keeps_system2_losses_off_the_context_encoding(detach):
+    """With only System 2 losses, the context embedding gets a gradient unless detach_context is set."""
+    import torch
+
+    from ebt_forecast.tasks.forecast.model import ForecastModelConfig
+    from ebt_forecast.tasks.forecast.module import ForecastModule
+
+    torch.manual_seed(0)
+    task_cfg = ForecastTaskConfig(proposal=0.0, refine=1.0, verify=1.0, detach_context=detach)
+    module = ForecastModule(ForecastModelConfig(context_length=16, horizon=8, patch_len=4, dim=16, depth=1, heads=2,
+                                                season_length=4), ThinkConfig(), TrainerConfig(), task_cfg)
+    torch.nn.init.normal_(module.model.energy_head.proj.weight, std=0.5)
+    batch = {"context": torch.randn(4, 16), "context_mask": torch.ones(4, 16),
+             "future": torch.randn(4, 8), "future_mask": torch.ones(4, 8)}
+    module.training_step(batch, 0).backward()
+    grad = module.model.context_embed.weight.grad
+    assert (grad is None or grad.abs().sum() == 0) == detach
