@@ -62,17 +62,23 @@ def load_etth1(root: str | Path, columns: str | list[str] = "OT", stride: int = 
     return ForecastTask(name=name, freq="h", horizon=horizon, season_length=24, train=train, test_windows=tests)
 
 
+def _numeric(df: pd.DataFrame, where) -> pd.DataFrame:
+    """df as numbers; the first non-numeric cell raises DataError located by where(row, column)."""
+    values = df.apply(pd.to_numeric, errors="coerce")
+    bad = values.isna() & df.notna()
+    if bad.any().any():
+        r, c = np.argwhere(bad.to_numpy())[0]
+        raise DataError(f"{where(r, c)}: non-numeric value {df.iat[r, c]!r}")
+    return values
+
+
 def _read_m4(path: Path) -> dict[str, np.ndarray]:
     """id -> values of a ragged M4 CSV (first column V1 = id), trailing NaN padding dropped."""
     try:
         df = pd.read_csv(path, index_col=0)
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: file is empty") from None
-    values = df.apply(pd.to_numeric, errors="coerce")
-    bad = values.isna() & df.notna()
-    if bad.any().any():
-        r, c = np.argwhere(bad.to_numpy())[0]
-        raise DataError(f"{path}: column {df.columns[c]!r}, series {df.index[r]!r}: non-numeric value {df.iat[r, c]!r}")
+    values = _numeric(df, lambda r, c: f"{path}: column {df.columns[c]!r}, series {df.index[r]!r}")
     out = {}
     for item, row in zip(values.index.astype(str), values.to_numpy(dtype=np.float32)):
         obs = np.flatnonzero(np.isfinite(row))
@@ -104,11 +110,7 @@ def load_exchange_rate(root: str | Path, horizon: int = 30, num_windows: int = 5
         df = pd.read_csv(path, header=None)
     except (pd.errors.EmptyDataError, EOFError, OSError) as exc:
         raise DataError(f"{path}: cannot read file: {exc}") from None
-    values = df.apply(pd.to_numeric, errors="coerce")
-    bad = values.isna() & df.notna()
-    if bad.any().any():
-        r, c = np.argwhere(bad.to_numpy())[0]
-        raise DataError(f"{path}: column {c}, row {r}: non-numeric value {df.iat[r, c]!r}")
+    values = _numeric(df, lambda r, c: f"{path}: column {c}, row {r}")
     with quiet_pandas():
         start = pd.Period("1990-01-01", "B")  # no dates in the file: fixed start, as GluonTS
     full = [Series(item_id=str(c), start=start, target=values[c].to_numpy(dtype=np.float32)) for c in values.columns]
