@@ -1,7 +1,7 @@
 """Non-EBT baselines sharing one forecaster protocol.
 
-Every forecaster has ``name``, ``fit(task)`` (trains on ``task.train`` only) and
-``predict(windows, task)`` returning one ``(num_samples, horizon)`` float32 array per window, and after
+Every forecaster has ``name``, ``fit(dataset)`` (trains on ``dataset.train`` only) and
+``predict(windows, dataset)`` returning one ``(num_samples, horizon)`` float32 array per window, and after
 ``fit`` the fields ``train_seconds`` and ``train_steps`` (0 for untrained models).
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from ebt_forecast.data.types import ForecastTask, TestWindow
+from ebt_forecast.data.types import ForecastDataset, TestWindow
 from ebt_forecast.data.windows import mean_abs_scale, split_train_val
 
 __all__ = [
@@ -24,6 +24,10 @@ __all__ = [
     "SeasonalNaive",
     "DeepARBaseline",
     "PointPlusGaussian",
+    "StatsForecastBaseline",
+    "STATSFORECAST_QUANTILES",
+    "fill_missing",
+    "uncross_quantile_paths",
     "seasonal_naive_forecast",
     "mean_abs_scale",
     "split_validation_tail",
@@ -36,9 +40,9 @@ class Forecaster(Protocol):
     train_seconds: float
     train_steps: int
 
-    def fit(self, task: ForecastTask) -> "Forecaster": ...
+    def fit(self, dataset: ForecastDataset) -> "Forecaster": ...
 
-    def predict(self, windows: list[TestWindow], task: ForecastTask) -> list[np.ndarray]: ...
+    def predict(self, windows: list[TestWindow], dataset: ForecastDataset) -> list[np.ndarray]: ...
 
 
 # --------------------------------------------------------------------------------------------------
@@ -73,15 +77,15 @@ def _tail(past: np.ndarray, context: int | None) -> np.ndarray:
 
 
 def split_validation_tail(
-    task: ForecastTask, length: int | None = None
-) -> tuple[ForecastTask, list[TestWindow]]:
+    dataset: ForecastDataset, length: int | None = None
+) -> tuple[ForecastDataset, list[TestWindow]]:
     """Cut the last ``length`` (default: horizon) steps of every training series off as validation.
 
-    Returns the shortened task (no test windows) and one validation window per series long enough
+    Returns the shortened dataset (no test windows) and one validation window per series long enough
     (`split_train_val`); shorter series stay whole in the training set.
     """
-    train, val = split_train_val(task.train, task.horizon if length is None else int(length), 1)
-    return replace(task, name=f"{task.name}/val-cut", train=train, test_windows=[]), val
+    train, val = split_train_val(dataset.train, dataset.horizon if length is None else int(length), 1)
+    return replace(dataset, name=f"{dataset.name}/val-cut", train=train, test_windows=[]), val
 
 
 # --------------------------------------------------------------------------------------------------
@@ -92,7 +96,7 @@ class SeasonalNaive:
     """Repeat the last season; one "sample" per window so every quantile equals the point forecast.
 
     This is the Chronos / GIFT-Eval convention for the seasonal naive reference model.
-    ``season_length=None`` uses ``task.season_length``.
+    ``season_length=None`` uses ``dataset.season_length``.
     """
 
     def __init__(self, season_length: int | None = None, name: str = "seasonal_naive"):
@@ -101,15 +105,15 @@ class SeasonalNaive:
         self.train_seconds = 0.0
         self.train_steps = 0
 
-    def fit(self, task: ForecastTask) -> "SeasonalNaive":
+    def fit(self, dataset: ForecastDataset) -> "SeasonalNaive":
         self.train_seconds = 0.0
         self.train_steps = 0
         return self
 
-    def predict(self, windows: list[TestWindow], task: ForecastTask) -> list[np.ndarray]:
-        m = self.season_length if self.season_length is not None else task.season_length
+    def predict(self, windows: list[TestWindow], dataset: ForecastDataset) -> list[np.ndarray]:
+        m = self.season_length if self.season_length is not None else dataset.season_length
         return [
-            seasonal_naive_forecast(w.past, task.horizon, m)[None, :].astype(np.float32)
+            seasonal_naive_forecast(w.past, dataset.horizon, m)[None, :].astype(np.float32)
             for w in windows
         ]
 
@@ -124,7 +128,7 @@ _GLUONTS_INDEXING_WARNING = "Using a non-tuple sequence for multidimensional ind
 
 class DeepARBaseline:
     """GluonTS's torch ``DeepAREstimator`` (Student-t output), trained for exactly ``max_steps``
-    optimizer steps on ``task.train`` (no validation split, GluonTS default lags / time features).
+    optimizer steps on ``dataset.train`` (no validation split, GluonTS default lags / time features).
 
     ``num_batches_per_epoch`` defaults to ``min(50, max_steps)`` (the GluonTS default epoch size);
     ``max_epochs = ceil(max_steps / num_batches_per_epoch)`` and ``max_steps`` stops training at
@@ -179,22 +183,22 @@ class DeepARBaseline:
 
         return ListDataset(entries, freq=freq)
 
-    def fit(self, task: ForecastTask) -> "DeepARBaseline":
+    def fit(self, dataset: ForecastDataset) -> "DeepARBaseline":
         import lightning
         import torch
         from gluonts.torch.model.deepar import DeepAREstimator
 
-        usable = [s for s in task.train if len(s.target) > task.horizon]
+        usable = [s for s in dataset.train if len(s.target) > dataset.horizon]
         if not usable:
             raise ValueError(
-                f"DeepARBaseline: no training series longer than the horizon ({task.horizon})"
+                f"DeepARBaseline: no training series longer than the horizon ({dataset.horizon})"
             )
         train_ds = self._dataset(
             [
                 {"start": s.start, "target": np.asarray(s.target, dtype=np.float32), "item_id": s.item_id}
-                for s in task.train
+                for s in dataset.train
             ],
-            task.freq,
+            dataset.freq,
         )
         nbpe = self.num_batches_per_epoch or min(50, self.max_steps)
         max_epochs = math.ceil(self.max_steps / nbpe)
@@ -216,8 +220,8 @@ class DeepARBaseline:
             # checkpoints go to a temporary directory that is removed after training.
             trainer_kwargs.update(self.trainer_kwargs)
             estimator = DeepAREstimator(
-                freq=task.freq,
-                prediction_length=task.horizon,
+                freq=dataset.freq,
+                prediction_length=dataset.horizon,
                 context_length=self.context_length,
                 num_layers=self.num_layers,
                 hidden_size=self.hidden_size,
@@ -245,7 +249,7 @@ class DeepARBaseline:
         self.predictor = predictor
         return self
 
-    def predict(self, windows: list[TestWindow], task: ForecastTask) -> list[np.ndarray]:
+    def predict(self, windows: list[TestWindow], dataset: ForecastDataset) -> list[np.ndarray]:
         import torch
 
         if self.predictor is None:
@@ -257,7 +261,7 @@ class DeepARBaseline:
                 {"start": w.start, "target": np.asarray(w.past, dtype=np.float32), "item_id": str(i)}
                 for i, w in enumerate(windows)
             ],
-            task.freq,
+            dataset.freq,
         )
         torch.manual_seed(self.seed)
         with warnings.catch_warnings():
@@ -278,7 +282,7 @@ class DeepARBaseline:
 class PointPlusGaussian:
     """Point forecaster plus Gaussian noise whose per-step sd is tuned on a validation tail.
 
-    ``fit``: the wrapped point model (``point_forecaster_factory()``) is fitted on ``task.train``
+    ``fit``: the wrapped point model (``point_forecaster_factory()``) is fitted on ``dataset.train``
     minus the last ``horizon`` steps of each series; on those held-out tails we measure, per
     horizon step ``h``, the root mean squared residual in mean-abs-scaled units,
     ``residual_sd[h] = sqrt(mean_i ((y_ih - yhat_ih) / scale_i)^2)``, with
@@ -319,19 +323,19 @@ class PointPlusGaussian:
         inner = getattr(self.point_model, "name", None) or "point"
         return f"{inner}+gaussian"
 
-    def _points(self, model: Forecaster, windows: list[TestWindow], task: ForecastTask) -> np.ndarray:
-        preds = model.predict(windows, task)
-        return np.stack([np.asarray(p, dtype=np.float64).reshape(-1, task.horizon).mean(0) for p in preds])
+    def _points(self, model: Forecaster, windows: list[TestWindow], dataset: ForecastDataset) -> np.ndarray:
+        preds = model.predict(windows, dataset)
+        return np.stack([np.asarray(p, dtype=np.float64).reshape(-1, dataset.horizon).mean(0) for p in preds])
 
-    def fit(self, task: ForecastTask) -> "PointPlusGaussian":
+    def fit(self, dataset: ForecastDataset) -> "PointPlusGaussian":
         t0 = time.perf_counter()
-        cut_task, val = split_validation_tail(task)
+        cut_dataset, val = split_validation_tail(dataset)
         if not val:
             raise ValueError(
                 "PointPlusGaussian: no training series is long enough for a validation tail"
             )
-        model = self.point_forecaster_factory().fit(cut_task)
-        points = self._points(model, val, cut_task)
+        model = self.point_forecaster_factory().fit(cut_dataset)
+        points = self._points(model, val, cut_dataset)
         futures = np.stack([np.asarray(w.future, dtype=np.float64) for w in val])
         scales = np.array([mean_abs_scale(_tail(w.past, self.scale_context)) for w in val])
         resid = (futures - points) / scales[:, None]
@@ -348,28 +352,201 @@ class PointPlusGaussian:
         self.num_validation_windows = len(val)
         steps = int(getattr(model, "train_steps", 0))
         if self.refit_on_full:
-            model = self.point_forecaster_factory().fit(task)
+            model = self.point_forecaster_factory().fit(dataset)
             steps += int(getattr(model, "train_steps", 0))
         self.point_model = model
         self.train_steps = steps
         self.train_seconds = time.perf_counter() - t0
         return self
 
-    def predict(self, windows: list[TestWindow], task: ForecastTask) -> list[np.ndarray]:
+    def predict(self, windows: list[TestWindow], dataset: ForecastDataset) -> list[np.ndarray]:
         if self.point_model is None or self.residual_sd is None:
             raise RuntimeError("PointPlusGaussian.predict() called before fit()")
         if not windows:
             return []
-        if len(self.residual_sd) != task.horizon:
+        if len(self.residual_sd) != dataset.horizon:
             raise ValueError(
-                f"fitted for horizon {len(self.residual_sd)}, task has horizon {task.horizon}"
+                f"fitted for horizon {len(self.residual_sd)}, dataset has horizon {dataset.horizon}"
             )
-        points = self._points(self.point_model, windows, task)
+        points = self._points(self.point_model, windows, dataset)
         rng = np.random.default_rng(self.seed)
         out = []
         for w, p in zip(windows, points):
             sd = self.residual_sd * mean_abs_scale(_tail(w.past, self.scale_context))
-            noise = rng.standard_normal((self.num_samples, task.horizon))
+            noise = rng.standard_normal((self.num_samples, dataset.horizon))
             out.append((p[None, :] + noise * sd[None, :]).astype(np.float32))
         return out
 
+
+# --------------------------------------------------------------------------------------------------
+# statsforecast (AutoETS / AutoTheta / AutoARIMA)
+
+# Rows of a StatsForecastBaseline forecast: 21 quantile paths, row j at level j / 20 except the two end
+# rows, which hold the 2.5% / 97.5% quantiles. `sample_quantiles` (nearest sorted row at index
+# round(20 q), half to even) then reads back exactly: q = 0.1 ... 0.9 -> rows 2 ... 18 (levels q), and
+# MSIS's q = 0.025 / 0.975 -> rows 0 / 20 (round(0.5) = 0, round(19.5) = 20).
+STATSFORECAST_QUANTILES: tuple[float, ...] = (0.025,) + tuple(j / 20 for j in range(1, 20)) + (0.975,)
+STATSFORECAST_MODELS: tuple[str, ...] = ("autoets", "autotheta", "autoarima")
+
+
+def _statsforecast_key(q: float) -> str:
+    """statsforecast output key of quantile ``q``: ``mean`` for 0.5, else the ``lo-L`` / ``hi-L``
+    bound of the central ``L = |200 q - 100|`` % interval (which spans quantiles 0.5 -/+ L / 200)."""
+    level = round(abs(200.0 * q - 100.0))
+    if level == 0:
+        return "mean"
+    return f"lo-{level}" if q < 0.5 else f"hi-{level}"
+
+
+_STATSFORECAST_LEVELS: list[int] = sorted(
+    {int(_statsforecast_key(q)[3:]) for q in STATSFORECAST_QUANTILES if q != 0.5}
+)
+
+
+def uncross_quantile_paths(paths: np.ndarray) -> np.ndarray:
+    """Make ``(21, H)`` quantile paths (rows at :data:`STATSFORECAST_QUANTILES`) non-crossing while
+    keeping the rows the metrics read where possible.
+
+    The even rows (quantiles 0.025, 0.1, ..., 0.9, 0.975: the ones ``sample_quantiles`` picks for
+    WQL / MSIS) are sorted per step, which leaves them untouched when they do not cross; each odd row
+    (0.05, 0.15, ..., 0.95, only seen by CRPS) is then clipped between its two neighbours. For
+    Gaussian intervals around the mean (AutoETS, AutoARIMA) nothing crosses and nothing changes.
+    AutoTheta's intervals are quantiles of 200 simulated paths while its median row is the analytic
+    ``mean``, so the 0.45 / 0.55 rows can straddle the wrong side of it: clipping fixes that without
+    moving the mean. Only a crossing among the even rows themselves (e.g. the mean beyond the
+    simulated 0.4 quantile) changes what the metrics see (the sorted values).
+    """
+    paths = np.asarray(paths, dtype=np.float64).copy()
+    even = np.sort(paths[0::2], axis=0)
+    paths[0::2] = even
+    paths[1::2] = np.clip(paths[1::2], even[:-1], even[1:])
+    return paths
+
+
+def fill_missing(y: np.ndarray) -> np.ndarray:
+    """NaN/inf handling for local models: leading missing values are dropped, interior gaps are
+    filled by linear interpolation, trailing ones by the last observed value (forward fill).
+    Returns a float64 array (empty when nothing is observed)."""
+    y = np.asarray(y, dtype=np.float64).ravel()
+    obs = np.flatnonzero(np.isfinite(y))
+    if obs.size == 0:
+        return y[:0]
+    y = y[obs[0]:]
+    obs = obs - obs[0]
+    if obs.size == len(y):
+        return y
+    return np.interp(np.arange(len(y)), obs, y[obs])
+
+
+class StatsForecastBaseline:
+    """statsforecast's ``AutoETS`` / ``AutoTheta`` / ``AutoARIMA`` as local per-window models.
+
+    ``fit`` only records the settings (the models are local: nothing is learned across series).
+    ``predict`` fits the model on each window's past and forecasts ``horizon`` steps with the
+    statsforecast prediction intervals at levels 10, 20, ..., 90, 95 %; the returned
+    ``(21, horizon)`` array holds the quantile paths at :data:`STATSFORECAST_QUANTILES` (median =
+    statsforecast's ``mean``; the level-L interval gives the 0.5 -/+ L/200 quantiles), made
+    non-crossing by :func:`uncross_quantile_paths`. The project's ``sample_quantiles`` recovers
+    statsforecast's own quantiles exactly at 0.1, ..., 0.9 and at MSIS's 0.025 / 0.975 (always for
+    AutoETS / AutoARIMA, whose intervals are Gaussian around the mean; for AutoTheta, whose intervals
+    come from 200 simulated paths, except at steps where its mean falls outside its own simulated
+    0.4-0.6 quantiles, where the metrics see the sorted values).
+
+    Past used per window: the last ``context_length`` points (default ``max_context = 1000``, for
+    speed); leading NaNs are dropped, interior NaNs linearly interpolated, trailing NaNs forward
+    filled (:func:`fill_missing`). A window with fewer than ``min_length`` observed points in that
+    tail, a model error, or a non-finite forecast falls back to the seasonal naive forecast (one path
+    repeated in all 21 rows, so every quantile equals it); ``fallbacks`` counts those windows in the
+    last ``predict`` call and ``fallback_items`` lists their item ids.
+
+    ``AutoARIMA`` uses ``approximation=None`` by default (R ``auto.arima``'s rule: the order search
+    uses conditional sums of squares when the series is longer than 150 or the season exceeds 12,
+    and the chosen model is then refitted by exact ML); statsforecast's own default (``False``) is
+    10-20x slower at season 24 and ~700 points. ``model_kwargs`` are passed to the model class.
+
+    Timing: ``train_seconds`` is 0 after ``fit``; after ``predict`` it is the wall time of that
+    ``predict`` call (per-window fit + forecast, the only "training" a local model has), also kept
+    in ``predict_seconds``. ``train_steps`` is always 0.
+    """
+
+    def __init__(
+        self,
+        model: str = "autoets",
+        season_length: int | None = None,
+        context_length: int | None = None,
+        max_context: int = 1000,
+        min_length: int = 10,
+        model_kwargs: dict[str, Any] | None = None,
+        name: str | None = None,
+    ):
+        key = str(model).lower()
+        if key not in STATSFORECAST_MODELS:
+            raise ValueError(f"model must be one of {STATSFORECAST_MODELS}, got {model!r}")
+        self.model = key
+        self.season_length = season_length
+        self.context_length = context_length
+        self.max_context = int(max_context)
+        self.min_length = int(min_length)
+        self.model_kwargs = dict(model_kwargs or {})
+        self.name = name or key
+        self.train_seconds = 0.0
+        self.train_steps = 0
+        self.predict_seconds = 0.0
+        self.fallbacks = 0
+        self.fallback_items: list[str] = []
+        self._season: int | None = None
+
+    def _make_model(self, season: int):
+        from statsforecast.models import AutoARIMA, AutoETS, AutoTheta
+
+        kwargs = dict(self.model_kwargs)
+        if self.model == "autoarima":
+            kwargs.setdefault("approximation", None)
+        cls = {"autoets": AutoETS, "autotheta": AutoTheta, "autoarima": AutoARIMA}[self.model]
+        return cls(season_length=season, **kwargs)
+
+    def fit(self, dataset: ForecastDataset) -> "StatsForecastBaseline":
+        m = self.season_length if self.season_length is not None else dataset.season_length
+        self._season = max(int(m or 1), 1)
+        self.train_seconds = 0.0
+        self.train_steps = 0
+        return self
+
+    def quantile_paths(self, past: np.ndarray, horizon: int, season: int) -> np.ndarray:
+        """Fit on ``past`` (already cut and NaN-filled) and return the (21, horizon) quantile paths.
+        Raises on a model error or a non-finite forecast."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # convergence / overflow chatter of the optimisers
+            out = self._make_model(season).forecast(y=past, h=horizon, level=_STATSFORECAST_LEVELS)
+        paths = np.stack(
+            [np.asarray(out[_statsforecast_key(q)], dtype=np.float64).ravel() for q in STATSFORECAST_QUANTILES]
+        )
+        if paths.shape != (len(STATSFORECAST_QUANTILES), horizon) or not np.isfinite(paths).all():
+            raise FloatingPointError(f"{self.model}: non-finite or misshaped forecast")
+        return uncross_quantile_paths(paths)
+
+    def predict(self, windows: list[TestWindow], dataset: ForecastDataset) -> list[np.ndarray]:
+        if self._season is None:
+            raise RuntimeError("StatsForecastBaseline.predict() called before fit()")
+        t0 = time.perf_counter()
+        h = dataset.horizon
+        context = self.context_length or self.max_context
+        self.fallbacks = 0
+        self.fallback_items = []
+        out = []
+        for w in windows:
+            past = np.asarray(w.past, dtype=np.float64)[-context:]
+            paths = None
+            if np.isfinite(past).sum() >= self.min_length:
+                try:
+                    paths = self.quantile_paths(fill_missing(past), h, self._season)
+                except Exception:  # noqa: BLE001 - any model failure -> seasonal naive
+                    paths = None
+            if paths is None:
+                self.fallbacks += 1
+                self.fallback_items.append(w.item_id)
+                point = seasonal_naive_forecast(w.past, h, self._season)
+                paths = np.tile(point, (len(STATSFORECAST_QUANTILES), 1))
+            out.append(paths.astype(np.float32))
+        self.predict_seconds = self.train_seconds = time.perf_counter() - t0
+        return out

@@ -200,6 +200,11 @@ def aggregate(window_scores: list[dict]) -> dict[str, float]:
     return res
 
 
+def score_windows(samples: Sequence[np.ndarray], windows: Sequence, season_length: int) -> dict[str, float]:
+    """Data-set-level metrics of one model's samples (S, H) per window against windows' `future` and `past`."""
+    return aggregate([score_window(s, w.future, w.past, season_length) for s, w in zip(samples, windows)])
+
+
 def _metric_columns(table: pd.DataFrame, metrics: Sequence[str]) -> list[str]:
     missing = [c for c in ("dataset", "model") if c not in table.columns]
     if missing:

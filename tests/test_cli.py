@@ -248,7 +248,7 @@ def test_config_errors_exit_2_and_name_the_key(override, needles, command, tmp_p
 
 
 def test_unknown_benchmark_model_and_suite(tmp_path, capsys):
-    code, _, err = run_main(capsys, "benchmark", "experiment.models=[seasonal_naive,prophet]",
+    code, _, err = run_main(capsys, "benchmark", "benchmark.models=[seasonal_naive,prophet]",
                             f"runtime.output_dir={tmp_path}", "runtime.threads=1")
     assert code == 2 and "'prophet'" in err
     code, _, err = run_main(capsys, "benchmark", "suite=huge", f"runtime.output_dir={tmp_path}", "runtime.threads=1")
@@ -278,8 +278,8 @@ def test_unknown_command_in_a_fresh_process():
 
 def test_quick_benchmark_writes_results_and_resumes(tmp_path, capsys):
     args = ["benchmark", "experiment=quick", "trainer.max_steps=10",
-            "experiment.models=[seasonal_naive,transformer_pp,ebt]", f"runtime.output_dir={tmp_path}", *FAST[:1],
-            "model.dim=32", "model.depth=1", "experiment.verify_groups=[1,2]", "experiment.candidate_counts=[1,4]"]
+            "benchmark.models=[seasonal_naive,transformer_pp,ebt]", f"runtime.output_dir={tmp_path}", *FAST[:1],
+            "model.dim=32", "model.depth=1", "benchmark.verify_groups=[1,2]", "benchmark.candidate_counts=[1,4]"]
     code, out, err = run_main(capsys, *args)
     assert code == 0, err
     root = tmp_path / "default"
@@ -298,17 +298,31 @@ def test_quick_benchmark_writes_results_and_resumes(tmp_path, capsys):
     assert np.isfinite(table["wql"]).all() and (table["wql"] > 0).all()
     main_rows = table[~table["model"].str.startswith("ebt[")]
     assert (main_rows.loc[main_rows["model"] != "seasonal_naive", "train_steps"] == 10).all()
-    ebt_rows = table[table["model"] == "ebt"]
-    assert (ebt_rows["forward_passes"] > ebt_rows["backward_passes"]).all()
-    assert (ebt_rows["nonfinite"] == 0).all()
+    # passes recorded per row are what the fixed policy spends: (steps + 1) energies and steps gradients per start
+    thought = table[table["model"].str.startswith("ebt")]
+    starts = thought["num_windows"] * thought["candidates"] * thought["verify_group"]
+    read = ~((thought["steps"] == 0) & (thought["selection"].str.endswith("proposal")))
+    assert (thought["forward_passes"] == np.where(read, starts * (thought["steps"] + 1), 0)).all()
+    assert (thought["backward_passes"] == np.where(read, starts * thought["steps"], 0)).all()
+    assert (thought["nonfinite"] == 0).all()
 
     cells = sorted((root / "cells").glob("*.json"))
     assert len(cells) == 4 * 3
     before = {p.name: p.stat().st_mtime_ns for p in cells}
-    first_csv = results.read_text()
+    first = table.drop(columns=["reused", "cell_seconds"])
+    assert not table["reused"].any()
 
-    # the second run reuses every cell: no cell rewritten, the same table
+    # the second run reuses every cell: no cell rewritten, the same numbers, and the table says so
     code, out, err = run_main(capsys, *args)
     assert code == 0, err
     assert {p.name: p.stat().st_mtime_ns for p in (root / "cells").glob("*.json")} == before
-    assert results.read_text() == first_csv
+    again = pd.read_csv(results)
+    assert again["reused"].all()
+    pd.testing.assert_frame_equal(again.drop(columns=["reused", "cell_seconds"]), first)
+
+    # a changed inference setting recomputes the EBT's cells only
+    code, out, err = run_main(capsys, *args, "think.infer_steps=1")
+    assert code == 0, err
+    third = pd.read_csv(results)
+    assert not third.loc[third["model"].str.startswith("ebt"), "reused"].any()
+    assert third.loc[~third["model"].str.startswith("ebt"), "reused"].all()

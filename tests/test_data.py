@@ -1,6 +1,7 @@
 """Tests for the data layer: loaders on real data, frame validation, windowing and scaling."""
 from __future__ import annotations
 
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -26,15 +27,28 @@ from ebt_forecast.data import (
     series_to_gluonts,
     split_train_val,
 )
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+from conftest import require_shared_data
 
 
 @pytest.fixture(scope="module")
-def data_root() -> Path:
-    if not (SHARED / "README.md").is_file():
-        pytest.skip(f"shared data not found at {SHARED}")
-    return SHARED
+def data_root(shared_data: Path) -> Path:
+    """conftest's shared data root: skipped locally when absent, a failure under CI=true."""
+    return shared_data
+
+
+def test_missing_shared_data_skips_locally_and_fails_under_ci(tmp_path, monkeypatch):
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="shared data not found"):
+        require_shared_data(tmp_path)
+    monkeypatch.setenv("CI", "false")
+    with pytest.raises(pytest.skip.Exception):
+        require_shared_data(tmp_path)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match=r"shared data not found.*CI=true"):
+        require_shared_data(tmp_path)
+    (tmp_path / "ett").mkdir()
+    (tmp_path / "ett" / "ETTh1.csv").write_text("date,OT\n")
+    assert require_shared_data(tmp_path) == tmp_path  # present: neither skip nor fail, even under CI
 
 
 # ---------------------------------------------------------------- shared loaders
@@ -90,6 +104,101 @@ def test_exchange_rate(data_root):
     assert [len(w.past) for w in first] == [7438, 7468, 7498, 7528, 7558]
     assert all(len(w.future) == 30 for w in first)
     assert first[-1].future[-1] == pytest.approx(0.720825, abs=1e-6)  # last row of the file
+
+
+# ---------------------------------------------------------------- leakage guards on the shared data
+
+SHARED_LOADERS = {
+    "etth1_all": lambda root: load_etth1(root, columns="all"),
+    "m4_hourly": load_m4_hourly,
+    "exchange_rate": load_exchange_rate,
+}
+VAL_WINDOWS = 2
+
+
+@pytest.fixture(scope="module")
+def shared_datasets(data_root):
+    """Each shared data set loaded once for the module (tests below must not modify them)."""
+    return {name: load(data_root) for name, load in SHARED_LOADERS.items()}
+
+
+def _span(start: pd.Period, offset: int, length: int) -> range:
+    """Absolute time positions (period ordinals) of `length` steps from `start + offset`."""
+    first = (start + offset).ordinal
+    return range(first, first + length)
+
+
+@pytest.mark.parametrize("name", list(SHARED_LOADERS))
+def test_shared_test_futures_start_after_training_data(shared_datasets, name):
+    ds = shared_datasets[name]
+    train = {s.item_id: s for s in ds.train}
+    assert len(train) == len(ds.train)  # one training series per item id
+    assert {w.item_id for w in ds.test_windows} == set(train)
+    for w in ds.test_windows:
+        s = train[w.item_id]
+        train_span = _span(s.start, 0, len(s))
+        future_span = _span(w.start, len(w.past), len(w.future))
+        assert future_span.start > train_span[-1], (name, w.item_id, str(w.forecast_start))
+        # the window and the training series are on one clock: the history starts with the training data
+        assert w.start == s.start
+        np.testing.assert_array_equal(w.past[:len(s)], s.target)
+
+
+@pytest.mark.parametrize("name", list(SHARED_LOADERS))
+def test_shared_validation_windows_inside_train_and_disjoint_from_test(shared_datasets, name):
+    ds = shared_datasets[name]
+    h = ds.horizon
+    short, val = split_train_val(ds.train, h, VAL_WINDOWS)
+    full = {s.item_id: s for s in ds.train}
+    cut = {s.item_id: s for s in short}
+    test_futures = defaultdict(set)
+    for w in ds.test_windows:
+        test_futures[w.item_id].update(_span(w.start, len(w.past), len(w.future)))
+    assert len(val) == VAL_WINDOWS * len(ds.train)  # every shared series is long enough to split
+    for v in val:
+        s, c = full[v.item_id], cut[v.item_id]
+        train_span = _span(s.start, 0, len(s))
+        val_span = _span(v.start, len(v.past), len(v.future))
+        assert len(val_span) == h
+        assert train_span[0] <= val_span[0] and val_span[-1] <= train_span[-1], (name, v.item_id)
+        assert test_futures[v.item_id].isdisjoint(val_span), (name, v.item_id)
+        # the validation future holds the training series' own values at those positions
+        offset = val_span[0] - train_span[0]
+        np.testing.assert_array_equal(v.future, s.target[offset:offset + h])
+        # the split training series ends before any validation window of its item starts
+        assert c.start == s.start and _span(c.start, 0, len(c))[-1] < val_span[0]
+
+
+def _windows_holding(dataset: TrainWindowDataset, threshold: float) -> int:
+    """How many drawn windows hold a raw (unscaled) value of magnitude above threshold."""
+    count = 0
+    for i in range(len(dataset)):
+        item = dataset[i]
+        raw = torch.cat([item["context"], item["future"]]) * item["scale"]
+        count += bool((raw.abs() > threshold).any())
+    return count
+
+
+@pytest.mark.parametrize("name", list(SHARED_LOADERS))
+def test_shared_training_windows_end_before_validation_tail(shared_datasets, name):
+    ds = shared_datasets[name]
+    h, sentinel = ds.horizon, 1e9
+    assert max(float(np.nanmax(np.abs(s.target))) for s in ds.train) < sentinel / 100  # no datum looks like it
+    tail = VAL_WINDOWS * h
+    marked = []
+    for s in ds.train:
+        y = s.target.copy()
+        y[-tail:] = sentinel
+        marked.append(Series(item_id=s.item_id, start=s.start, target=y))
+    short, val = split_train_val(marked, h, VAL_WINDOWS)
+    assert all((v.future == sentinel).all() for v in val)  # validation is exactly the marked tail
+    assert [len(s) for s in short] == [len(s) - tail for s in ds.train]
+    context_length = 2 * h
+    windows = TrainWindowDataset(short, context_length=context_length, horizon=h, num_samples=1500, seed=0)
+    assert _windows_holding(windows, sentinel / 10) == 0
+    # the check has teeth: the same draws over the unsplit series do reach into the tail
+    leaky = TrainWindowDataset(marked, context_length=context_length, horizon=h, num_samples=1500, seed=0)
+    assert _windows_holding(leaky, sentinel / 10) > 0
 
 
 # ---------------------------------------------------------------- statsmodels (offline)
@@ -288,7 +397,15 @@ def test_train_windows_mask_nans_and_scale():
     assert len(ds) == 50
     for i in range(50):
         item = ds[i]
-        assert item["context"].shape == (32,) and item["future"].shape == (8,) and item["scale"].shape == ()
+        # unscaled, the window is one contiguous 40-point slice of y (left-padded with NaN), with
+        # mask 0 exactly where that slice is NaN
+        raw = torch.cat([item["context"], item["future"]]).numpy().astype(np.float64) * item["scale"].item()
+        mask = torch.cat([item["context_mask"], item["future_mask"]]).numpy() == 1
+        padded = np.r_[np.full(32, np.nan), y]
+        matches = [e for e in range(40, len(padded) + 1)
+                   if np.array_equal(np.isfinite(padded[e - 40:e]), mask)
+                   and np.allclose(raw[mask], padded[e - 40:e][mask], rtol=1e-5)]
+        assert len(matches) == 1, i
         for key in ("context", "future"):
             assert torch.isfinite(item[key]).all()
             assert (item[key][item[f"{key}_mask"] == 0] == 0).all()
@@ -325,8 +442,17 @@ def test_train_windows_deterministic_and_skips_short():
     same = all(torch.equal(a[i]["context"], b[i]["context"]) for i in range(30))
     differ = any(not torch.equal(a[i]["future"], c[i]["future"]) for i in range(30))
     assert same and differ
-    loader = torch.utils.data.DataLoader(a, batch_size=10)
-    assert next(iter(loader))["context"].shape == (10, 20)
+    # every window is a contiguous slice of "long": unscaled, its observed values are consecutive integers
+    for i in range(30):
+        item = a[i]
+        observed = torch.cat([item["context_mask"], item["future_mask"]]) == 1
+        window = (torch.cat([item["context"], item["future"]]).double() * item["scale"].item())[observed]
+        np.testing.assert_allclose(window.diff().numpy(), 1.0, rtol=1e-5)
+        assert len(window) == 25 or window[0].item() == pytest.approx(0.0, abs=1e-6)  # short only at the start
+    # a DataLoader batch stacks the same items in order
+    batch = next(iter(torch.utils.data.DataLoader(a, batch_size=10)))
+    for key in ("context", "context_mask", "future", "future_mask", "scale"):
+        assert torch.equal(batch[key], torch.stack([a[i][key] for i in range(10)])), key
     with pytest.raises(DataError):
         TrainWindowDataset([_series([1.0, 2.0])], context_length=4, horizon=2)
 

@@ -10,21 +10,17 @@ import pandas as pd
 import pytest
 
 from ebt_forecast.baselines import SeasonalNaive
-from ebt_forecast.data.types import ForecastTask, Series
+from ebt_forecast.data.types import ForecastDataset, Series
 from ebt_forecast.data.types import TestWindow as Window  # not collected as a test class
 from ebt_forecast.data.windows import tail_windows
-from ebt_forecast.metrics import aggregate, score_window
+from ebt_forecast.metrics import score_windows
+from ebt_forecast.nn import TransformerConfig
+from ebt_forecast.tasks.base import TrainerConfig
+from ebt_forecast.tasks.forecast.config import ForecasterConfig, ForecastLossConfig, ForecastTaskConfig
 from ebt_forecast.tasks.forecast.diagnostics import verification_diagnostics
-from ebt_forecast.tasks.forecast.forecaster import (
-    SELECTIONS,
-    EBTForecaster,
-    ForecasterConfig,
-    ForecastTaskConfig,
-    ModelSizeConfig,
-    TrainerConfig,
-    think_forecast,
-)
-from ebt_forecast.think import ThinkConfig
+from ebt_forecast.tasks.forecast.forecaster import EBTForecaster, ThoughtForecast
+from ebt_forecast.tasks.forecast.module import inference_levels
+from ebt_forecast.think import AUTO_SETTINGS, SELECTIONS, ConfigError, InferenceSetting, ThinkConfig
 
 HORIZON = 24
 SEASON = 24
@@ -45,33 +41,35 @@ def seasonal_series(num_series: int, length: int, seed: int = 0, noise: float = 
     return out
 
 
-def make_task(series: list[Series], num_windows: int = 2, horizon: int = HORIZON) -> ForecastTask:
+def make_task(series: list[Series], num_windows: int = 2, horizon: int = HORIZON) -> ForecastDataset:
     """Train on all but the last num_windows horizons of each series; those are the test windows."""
     train, tests = [], []
     for s in series:
         short, windows = tail_windows(s, horizon, num_windows)
         train.append(short)
         tests.extend(windows)
-    return ForecastTask("synthetic", "h", horizon, SEASON, train, tests)
+    return ForecastDataset("synthetic", "h", horizon, SEASON, train, tests)
 
 
 def small_config(max_steps: int = 30, seed: int = 0, num_candidates: int = 9, model: dict | None = None,
-                 think: dict | None = None, task: dict | None = None, lr: float = 3e-3) -> ForecasterConfig:
+                 think: dict | None = None, task: dict | None = None, loss: dict | None = None,
+                 lr: float = 3e-3) -> ForecasterConfig:
     return ForecasterConfig(
-        model=ModelSizeConfig(**{"dim": 32, "depth": 1, **(model or {})}),
+        model=TransformerConfig(**{"dim": 32, "depth": 1, "heads": 4, "ffn_multiplier": 2.0, **(model or {})}),
         think=ThinkConfig(**{"train_steps": 2, "infer_steps": 2, **(think or {})}),
         trainer=TrainerConfig(max_steps=max_steps, batch_size=16, lr=lr, warmup_steps=5, progress_bar=False),
-        task=ForecastTaskConfig(**{"num_candidates": num_candidates, "val_windows": 8, **(task or {})}),
+        task=ForecastTaskConfig(**{"num_candidates": num_candidates, "val_windows": 8, **(task or {}),
+                                   "loss": ForecastLossConfig(**(loss or {}))}),
         seed=seed,
     )
 
 
-def wql(samples: list[np.ndarray], windows: list[Window], season: int = SEASON) -> float:
-    return aggregate([score_window(s, w.future, w.past, season) for s, w in zip(samples, windows)])["wql"]
+def wql(samples, windows: list[Window], season: int = SEASON) -> float:
+    return score_windows(samples, windows, season)["wql"]
 
 
 @pytest.fixture(scope="module")
-def seasonal_task() -> ForecastTask:
+def seasonal_task() -> ForecastDataset:
     return make_task(seasonal_series(3, 400, seed=1), num_windows=2)
 
 
@@ -91,7 +89,7 @@ def pattern_fit():
     twice); a model that learns the daily shape only pays the noise once."""
     task = make_task(seasonal_series(4, 1500, seed=0, trend=0.001), num_windows=4)
     # patches of one day: the season sits at the same position in every patch, so 200 steps suffice
-    cfg = small_config(max_steps=200, num_candidates=21, model={"context_length": 48, "patch_len": 24})
+    cfg = small_config(max_steps=200, num_candidates=21, task={"context_length": 48, "patch_len": 24})
     ebt = EBTForecaster(cfg, "ebt").fit(task)
     naive_wql = wql(SeasonalNaive().fit(task).predict(task.test_windows, task), task.test_windows)
     return task, ebt, naive_wql
@@ -111,8 +109,6 @@ def test_ebt_default_forecast_beats_seasonal_naive(pattern_fit):
     """The forecast as users get it: selection "auto" (the thinking steps and selection that scored best
     on the validation windows) and, as a check of self-verification, the lowest-energy of G=2 starts."""
     task, ebt, naive_wql = pattern_fit
-    assert ebt.cfg.task.selection == "auto" and ebt.chosen in ebt_auto_settings()
-    assert len(ebt.validation_scores) == len(ebt_auto_settings())
     ebt_wql = wql(ebt.predict(task.test_windows, task), task.test_windows)
     assert ebt_wql < naive_wql, (ebt_wql, naive_wql)
     verified_wql = wql(ebt.predict(task.test_windows, task, steps=1, selection="verified", verify_group=2),
@@ -120,10 +116,67 @@ def test_ebt_default_forecast_beats_seasonal_naive(pattern_fit):
     assert verified_wql < naive_wql, (verified_wql, naive_wql)
 
 
-def ebt_auto_settings():
-    from ebt_forecast.tasks.forecast.forecaster import AUTO_SETTINGS
+def test_auto_picks_the_setting_with_the_lowest_saved_validation_score(pattern_fit):
+    """`auto` re-scores every menu setting on the validation windows, saves the scores, and keeps the argmin;
+    the test recomputes each score independently and checks both the scores and the choice."""
+    task, ebt, _ = pattern_fit
+    recomputed = {s.key: wql(ebt.predict(ebt.val_windows, steps=s.steps, selection=s.selection), ebt.val_windows)
+                  for s in AUTO_SETTINGS}
+    assert ebt.validation_scores == pytest.approx(recomputed, rel=1e-9)
+    assert ebt.chosen.key == min(recomputed, key=recomputed.get)
+    # the default predict runs exactly that choice
+    default = ebt.predict(task.test_windows)
+    chosen = ebt.predict(task.test_windows, steps=ebt.chosen.steps, selection=ebt.chosen.selection)
+    assert default.setting == ebt.chosen
+    np.testing.assert_array_equal(default.samples, chosen.samples)
 
-    return AUTO_SETTINGS
+
+def test_verified_keeps_the_lowest_energy_start_of_every_level(fitted, seasonal_task):
+    """Through the forecaster: with G = 3 starts per level the verified sample of each level is the start
+    whose final energy is lowest (the picks vary, so this is not "always the same start")."""
+    out = fitted.predict(seasonal_task.test_windows, steps=1, selection="verified", verify_group=3)
+    best = out.energies.argmin(-1)  # (N, M)
+    expected = np.take_along_axis(out.candidates, best[..., None, None], axis=2)[:, :, 0]
+    np.testing.assert_allclose(out.samples, expected, rtol=1e-6)
+    assert (best != 0).any() and len(np.unique(best)) > 1  # not simply "always the first start"
+
+
+def test_energy_free_controls_are_the_plain_average_and_median_of_the_starts(fitted, seasonal_task):
+    windows = seasonal_task.test_windows
+    average = fitted.predict(windows, steps=1, selection="average", verify_group=3)
+    median = fitted.predict(windows, steps=1, selection="median", verify_group=3)
+    np.testing.assert_allclose(average.samples, average.candidates.mean(2), rtol=1e-5)
+    np.testing.assert_allclose(median.samples, np.median(median.candidates, axis=2), rtol=1e-5)
+
+
+def test_a_windows_future_does_not_change_its_forecast(fitted, seasonal_task):
+    """Leakage guard: the forecast reads only the past."""
+    windows = seasonal_task.test_windows
+    scrambled = [Window(w.item_id, w.start, w.past, w.future[::-1] * 100 + 7) for w in windows]
+    for selection in ("proposal", "verified", "resample"):
+        a = fitted.predict(windows, selection=selection).samples
+        b = fitted.predict(scrambled, selection=selection).samples
+        np.testing.assert_array_equal(a, b)
+
+
+def test_validation_windows_come_from_the_training_tail_only(fitted, seasonal_task):
+    """Leakage guard: validation windows end where each training series ends, before every test future."""
+    train_end = {s.item_id: s.start + len(s.target) for s in seasonal_task.train}
+    for v in fitted.val_windows:
+        assert v.forecast_start + len(v.future) <= train_end[v.item_id]
+    for t in seasonal_task.test_windows:
+        assert t.forecast_start >= train_end[t.item_id]
+
+
+def test_no_thinking_switches_thinking_off_for_every_setting(seasonal_task):
+    """think.enabled=false (think=no_thinking): every call, auto included, gives the proposals and reads no energy."""
+    ebt = EBTForecaster(small_config(max_steps=5, think={"enabled": False}), "ebt").fit(seasonal_task)
+    assert ebt.chosen == InferenceSetting(0, "proposal") and ebt.validation_scores == {}
+    proposals = ebt.predict(seasonal_task.test_windows, selection="proposal").samples
+    for selection in ("auto", "verified", "refined", "resample"):
+        out = ebt.predict(seasonal_task.test_windows, steps=2, selection=selection)
+        np.testing.assert_array_equal(out.samples, proposals)
+        assert out.forward_passes == out.backward_passes == 0
 
 
 # ---------------------------------------------------------------- shapes and selections
@@ -158,16 +211,14 @@ def test_every_selection_gives_finite_samples(fitted, seasonal_task, selection):
 
 
 def test_selections_relate_as_documented(fitted, seasonal_task):
-    """proposal = the step-0 path; refined = the path's last state; lowest is one of the candidates."""
+    """proposal = the step-0 path; refined = the path's last state."""
     windows = seasonal_task.test_windows
-    proposal = np.stack(fitted.predict(windows, seasonal_task, selection="proposal"))
-    fc = fitted.last_forecast
-    np.testing.assert_allclose(proposal, fc.proposals, rtol=1e-6)
-    refined = np.stack(fitted.predict(windows, seasonal_task, selection="refined", steps=2))
-    fc = fitted.last_forecast
+    proposal = fitted.predict(windows, seasonal_task, selection="proposal").samples
+    fc = fitted.predict(windows, seasonal_task, selection="refined", steps=2)
+    refined = fc.samples
     np.testing.assert_allclose(fc.path[:, 0], proposal, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(refined, fc.path[:, -1], rtol=1e-6)
-    np.testing.assert_allclose(refined, fc.candidates, rtol=1e-6)
+    np.testing.assert_allclose(refined, fc.candidates[:, :, 0], rtol=1e-6)
     assert not np.allclose(refined, proposal)  # two steps of alpha = 10 move the candidates
     # verified with one start per level is the refined set
     verified = np.stack(fitted.predict(windows, seasonal_task, selection="verified", steps=2, verify_group=1))
@@ -178,8 +229,8 @@ def test_feedforward_twin_returns_its_proposals(seasonal_task):
     ff = EBTForecaster(small_config(max_steps=10), "feedforward").fit(seasonal_task)
     assert ff.name == "transformer_pp"
     samples = ff.predict(seasonal_task.test_windows, seasonal_task, steps=5, selection="lowest")
-    assert [s.shape for s in samples] == [(9, HORIZON)] * len(seasonal_task.test_windows)
-    assert ff.last_forecast.backward_passes == 0  # no thinking in the twin
+    np.testing.assert_array_equal(samples.samples, samples.proposals)
+    assert samples.forward_passes == samples.backward_passes == 0  # no energy read in the twin
 
 
 # ---------------------------------------------------------------- missing values and short series
@@ -210,7 +261,7 @@ def test_missing_values_in_training_and_test_pasts():
         for s in samples:
             assert s.shape == (9, HORIZON)
             assert np.isfinite(s).all()
-        assert ebt.last_forecast.nonfinite == 0
+        assert samples.nonfinite == 0
     # observed windows are scored as usual (NaN futures would be masked)
     assert np.isfinite(wql(samples[:3], windows[:3]))
 
@@ -219,9 +270,9 @@ def test_series_shorter_than_the_context_length():
     """Auto context for horizon 24 is 96 points; series of 40-60 points are left-padded and masked."""
     series = seasonal_series(3, 100, seed=4)
     train = [Series(s.item_id, s.start, s.target[:n].copy()) for s, n in zip(series, (40, 50, 60))]
-    task = ForecastTask("short", "h", HORIZON, SEASON, train)
+    task = ForecastDataset("short", "h", HORIZON, SEASON, train)
     cfg = small_config(max_steps=15)
-    assert cfg.model_config(HORIZON, SEASON).context_length == 96
+    assert cfg.window(HORIZON, SEASON)[0] == 96
     ebt = EBTForecaster(cfg, "ebt").fit(task)
     windows = [Window(s.item_id, s.start, s.target, np.full(HORIZON, np.nan, np.float32)) for s in train]
     windows.append(Window("tiny", START, series[0].target[:5].copy(), np.full(HORIZON, np.nan, np.float32)))
@@ -236,10 +287,13 @@ def test_series_shorter_than_the_context_length():
 def test_same_seed_same_forecast(seasonal_task):
     def run(seed):
         ebt = EBTForecaster(small_config(max_steps=10, seed=seed), "ebt").fit(seasonal_task)
-        return np.stack(ebt.predict(seasonal_task.test_windows, seasonal_task, selection="resample"))
+        out = ebt.predict(seasonal_task.test_windows, seasonal_task, selection="resample")
+        return out.samples, score_windows(out, seasonal_task.test_windows, SEASON)
 
-    first, again, other = run(0), run(0), run(1)
+    (first, first_metrics), (again, again_metrics), (other, _) = run(0), run(0), run(1)
     np.testing.assert_array_equal(first, again)
+    for key in ("wql", "mase", "crps"):
+        assert abs(first_metrics[key] - again_metrics[key]) <= 1e-6
     assert not np.allclose(first, other)
 
 
@@ -253,20 +307,20 @@ def test_think_forecast_pass_counts_for_the_fixed_policy(fitted, seasonal_task, 
     assert fitted.module.think_cfg.stop_policy == "fixed"
     pasts = [w.past for w in seasonal_task.test_windows][:5]
     n, m = len(pasts), 4
-    out = think_forecast(fitted.module, pasts, num_candidates=m, steps=steps, selection="verified",
-                         verify_group=group, batch_size=2)
+    windows = seasonal_task.test_windows[:5]
+    out = fitted.predict(windows, num_candidates=m, steps=steps, selection="verified", verify_group=group,
+                         batch_size=2)
     starts = n * m * group
     assert out.forward_passes == starts * (steps + 1)
     assert out.backward_passes == starts * steps
     assert out.nonfinite == 0
     assert out.samples.shape == (n, m, HORIZON)
-    assert out.proposals.shape == out.candidates.shape == (n, m, HORIZON)
+    assert out.candidates.shape == (n, m, group, HORIZON)
     assert out.path.shape == (n, steps + 1, m, HORIZON)
-    assert out.energies.shape == (n, steps + 1, m)
-    assert np.isfinite(out.energies).all()
-    # the first start of each level is the proposal itself, and the path ends at the candidates
+    assert np.isfinite(out.path_energies).all()
+    # the first start of each level is the proposal itself, and the path ends at its final candidate
     np.testing.assert_allclose(out.path[:, 0], out.proposals, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(out.path[:, -1], out.candidates, rtol=1e-6)
+    np.testing.assert_allclose(out.path[:, -1], out.candidates[:, :, 0], rtol=1e-6)
 
 
 @pytest.mark.parametrize("think,thinking_steps", [
@@ -276,36 +330,35 @@ def test_think_forecast_pass_counts_for_the_fixed_policy(fitted, seasonal_task, 
 def test_early_stopping_policies_end_before_the_budget(seasonal_task, think, thinking_steps):
     """Candidates that stop early keep their last state over the rest of the path (the budget is 4)."""
     ebt = EBTForecaster(small_config(max_steps=10, think=think), "ebt").fit(seasonal_task)
-    pasts = [w.past for w in seasonal_task.test_windows]
+    windows = seasonal_task.test_windows
     budget = 4
     for selection in ("refined", "verified"):
-        out = think_forecast(ebt.module, pasts, num_candidates=3, steps=budget, selection=selection)
-        n = len(pasts) * 3
+        out = ebt.predict(windows, num_candidates=3, steps=budget, selection=selection, verify_group=1)
+        n = len(windows) * 3
         initial = n if think["stop_policy"] == "energy_threshold" else 0  # the threshold check's pass
         assert out.backward_passes == n * thinking_steps
         assert out.forward_passes == initial + n * thinking_steps + n
-        assert out.path.shape == (len(pasts), budget + 1, 3, HORIZON)
+        assert out.path.shape == (len(windows), budget + 1, 3, HORIZON)
         for t in range(thinking_steps + 1, budget + 1):
-            np.testing.assert_array_equal(out.path[:, t], out.candidates)
+            np.testing.assert_array_equal(out.path[:, t], out.candidates[:, :, 0])
         assert np.isfinite(out.samples).all()
     if thinking_steps == 0:
-        np.testing.assert_allclose(out.candidates, out.proposals, rtol=1e-6)
+        np.testing.assert_allclose(out.candidates[:, :, 0], out.proposals, rtol=1e-6)
 
 
-def test_verification_diagnostics(fitted):
-    assert fitted.val_windows  # cut from the training tail
-    diag = verification_diagnostics(fitted, fitted.val_windows, SEASON, steps=2, group=4)
-    assert diag["chance"] == 0.25 and 0.0 <= diag["pick_accuracy"] <= 1.0
-    for key in ("group_spearman", "path_spearman", "window_spearman"):
-        assert np.isnan(diag[key]) or -1.0 <= diag[key] <= 1.0
-    for key in ("wql_refined", "wql_verified_G2", "wql_weighted_G2", "wql_average_G2", "wql_verified_G4"):
-        assert np.isfinite(diag[key]) and diag[key] > 0
+def test_verification_diagnostics_match_the_forecasts_they_summarise(fitted):
+    """The WQL columns of the diagnostics are those of the same settings scored directly."""
+    windows = fitted.val_windows
+    diag = verification_diagnostics(fitted, windows, SEASON, steps=2, group=4)
+    assert diag["wql_refined"] == pytest.approx(wql(fitted.predict(windows, steps=2, selection="refined"), windows))
+    assert diag["wql_verified_G4"] == pytest.approx(
+        wql(fitted.predict(windows, steps=2, selection="verified", verify_group=4), windows))
+    assert diag["wql_average_G2"] == pytest.approx(
+        wql(fitted.predict(windows, steps=2, selection="average", verify_group=2), windows))
 
 
 def test_verification_diagnostics_score_an_oracle_energy_as_perfect():
     """An energy equal to each candidate's true pinball loss ranks perfectly: Spearman 1, pick accuracy 1."""
-    from ebt_forecast.tasks.forecast.forecaster import ThoughtForecast, inference_levels
-
     rng = np.random.default_rng(0)
     n, m, g, h, steps = 6, 5, 4, HORIZON, 1
     windows = [Window("s", START, rng.normal(10, 1, 100), rng.normal(10, 1, h)) for _ in range(n)]
@@ -319,11 +372,10 @@ def test_verification_diagnostics_score_an_oracle_energy_as_perfect():
         def predict(self, windows, steps=0, selection="refined", verify_group=1):
             path = np.repeat(group[:, None, :, 0], steps + 1, axis=1)
             energies = np.repeat(oracle[:, None, :, 0], steps + 1, axis=1)
-            self.last_forecast = ThoughtForecast(
-                samples=group[:, :, 0], proposals=group[:, :, 0], candidates=group[:, :, 0], energies=energies,
-                path=path, group_candidates=group, group_energies=oracle, forward_passes=0, backward_passes=0,
-                nonfinite=0)
-            return list(group[:, :, 0])
+            return ThoughtForecast(
+                samples=group[:, :, 0], proposals=group[:, :, 0], candidates=group, energies=oracle, path=path,
+                path_energies=energies, setting=InferenceSetting(steps, selection), forward_passes=0,
+                backward_passes=0, nonfinite=0)
 
     diag = verification_diagnostics(OracleForecaster(), windows, SEASON, steps=steps, group=g)
     assert diag["group_spearman"] == pytest.approx(1.0)
@@ -382,15 +434,14 @@ def test_candidate_initialisations(seasonal_task, init):
 
 def test_set_crps_term_trains(seasonal_task):
     """The optional scoringrules set-CRPS term on the refined level paths trains to finite forecasts."""
-    forecaster = EBTForecaster(small_config(max_steps=5, task={"set_crps": 1.0}), "ebt").fit(seasonal_task)
+    forecaster = EBTForecaster(small_config(max_steps=5, loss={"set_crps": 1.0}), "ebt").fit(seasonal_task)
     assert all(np.isfinite(s).all() for s in forecaster.predict(seasonal_task.test_windows))
 
 
 def test_weighted_selection_lies_between_its_starts(fitted, seasonal_task):
     """Soft verification is a convex combination of each level's refined starts."""
-    fitted.predict(seasonal_task.test_windows, steps=1, selection="weighted", verify_group=2)
-    out = fitted.last_forecast
-    lo, hi = out.group_candidates.min(2), out.group_candidates.max(2)
+    out = fitted.predict(seasonal_task.test_windows, steps=1, selection="weighted", verify_group=2)
+    lo, hi = out.candidates.min(2), out.candidates.max(2)
     assert np.all(out.samples >= lo - 1e-4) and np.all(out.samples <= hi + 1e-4)
 
 
@@ -408,6 +459,10 @@ def test_training_checkpoints_and_resumes(seasonal_task, tmp_path, monkeypatch):
     cfg.trainer.max_steps = 9
     second = EBTForecaster(cfg, "ebt").fit(seasonal_task)
     assert second.train_steps == 9 and len(calls) == 3  # resumed at step 6: only 3 new steps ran
+    # a checkpoint of another configuration is refused, not mixed in
+    cfg.trainer.lr = 1e-2
+    with pytest.raises(ConfigError, match="another configuration"):
+        EBTForecaster(cfg, "ebt").fit(seasonal_task)
 
 
 def test_replay_buffer_feeds_training(seasonal_task):
@@ -430,12 +485,35 @@ def test_detach_context_keeps_system2_losses_off_the_context_encoding(detach):
     from ebt_forecast.tasks.forecast.module import ForecastModule
 
     torch.manual_seed(0)
-    task_cfg = ForecastTaskConfig(proposal=0.0, refine=1.0, verify=1.0, detach_context=detach)
-    module = ForecastModule(ForecastModelConfig(context_length=16, horizon=8, patch_len=4, dim=16, depth=1, heads=2,
-                                                season_length=4), ThinkConfig(), TrainerConfig(), task_cfg)
+    task_cfg = ForecastTaskConfig(loss=ForecastLossConfig(proposal=0.0, refine=1.0, verify=1.0, detach_context=detach))
+    model_cfg = ForecastModelConfig(context_length=16, horizon=8, patch_len=4, season_length=4,
+                                    backbone=TransformerConfig(dim=16, depth=1, heads=2))
+    module = ForecastModule(model_cfg, ThinkConfig(), TrainerConfig(), task_cfg)
     torch.nn.init.normal_(module.model.energy_head.proj.weight, std=0.5)
     batch = {"context": torch.randn(4, 16), "context_mask": torch.ones(4, 16),
              "future": torch.randn(4, 8), "future_mask": torch.ones(4, 8)}
     module.training_step(batch, 0).backward()
     grad = module.model.context_embed.weight.grad
     assert (grad is None or grad.abs().sum() == 0) == detach
+
+
+def test_estimator_honours_num_samples_and_a_predictor_round_trips(tmp_path):
+    """EBTEstimator(num_samples=S) gives S paths; serialize -> gluonts' Predictor.deserialize forecasts identically."""
+    from gluonts.model.predictor import Predictor
+
+    from ebt_forecast.data.frames import series_to_gluonts
+    from ebt_forecast.tasks.forecast import EBTEstimator, EBTPredictor
+
+    series = seasonal_series(2, 300, seed=6)
+    dataset = series_to_gluonts(series, "h")
+    predictor = EBTEstimator(prediction_length=HORIZON, freq="h", config=small_config(max_steps=8),
+                             num_samples=13).train(dataset)
+    before = list(predictor.predict(dataset))
+    assert [f.samples.shape for f in before] == [(13, HORIZON)] * 2
+    predictor.serialize(tmp_path / "predictor")
+    loaded = Predictor.deserialize(tmp_path / "predictor")
+    assert isinstance(loaded, EBTPredictor) and loaded.forecaster.chosen == predictor.forecaster.chosen
+    after = list(loaded.predict(dataset))
+    for a, b in zip(before, after):
+        np.testing.assert_array_equal(a.samples, b.samples)
+        assert a.start_date == b.start_date and a.info["selection"] == b.info["selection"]

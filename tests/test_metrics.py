@@ -195,6 +195,14 @@ def test_geometric_mean_relative():
     assert g.loc["m2", "mase"] == pytest.approx(1.0)
     assert g.loc["seasonal_naive", "wql"] == pytest.approx(1.0)
     assert (g["num_datasets"] == 2).all()
+    # a model scored on one data set only: its mean is over that one, and it says so
+    partial = pd.concat([_table(), pd.DataFrame({"dataset": ["a"], "model": ["m3"], "wql": [0.05], "mase": [np.nan]})])
+    p = geometric_mean_relative(partial, metrics=("wql", "mase"))
+    assert p["model"].iloc[0] == "m3"  # lowest relative wql first
+    p = p.set_index("model")
+    assert p.loc["m3", "wql"] == pytest.approx(0.25) and p.loc["m3", "num_datasets"] == 1
+    assert np.isnan(p.loc["m3", "mase"])  # no ratio at all: NaN, not 1
+    assert p.loc["m1", "num_datasets"] == 2 and p.loc["m1", "wql"] == pytest.approx(1.0)
 
 
 def test_relative_requires_baseline():

@@ -21,10 +21,11 @@ from ebt_forecast.think import StepSize, ThinkConfig, think
 def _tiny_forecast_model(seed=0, **overrides):
     torch.manual_seed(seed)
     # context 30 and horizon 10 are not multiples of the patch: both paddings are exercised
-    kwargs = dict(context_length=30, horizon=10, patch_len=4, dim=16, depth=2, heads=2,
-                  ffn_multiplier=1.5, level_features=4)
+    backbone = dict(dim=16, depth=2, heads=2, ffn_multiplier=1.5)
+    backbone.update({k: overrides.pop(k) for k in list(overrides) if k in backbone})
+    kwargs = dict(context_length=30, horizon=10, patch_len=4, level_features=4)
     kwargs.update(overrides)
-    model = PatchForecastEBT(ForecastModelConfig(**kwargs)).eval()
+    model = PatchForecastEBT(ForecastModelConfig(backbone=TransformerConfig(**backbone), **kwargs)).eval()
     # a fresh model's energy map is zero (thinking starts as the identity); give it a slope to test
     torch.nn.init.normal_(model.energy_head.proj.weight, std=0.5)
     return model
@@ -242,9 +243,7 @@ def test_doubled_sequence_mask_layout():
 def test_doubled_sequence_positions_shift_predictions():
     s = 6
     pos = doubled_sequence_positions(s)
-    assert pos.tolist() == list(range(s)) + list(range(1, s + 1))
-    for i in range(s):
-        assert pos[s + i] == i + 1 and pos[i] == i
+    assert pos.tolist() == list(range(s)) + list(range(1, s + 1))  # predicted token i sits at position i + 1
 
 
 def test_doubled_sequence_positions_used_by_attention():
@@ -346,9 +345,21 @@ def test_rotary_dot_product_depends_only_on_relative_position():
 
 
 def test_energy_head_reductions():
-    head = EnergyHead(8, reduction="sum")
-    h = torch.randn(2, 3, 5, 8)
-    torch.testing.assert_close(head(h), head.token_energies(h).sum(-1))
+    torch.manual_seed(0)
+    head = EnergyHead(8, reduction="sum").double()
+    with torch.no_grad():
+        head.norm.weight.normal_()  # a non-trivial gain, so the reference below has to apply it
+    h = torch.randn(2, 3, 5, 8, dtype=torch.float64)
+    # reference, written out: RMS-normalise each token, apply the gain, project to a scalar
+    normed = h / (h.pow(2).mean(-1, keepdim=True) + head.norm.eps).sqrt() * head.norm.weight
+    tokens = normed @ head.proj.weight.view(8) + head.proj.bias  # (2, 3, 5)
+    torch.testing.assert_close(head(h), tokens.sum(-1))
+    # the energy of a candidate does not depend on the order of its tokens
+    torch.testing.assert_close(head(h.flip(-2)), head(h))
     head.reduction = "mean"
-    torch.testing.assert_close(head(h), head.token_energies(h).mean(-1))
-    assert head(h).shape == (2, 3)
+    torch.testing.assert_close(head(h), tokens.sum(-1) / 5)
+    # each candidate's energy is its own: changing one candidate's tokens leaves the others unchanged
+    h2 = h.clone()
+    h2[1, 2] += 1.0
+    changed = (head(h2) - head(h)).abs() > 1e-9
+    assert changed.tolist() == [[False, False, False], [False, False, True]]

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from ebt_forecast.nn import TransformerConfig
 from ebt_forecast.tasks.forecast.model import ForecastModelConfig, PatchForecastEBT, evenly_spaced_levels
 from ebt_forecast.think import (
     ConfigError,
@@ -90,8 +91,10 @@ def test_think_energies_decrease_and_record_is_consistent():
     cfg = ThinkConfig(alpha=0.2, infer_steps=6)
     res = think(QuadraticEnergy(targets, 4), init, cfg, StepSize(cfg.alpha), keep_trajectory=True)
     e = res.record.energies  # (T + 1, B, M)
-    assert e.shape == (7, 3, 4)
-    assert torch.isfinite(e).all()
+    # E_t = ||x_t - x*||^2 = (1 - 2 alpha)^(2t) E_0 with E_0 computed here, not by the engine
+    e0 = (init - targets.unsqueeze(1)).pow(2).sum(-1)
+    expected = torch.stack([e0 * (1 - 2 * cfg.alpha) ** (2 * t) for t in range(7)])
+    torch.testing.assert_close(e, expected, atol=1e-5, rtol=1e-4)
     assert (e[1:] < e[:-1]).all()
     torch.testing.assert_close(res.energies, e[-1])
     assert len(res.trajectory) == 7
@@ -245,8 +248,8 @@ def test_nonfinite_sample_frozen_in_training_mode():
 
 def _tiny_forecast_model(seed=0):
     torch.manual_seed(seed)
-    cfg = ForecastModelConfig(context_length=12, horizon=6, patch_len=4, dim=16, depth=2, heads=2,
-                              ffn_multiplier=1.0, level_features=4)
+    cfg = ForecastModelConfig(context_length=12, horizon=6, patch_len=4, level_features=4,
+                              backbone=TransformerConfig(dim=16, depth=2, heads=2, ffn_multiplier=1.0))
     model = PatchForecastEBT(cfg)
     # a fresh model's energy map is zero (thinking starts as the identity); give it a slope to test
     torch.nn.init.normal_(model.energy_head.proj.weight, std=0.5)
@@ -320,8 +323,11 @@ def test_randomised_alpha_within_bounds():
     g = torch.Generator().manual_seed(0)
     a = step.randomised((20000,), s, g)
     assert a.min() >= alpha / s - 1e-6 and a.max() <= alpha * s + 1e-6
-    # the draw covers the range, close to both ends
+    # the draw covers the range, close to both ends, uniformly: mean and median at the midpoint
     assert a.min() < alpha / s + 0.05 and a.max() > alpha * s - 0.05
+    mid = (alpha / s + alpha * s) / 2
+    assert a.mean().item() == pytest.approx(mid, abs=0.05)
+    assert (a < mid).float().mean().item() == pytest.approx(0.5, abs=0.02)
     # scale 1 is a constant alpha
     assert torch.equal(step.randomised((5,), 1.0), torch.full((5,), alpha))
 
@@ -338,19 +344,31 @@ def test_step_size_floor_when_raw_negative():
     with torch.no_grad():
         step.raw.fill_(-3.0)
     assert step().item() == pytest.approx(MIN_ALPHA)
-    assert (step() >= torch.tensor(MIN_ALPHA)).all() and step().item() > 0.99e-4
     a = step.randomised((1000,), 2.0, torch.Generator().manual_seed(0))
     assert (a >= MIN_ALPHA / 2 - 1e-12).all() and (a > 0).all()
-    # a frozen step size has no gradient
-    assert not StepSize(1.0, learnable=False).raw.requires_grad
+
+
+def test_frozen_step_size_gets_no_gradient_while_the_model_does():
+    model = _tiny_forecast_model()
+    levels = evenly_spaced_levels(2, 1)
+    cache = model.encode(torch.randn(1, 12, generator=torch.Generator().manual_seed(5)), torch.ones(1, 12))
+    init = torch.randn(1, 2, 6, generator=torch.Generator().manual_seed(6))
+    step = StepSize(1.0, learnable=False)
+    res = think(model.energy_fn(cache, levels), init, ThinkConfig(train_steps=2), step, training=True)
+    res.candidates.pow(2).sum().backward()
+    assert step.raw.grad is None
+    assert step().item() == 1.0
+    assert model.energy_head.proj.weight.grad.abs().sum() > 0  # the loss did reach the model
 
 
 def test_draw_train_steps_in_range_and_hits_both_ends():
     cfg = ThinkConfig(train_steps=5, train_steps_min=2).validate()
     g = torch.Generator().manual_seed(0)
-    draws = [draw_train_steps(cfg, g) for _ in range(400)]
-    assert min(draws) == 2 and max(draws) == 5
+    draws = [draw_train_steps(cfg, g) for _ in range(4000)]
     assert set(draws) == {2, 3, 4, 5}
+    # uniform over the range: each value about a quarter of the draws (4 sigma ~ 0.027)
+    for k in (2, 3, 4, 5):
+        assert draws.count(k) / len(draws) == pytest.approx(0.25, abs=0.03), k
     # off: always train_steps
     assert {draw_train_steps(ThinkConfig(train_steps=3, train_steps_min=0), g) for _ in range(20)} == {3}
 
@@ -361,10 +379,15 @@ def test_training_think_uses_drawn_steps():
     seen = set()
     g = torch.Generator().manual_seed(0)
     for _ in range(40):
-        res = think(QuadraticEnergy(targets, 2), init, cfg, StepSize(0.1), training=True, generator=g)
-        assert 1 <= res.record.steps_budget <= 4
-        assert (res.record.steps_taken == res.record.steps_budget).all()
-        seen.add(res.record.steps_budget)
+        energy = QuadraticEnergy(targets, 2)
+        res = think(energy, init, cfg, StepSize(0.1), training=True, generator=g)
+        k = res.record.steps_budget
+        # the candidates really took k steps: x_k = x* + (1 - 2 alpha)^k (x_0 - x*), and k gradients were spent
+        expected = targets.unsqueeze(1) + (1 - 2 * 0.1) ** k * (init - targets.unsqueeze(1))
+        torch.testing.assert_close(res.candidates, expected, atol=1e-5, rtol=1e-5)
+        assert res.record.backward_passes == 2 * k and energy.forward_rows == 2 * (k + 1)  # + the final energy
+        assert (res.record.steps_taken == k).all()
+        seen.add(k)
     assert seen == {1, 2, 3, 4}
 
 
@@ -376,58 +399,112 @@ def _candidates_and_energies(seed=0, b=4, m=6, event=(3, 2)):
     return torch.randn(b, m, *event, generator=g), torch.randn(b, m, generator=g)
 
 
+def _labelled_candidates(b, m, event=(2,)):
+    """Candidate j of set i is filled with the value 100 i + j, so a drawn candidate names itself."""
+    labels = 100 * torch.arange(b).view(b, 1) + torch.arange(m).view(1, m)
+    return labels.view(b, m, *[1] * len(event)).expand(b, m, *event).float()
+
+
+def _labels(drawn, b):
+    """(B, S, *event) labelled candidates -> (B, S) candidate indices within their set."""
+    first = drawn.flatten(2)[..., 0]
+    assert torch.equal(drawn, first.view(*first.shape, *[1] * (drawn.dim() - 2)).expand_as(drawn))
+    idx = first - 100 * torch.arange(b).view(b, 1)
+    return idx.round().long()
+
+
+def _softmax_reference(energies, temperature):
+    """exp(-E / T) / sum exp(-E / T) in float64, over the finite energies of each row (0 elsewhere)."""
+    e = energies.double()
+    finite = torch.isfinite(e)
+    shifted = torch.where(finite, -e / temperature, torch.tensor(-math.inf, dtype=torch.float64))
+    shifted = shifted - shifted.max(dim=1, keepdim=True).values  # exact rescaling, avoids overflow
+    w = torch.where(finite, shifted.exp(), torch.zeros_like(e))
+    return w / w.sum(dim=1, keepdim=True)
+
+
 def test_select_lowest_energy_picks_argmin():
-    cands, energies = _candidates_and_energies()
+    # the lowest energy sits neither first nor last, and the candidates' own values do not give it away
+    energies = torch.tensor([[3.0, 1.0, 2.0, 5.0],
+                             [0.5, 4.0, -1.0, 7.0],
+                             [float("nan"), 9.0, 8.5, float("nan")],
+                             [float("inf"), 2.0, float("-inf"), 0.0]])
+    cands = _labelled_candidates(4, 4, (3, 2))
     best = select_lowest_energy(cands, energies)
     assert best.shape == (4, 3, 2)
-    for i in range(4):
-        assert torch.equal(best[i], cands[i, energies[i].argmin()])
-    # NaN energies are never chosen
-    energies[0, :] = torch.tensor([float("nan"), 5.0, 4.0, float("nan"), 6.0, 7.0])
-    assert torch.equal(select_lowest_energy(cands, energies)[0], cands[0, 2])
+    assert best[:, 0, 0].tolist() == [1.0, 102.0, 202.0, 302.0]  # NaN never chosen; -inf is the lowest
+    # a single-candidate set returns that candidate
+    assert torch.equal(select_lowest_energy(cands[:, :1], energies[:, :1].nan_to_num(0.0)), cands[:, 0])
 
 
 def test_select_lowest_fraction_keeps_lowest():
-    cands, energies = _candidates_and_energies(m=8)
-    kept = select_lowest_fraction(cands, energies, 0.25)
-    assert kept.shape == (4, 2, 3, 2)
-    order = energies.argsort(dim=1)
-    for i in range(4):
-        assert torch.equal(kept[i, 0], cands[i, order[i, 0]])
-        assert torch.equal(kept[i, 1], cands[i, order[i, 1]])
-    # at least one survives
-    assert select_lowest_fraction(cands, energies, 0.01).shape[1] == 1
-    assert torch.equal(select_lowest_fraction(cands, energies, 0.01)[:, 0], select_lowest_energy(cands, energies))
+    energies = torch.tensor([[5.0, 1.0, 4.0, 2.0, 3.0, 0.0, 6.0, 7.0],
+                             [0.0, float("nan"), -3.0, 9.0, 1.0, 2.0, float("nan"), 8.0]])
+    cands = _labelled_candidates(2, 8, (3,))
+    quarter = _labels(select_lowest_fraction(cands, energies, 0.25), 2)
+    assert quarter.tolist() == [[5, 1], [2, 0]]  # ordered by energy, lowest first
+    half = _labels(select_lowest_fraction(cands, energies, 0.5), 2)
+    assert half.tolist() == [[5, 1, 3, 4], [2, 0, 4, 5]]
+    # NaN energies come last: they are kept only when the fraction reaches them
+    everything = _labels(select_lowest_fraction(cands, energies, 1.0), 2)
+    assert everything[1, :6].tolist() == [2, 0, 4, 5, 7, 3] and set(everything[1, 6:].tolist()) == {1, 6}
+    # at least one survives, and it is the lowest-energy candidate
+    one = select_lowest_fraction(cands, energies, 0.01)
+    assert _labels(one, 2).tolist() == [[5], [2]]
 
 
-def test_energy_weights_sum_to_one():
-    _, energies = _candidates_and_energies()
-    for t in (0.1, 1.0, 10.0):
+def test_energy_weights_are_boltzmann_and_sharpen_at_low_temperature():
+    energies = torch.tensor([[3.0, 1.0, 2.0, 5.0],
+                             [0.2, 0.1, 0.3, -0.4]])
+    argmin = torch.tensor([1, 3])
+    on_best = []
+    for t in (10.0, 1.0, 0.3, 0.1):
         w = energy_weights(energies, t)
-        torch.testing.assert_close(w.sum(1), torch.ones(4))
-        assert (w >= 0).all()
-        # lower energy, higher weight
-        assert torch.equal(w.argmax(1), energies.argmin(1))
-    energies[0, 1] = float("nan")
-    w = energy_weights(energies, 1.0)
+        torch.testing.assert_close(w.double(), _softmax_reference(energies, t), atol=1e-6, rtol=1e-5)
+        on_best.append(w[torch.arange(2), argmin])
+    # lowering the temperature moves weight onto the lowest energy, monotonically
+    for hot, cold in zip(on_best, on_best[1:]):
+        assert (cold > hot).all()
+    assert (on_best[-1] > 0.9).all()
+    # a very high temperature is close to uniform
+    torch.testing.assert_close(energy_weights(energies, 1e4), torch.full((2, 4), 0.25), atol=1e-3, rtol=0)
+    # shifting all energies of a set leaves its weights unchanged, also far from zero (no overflow)
+    torch.testing.assert_close(energy_weights(energies + 1000.0, 0.1), energy_weights(energies, 0.1))
+    assert torch.isfinite(energy_weights(energies * 1e4, 0.01)).all()
+    # a NaN energy gets no weight; the others are renormalised among themselves
+    with_nan = energies.clone()
+    with_nan[0, 1] = float("nan")
+    w = energy_weights(with_nan, 1.0)
     assert w[0, 1] == 0
-    torch.testing.assert_close(w.sum(1), torch.ones(4))
+    torch.testing.assert_close(w.double(), _softmax_reference(with_nan, 1.0), atol=1e-6, rtol=1e-5)
+
+
+def test_energy_weighted_resample_frequencies_follow_boltzmann_weights():
+    energies = torch.tensor([[0.0, 0.5, 1.0, 2.0, float("nan")],
+                             [2.0, 0.0, 0.3, 5.0, 1.0]])
+    cands = _labelled_candidates(2, 5, (3,))
+    n, t = 20000, 0.7
+    out = energy_weighted_resample(cands, energies, n, temperature=t, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (2, n, 3)
+    idx = _labels(out, 2)  # every draw is one whole candidate of its own set
+    freq = torch.stack([torch.bincount(idx[i], minlength=5) for i in range(2)]).double() / n
+    expected = _softmax_reference(energies, t)
+    # binomial std <= 0.0036 at n = 20000: 0.015 is about 4 sigma
+    torch.testing.assert_close(freq, expected, atol=0.015, rtol=0)
+    assert freq[0, 4] == 0  # a NaN-energy candidate is never drawn
 
 
 def test_energy_weighted_resample_low_temperature_and_reproducible():
-    cands, energies = _candidates_and_energies()
+    energies = torch.tensor([[3.0, 1.0, 2.0, 5.0], [0.5, 4.0, -1.0, 7.0]])
+    cands = _labelled_candidates(2, 4, (3, 2))
     out = energy_weighted_resample(cands, energies, 50, temperature=1e-6, generator=torch.Generator().manual_seed(0))
-    assert out.shape == (4, 50, 3, 2)
-    best = select_lowest_energy(cands, energies)
-    assert torch.equal(out, best.unsqueeze(1).expand_as(out))
+    assert _labels(out, 2).tolist() == [[1] * 50, [2] * 50]  # all mass on the argmin (not first, not last)
+    cands, energies = _candidates_and_energies()
     a = energy_weighted_resample(cands, energies, 30, temperature=2.0, generator=torch.Generator().manual_seed(7))
     b = energy_weighted_resample(cands, energies, 30, temperature=2.0, generator=torch.Generator().manual_seed(7))
     c = energy_weighted_resample(cands, energies, 30, temperature=2.0, generator=torch.Generator().manual_seed(8))
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
-    # every draw is one of the set's own candidates
-    for i in range(4):
-        assert all(any(torch.equal(a[i, s], cands[i, j]) for j in range(6)) for s in range(30))
 
 
 # ---------------------------------------------------------------- replay buffer
@@ -444,10 +521,14 @@ def test_replay_buffer_fifo():
     assert [r["x"].item() for r in buf._rows] == [3, 4, 5, 6, 7]
     buf.push({"x": torch.tensor([[8.0]]), "y": torch.tensor([80])})
     assert buf.oldest()["x"].item() == 4
-    batch = buf.sample(100, torch.Generator().manual_seed(0))
-    assert batch["x"].shape == (100, 1) and batch["y"].shape == (100,)
-    assert set(batch["x"].squeeze(1).tolist()) <= {4.0, 5.0, 6.0, 7.0, 8.0}
-    torch.testing.assert_close(batch["y"].float(), batch["x"].squeeze(1) * 10)
+    n = 5000
+    batch = buf.sample(n, torch.Generator().manual_seed(0))
+    # only the five live rows are drawn, each about a fifth of the time (4 sigma ~ 0.023)
+    drawn = batch["x"].squeeze(1).long()
+    assert set(drawn.tolist()) == {4, 5, 6, 7, 8}
+    for v in range(4, 9):
+        assert (drawn == v).float().mean().item() == pytest.approx(0.2, abs=0.025), v
+    torch.testing.assert_close(batch["y"].float(), batch["x"].squeeze(1) * 10)  # a row's fields stay together
 
 
 def test_replay_buffer_stores_detached_copies():
@@ -489,9 +570,23 @@ def test_config_validate_names_key_and_range(kwargs, key, allowed):
     with pytest.raises(ConfigError) as info:
         ThinkConfig(**kwargs).validate()
     msg = str(info.value)
-    assert key + "=" in msg
+    value = kwargs[key.split(".")[-1]]
+    assert f"{key}={value!r}" in msg  # names the key and the offending value
     assert allowed in msg
-    assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"train_steps": 0, "train_steps_min": 0, "infer_steps": 0},
+        {"train_steps": 3, "train_steps_min": 3},
+        {"alpha_random_scale": 1.0, "replay_fraction": 0.0, "temperature": 1e-9, "alpha": 1e-9},
+        {"stop_policy": "energy_threshold", "stop_tolerance": 0.0, "max_update": 0.0},
+    ],
+)
+def test_config_validate_accepts_boundary_values(kwargs):
+    cfg = ThinkConfig(**kwargs)
+    assert cfg.validate() is cfg
 
 
 def test_config_validate_prefix_and_valid_default():

@@ -16,7 +16,7 @@ from ebt_forecast.data.loaders import (
     load_shared_suite,
     load_statsmodels,
 )
-from ebt_forecast.data.types import ForecastTask, Series, TestWindow
+from ebt_forecast.data.types import ForecastDataset, Series, TestWindow
 from ebt_forecast.data.windows import (
     TrainWindowDataset,
     make_inference_batch,
@@ -26,7 +26,7 @@ from ebt_forecast.data.windows import (
 
 __all__ = [
     "DataError",
-    "ForecastTask",
+    "ForecastDataset",
     "Series",
     "TestWindow",
     "TrainWindowDataset",

@@ -1,6 +1,7 @@
 """Read long or wide tables (pandas, polars, CSV, Parquet), validate them and convert to Series."""
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Iterable
 from contextlib import contextmanager
@@ -17,7 +18,8 @@ from ebt_forecast.data.types import Series
 
 _MONTHS = ["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"]
 # pandas >= 2.2 deprecates business-day Periods and the "M"/"Y" offset aliases; GluonTS still uses them.
-_QUIET = ("Period with BDay freq", r"PeriodDtype\[B\]", "'M' is deprecated", "'Y' is deprecated")
+_QUIET = ("Period with BDay freq", r"PeriodDtype\[B\]", "'M' is deprecated", "'Y' is deprecated",
+          r"'\d*[MQY](-[A-Z]{3})?' is deprecated")  # period_freq's own output fed back: "2M", "Q-SEP", "Y-JUN"
 
 
 @contextmanager
@@ -55,6 +57,45 @@ def period_freq(freq: str) -> str:
     except (ValueError, TypeError):
         raise DataError(f"frequency {freq!r} cannot be used for periods") from None
     return out
+
+
+def _split_freq(pfreq: str) -> tuple[int, str]:
+    """Multiple and base of a Period alias: "15min" -> (15, "min"), "2M" -> (2, "M"), "Q-SEP" -> (1, "Q-SEP").
+
+    Period ordinals count base periods, so consecutive periods of a multiple frequency are n ordinals apart.
+    """
+    m = re.fullmatch(r"(\d*)(\D.*)", pfreq)
+    if m is None:
+        return 1, pfreq
+    return int(m.group(1) or 1), m.group(2)
+
+
+def _anchor(stamps: pd.DatetimeIndex, base: str) -> pd.Timedelta:
+    """Where `stamps` sit inside their `base` periods (see Series.anchor): a constant offset from the period
+    start (>= 0), else a constant offset from its end (< 0), else the last stamp's offset from its start."""
+    with quiet_pandas():
+        per = stamps.to_period(base)
+        phase_s = stamps - per.start_time
+        phase_e = stamps - (per.end_time + pd.Timedelta(1, "ns"))
+    if (phase_s == phase_s[0]).all() or not (phase_e == phase_e[0]).all():
+        return pd.Timedelta(phase_s[-1])
+    return pd.Timedelta(phase_e[0])
+
+
+def future_timestamps(series: Series, horizon: int) -> pd.DatetimeIndex:
+    """The next `horizon` timestamps after `series`, continuing its own stamps: period + k, then the same
+    position inside the period (Series.anchor), e.g. Sundays for "W-SUN", month ends for "ME"."""
+    freq = series.start.freqstr
+    n, base = _split_freq(freq)
+    anchor = pd.Timedelta(0) if series.anchor is None else pd.Timedelta(series.anchor)
+    with quiet_pandas():
+        first = pd.Period(series.start.start_time, base).ordinal + n * len(series.target)
+        periods = pd.PeriodIndex.from_ordinals(first + n * np.arange(horizon), freq=base)
+        if anchor >= pd.Timedelta(0):
+            stamps = periods.start_time + anchor
+        else:
+            stamps = periods.end_time + pd.Timedelta(1, "ns") + anchor
+    return pd.DatetimeIndex(stamps, name=None)
 
 
 def _describe(source: Any, source_name: str | None) -> str:
@@ -197,8 +238,9 @@ def _infer_freq(groups: dict[str, pd.DatetimeIndex], name: str) -> str:
 
 def _regularize(df: pd.DataFrame, pfreq: str, freq_label: str, name: str) -> pd.DataFrame:
     """Check each series sits on the `pfreq` grid and fill gaps with NaN-target rows."""
+    n, base = _split_freq(pfreq)  # work on base periods: a "15min" step is 15 "min" ordinals
     with quiet_pandas():
-        per = df["timestamp"].dt.to_period(pfreq)
+        per = df["timestamp"].dt.to_period(base)
         ordinal = per.array.asi8
         # offset of each timestamp inside its period, from the period's start and from its end
         phase_s = (df["timestamp"] - per.dt.start_time).to_numpy()
@@ -214,12 +256,12 @@ def _regularize(df: pd.DataFrame, pfreq: str, freq_label: str, name: str) -> pd.
         ok = from_start or bool((phase_e[s:e] == phase_e[s]).all())
         if len(steps):
             vals, counts = np.unique(steps, return_counts=True)
-            ok = ok and vals[0] >= 1 and vals[np.argmax(counts)] == 1
+            ok = ok and vals[0] >= n and not (vals % n).any() and vals[np.argmax(counts)] == n
         if not ok:
             seen = pd.Series(np.diff(df["timestamp"].to_numpy()[s:e])).mode().iat[0]
             raise DataError(f"{name}: series {ids[s]!r}: timestamps do not match freq={freq_label!r} "
                             f"(expected a step of one {freq_label!r} period, seen a step of {pd.Timedelta(seen)})")
-        if len(steps) and steps.max() > 1:
+        if len(steps) and steps.max() > n:
             need_fill = True
         pieces.append((s, e, from_start))
     if not need_fill:
@@ -227,11 +269,11 @@ def _regularize(df: pd.DataFrame, pfreq: str, freq_label: str, name: str) -> pd.
     # Reindex every series on its full period grid; gaps get NaN target (and NaN covariates).
     out = []
     for s, e, from_start in pieces:
-        grid = np.arange(ordinal[s], ordinal[e - 1] + 1)
+        grid = np.arange(ordinal[s], ordinal[e - 1] + 1, n)
         block = df.iloc[s:e].set_index(pd.Index(ordinal[s:e])).reindex(grid)
         block["item_id"] = ids[s]
         with quiet_pandas():
-            periods = pd.PeriodIndex.from_ordinals(grid, freq=pfreq)
+            periods = pd.PeriodIndex.from_ordinals(grid, freq=base)
             anchor = periods.start_time + phase_s[s] if from_start else periods.end_time + phase_e[s]
         block["timestamp"] = anchor.to_numpy()
         out.append(block.reset_index(drop=True))
@@ -283,15 +325,17 @@ def frame_to_series(frame: pd.DataFrame, freq: str | None = None) -> list[Series
         raise DataError("frame_to_series: pass freq= (the frame has no attrs['freq'])")
     _require(frame, ["item_id", "timestamp", "target"], "frame_to_series")
     pfreq = period_freq(freq)
+    n, base = _split_freq(pfreq)
     out = []
     with quiet_pandas():
         for item, g in frame.groupby("item_id", sort=True):
-            per = pd.DatetimeIndex(g["timestamp"]).to_period(pfreq)
-            if len(per) > 1 and not (np.diff(per.asi8) == 1).all():
+            stamps = pd.DatetimeIndex(g["timestamp"])
+            per = stamps.to_period(pfreq)
+            if len(per) > 1 and not (np.diff(stamps.to_period(base).asi8) == n).all():
                 raise DataError(f"series {item!r}: timestamps are not one {freq!r} step apart; "
                                 f"load the frame with load_long_frame to validate and fill gaps")
             target = pd.to_numeric(g["target"], errors="coerce").to_numpy(dtype=np.float32)
-            out.append(Series(item_id=str(item), start=per[0], target=target))
+            out.append(Series(item_id=str(item), start=per[0], target=target, anchor=_anchor(stamps, base)))
     return out
 
 

@@ -9,7 +9,7 @@ import pandas as pd
 
 from ebt_forecast.data.errors import DataError
 from ebt_forecast.data.frames import frame_to_series, load_long_frame, quiet_pandas
-from ebt_forecast.data.types import ForecastTask, Series, TestWindow
+from ebt_forecast.data.types import ForecastDataset, Series, TestWindow
 from ebt_forecast.data.windows import tail_windows
 
 ETT_COLUMNS = ["HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT"]
@@ -24,17 +24,17 @@ def _file(root: str | Path, *parts: str) -> Path:
     return path
 
 
-def _tail_task(name: str, freq: str, horizon: int, season: int, full: list[Series], num_windows: int) -> ForecastTask:
+def _tail_task(name: str, freq: str, horizon: int, season: int, full: list[Series], num_windows: int) -> ForecastDataset:
     """Task whose test set is the last num_windows non-overlapping horizons of every series."""
     train, tests = [], []
     for s in full:
         short, windows = tail_windows(s, horizon, num_windows)
         train.append(short)
         tests.extend(windows)
-    return ForecastTask(name=name, freq=freq, horizon=horizon, season_length=season, train=train, test_windows=tests)
+    return ForecastDataset(name=name, freq=freq, horizon=horizon, season_length=season, train=train, test_windows=tests)
 
 
-def load_etth1(root: str | Path, columns: str | list[str] = "OT", stride: int = 48, horizon: int = 48) -> ForecastTask:
+def load_etth1(root: str | Path, columns: str | list[str] = "OT", stride: int = 48, horizon: int = 48) -> ForecastDataset:
     """ETTh1 (hourly, season 24): train = first 12+4 months, rolling test windows in the last 4."""
     path = _file(root, "ett", "ETTh1.csv")
     if stride < 1 or horizon < 1:
@@ -59,7 +59,7 @@ def load_etth1(root: str | Path, columns: str | list[str] = "OT", stride: int = 
             tests.append(TestWindow(item_id=c, start=s.start, past=s.target[:o].copy(),
                                     future=s.target[o:o + horizon].copy()))
     name = "etth1_all" if columns == "all" else "etth1_" + "_".join(cols)
-    return ForecastTask(name=name, freq="h", horizon=horizon, season_length=24, train=train, test_windows=tests)
+    return ForecastDataset(name=name, freq="h", horizon=horizon, season_length=24, train=train, test_windows=tests)
 
 
 def _numeric(df: pd.DataFrame, where) -> pd.DataFrame:
@@ -86,7 +86,7 @@ def _read_m4(path: Path) -> dict[str, np.ndarray]:
     return out
 
 
-def load_m4_hourly(root: str | Path, horizon: int = 48) -> ForecastTask:
+def load_m4_hourly(root: str | Path, horizon: int = 48) -> ForecastDataset:
     """M4 hourly (414 series, season 24): train = train file, one test window of 48 per series."""
     train_path, test_path = _file(root, "m4", "Hourly-train.csv"), _file(root, "m4", "Hourly-test.csv")
     train_vals, test_vals = _read_m4(train_path), _read_m4(test_path)
@@ -100,10 +100,10 @@ def load_m4_hourly(root: str | Path, horizon: int = 48) -> ForecastTask:
             raise DataError(f"{test_path}: series {item!r} has {len(future)} test values, need {horizon}")
         train.append(Series(item_id=item, start=start, target=y))
         tests.append(TestWindow(item_id=item, start=start, past=y.copy(), future=future[:horizon].copy()))
-    return ForecastTask(name="m4_hourly", freq="h", horizon=horizon, season_length=24, train=train, test_windows=tests)
+    return ForecastDataset(name="m4_hourly", freq="h", horizon=horizon, season_length=24, train=train, test_windows=tests)
 
 
-def load_exchange_rate(root: str | Path, horizon: int = 30, num_windows: int = 5) -> ForecastTask:
+def load_exchange_rate(root: str | Path, horizon: int = 30, num_windows: int = 5) -> ForecastDataset:
     """Exchange rates (8 series, business-daily, season 5): last num_windows*horizon points are test."""
     path = _file(root, "exchange_rate", "exchange_rate.txt.gz")
     try:
@@ -149,7 +149,7 @@ def _statsmodels_series(name: str) -> Series:
     return Series(item_id=name, start=start, target=y.to_numpy(dtype=np.float32))
 
 
-def load_statsmodels(name: str, num_windows: int | None = None) -> ForecastTask:
+def load_statsmodels(name: str, num_windows: int | None = None) -> ForecastDataset:
     """An embedded statsmodels series (co2, elec_equip, elnino, sunspots, nile) cut into a task."""
     if name not in STATSMODELS_SPECS:
         raise DataError(f"unknown statsmodels data set {name!r}; available: {sorted(STATSMODELS_SPECS)}")
@@ -157,17 +157,17 @@ def load_statsmodels(name: str, num_windows: int | None = None) -> ForecastTask:
     return _tail_task(name, freq, horizon, season, [_statsmodels_series(name)], num_windows or default_windows)
 
 
-def load_default_suite() -> list[ForecastTask]:
+def load_default_suite() -> list[ForecastDataset]:
     """The offline default suite: co2, elec_equip, elnino, sunspots (shipped with statsmodels)."""
     return [load_statsmodels(n) for n in ("co2", "elec_equip", "elnino", "sunspots")]
 
 
-def load_shared_suite(root: str | Path) -> list[ForecastTask]:
+def load_shared_suite(root: str | Path) -> list[ForecastDataset]:
     """ETTh1 (all 7 columns, stride 48), M4 hourly and exchange_rate from a data root."""
     return [load_etth1(root, columns="all", stride=48), load_m4_hourly(root), load_exchange_rate(root)]
 
 
-def load_gluonts_repository(name: str, path: str | Path | None = None, season_length: int | None = None) -> ForecastTask:
+def load_gluonts_repository(name: str, path: str | Path | None = None, season_length: int | None = None) -> ForecastDataset:
     """A GluonTS repository data set via `get_dataset`: read from `path/name` when a copy is there
     (works offline), otherwise downloaded into `path` (needs a network). Test windows are the last
     prediction_length points of each test entry, GluonTS's convention."""
@@ -190,4 +190,4 @@ def load_gluonts_repository(name: str, path: str | Path | None = None, season_le
                if len(s.target) > horizon]
     with quiet_pandas():
         season = season_length or int(get_seasonality(freq))
-    return ForecastTask(f"gluonts_{name}", train[0].start.freqstr if train else freq, horizon, season, train, windows)
+    return ForecastDataset(f"gluonts_{name}", train[0].start.freqstr if train else freq, horizon, season, train, windows)

@@ -9,11 +9,18 @@ import pandas as pd
 
 @dataclass
 class Series:
-    """One univariate series: float32 values (NaN = missing) starting at `start`."""
+    """One univariate series: float32 values (NaN = missing) starting at `start`.
+
+    `anchor` says where the series' timestamps sit inside their periods (of the freq's base, i.e. n=1:
+    "min" for "15min", "M" for "2M"): a Timedelta >= 0 is an offset from the period's start (e.g. 6 days for
+    Sunday stamps on "W-SUN" periods, 0 for "MS"), one < 0 an offset back from the period's end, i.e. from the
+    next period's start (e.g. -1 day for "ME" stamps at midnight). None means the period's start.
+    """
 
     item_id: str
     start: pd.Period
     target: np.ndarray
+    anchor: pd.Timedelta | None = None
 
     def __len__(self) -> int:
         return len(self.target)
@@ -34,7 +41,7 @@ class TestWindow:
 
 
 @dataclass
-class ForecastTask:
+class ForecastDataset:
     """A data set cut for forecasting: training series, test windows and its conventions."""
 
     name: str

@@ -150,3 +150,26 @@ def make_inference_batch(pasts: list[np.ndarray], context_length: int,
         "context_mask": torch.stack(masks),
         "scale": torch.tensor(scales, dtype=torch.float32),
     }
+
+
+def seasonal_naive_path(context: torch.Tensor, mask: torch.Tensor, season: int, horizon: int,
+                        fallback: torch.Tensor | None = None) -> torch.Tensor:
+    """The last season of each context (B, L) repeated over the horizon: (B, H).
+
+    A missing value (mask 0) takes the same phase one or more whole seasons earlier; where none is
+    observed, `fallback` (B, H), by default the last observed value of the row (0 if none). With a
+    context shorter than one season this is the naive forecast (the fallback).
+    """
+    length = context.shape[-1]
+    m = max(int(season), 1)
+    phase = length - m + torch.arange(horizon, device=context.device) % m  # (H,)
+    index = phase[:, None] - m * torch.arange(length // m + 1, device=context.device)  # (H, K): seasons back
+    observed = (mask[:, index.clamp(min=0)] > 0) & (index >= 0)  # (B, H, K)
+    first = observed.float().argmax(-1, keepdim=True)  # the most recent observed season of each phase
+    values = context[:, index.clamp(min=0)].gather(-1, first).squeeze(-1)
+    if fallback is None:
+        positions = torch.arange(length, device=context.device).expand_as(mask)
+        last = torch.where(mask > 0, positions, -1).amax(-1, keepdim=True)
+        last_value = torch.where(last >= 0, context.gather(-1, last.clamp(min=0)), torch.zeros_like(last, dtype=context.dtype))
+        fallback = last_value.expand(-1, horizon)
+    return torch.where(observed.any(-1), values, fallback)

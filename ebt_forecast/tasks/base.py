@@ -1,33 +1,171 @@
-"""The Lightning base module every EBT task plugs into: alpha's optimizer group, schedule, logging."""
+"""The task interface: what a use of the EBT (forecast, control, text, ...) supplies, and what it gets.
+
+A task is an adapter. It supplies
+- its config node (a dataclass, the Hydra `task` group) and its commands (`TaskSpec`,
+  `register_task`), with the root schema `AppConfig` extended by the fields its commands read;
+- a data adapter: a torch Dataset of training batches (dicts of tensors);
+- a `TaskModule`: `encode(batch)` once per batch, `propose(encoding, batch, M, G)` -> `Starts`
+  (System 1 proposals, G thinking starts per proposal, and `energy_fn` over the (B, M * G) starts),
+  its `training_step` (its loss) and its metrics.
+Everything else is written once: Lightning wiring (`fit_module`: checkpoints that resume only the
+same configuration, progress bars, gradient clipping, alpha's optimizer group and the schedule),
+and `TaskModule.infer`: encode -> starts -> think -> select (`think.pipeline`).
+"""
 from __future__ import annotations
 
+import hashlib
+import json
 import math
-from dataclasses import dataclass
+import time
+from abc import abstractmethod
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, is_dataclass
+from pathlib import Path
+from typing import Any, Optional
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import MISSING
 from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
 
-from ebt_forecast.think import StepSize, ThinkConfig, ThinkRecord, ThinkResult, think
+from ebt_forecast.nn import TransformerConfig
+from ebt_forecast.think import (
+    ConfigError,
+    Starts,
+    StepSize,
+    ThinkConfig,
+    ThinkRecord,
+    ThinkResult,
+    Thought,
+    think,
+    think_and_select,
+)
+
+
+# ------------------------------------------------------------------------------------------------
+# configuration shared by every task
 
 
 @dataclass
 class OptimConfig:
     """AdamW with linear warm-up then cosine decay (the EBT recipe)."""
 
-    lr: float = 1e-3
+    lr: float = 3e-3
     weight_decay: float = 0.01
     beta1: float = 0.9
     beta2: float = 0.999
-    warmup_steps: int = 50
+    warmup_steps: int = 30
     min_lr_ratio: float = 0.1
 
 
-class EBTLightningModule(L.LightningModule):
-    """Holds the step size and the thinking settings; a task adds its model and `training_step`.
+@dataclass
+class TrainerConfig(OptimConfig):
+    """Training budget and optimiser (shared by an EBT and its feed-forward twin)."""
 
-    Tasks call `self.think(energy_fn, init)` inside `training_step`: the engine runs with
-    `create_graph`, randomised steps and alpha, and its record is logged.
+    max_steps: int = 300
+    batch_size: int = 64
+    gradient_clip: float = 1.0
+    progress_bar: bool = True
+    checkpoint_dir: Optional[str] = None  # set: save `last.ckpt` there every checkpoint_every steps and resume from it
+    checkpoint_every: int = 100
+
+    def settings(self) -> dict[str, Any]:
+        """The fields a run's result depends on (not the progress bar or where checkpoints go)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("progress_bar", "checkpoint_dir", "checkpoint_every")}
+
+    def validate(self) -> "TrainerConfig":
+        """Raise ConfigError naming the first invalid key."""
+        for key, ok, allowed in [("max_steps", self.max_steps >= 1, ">= 1"), ("batch_size", self.batch_size >= 1, ">= 1"),
+                                 ("lr", self.lr > 0, "> 0"), ("warmup_steps", self.warmup_steps >= 0, ">= 0"),
+                                 ("checkpoint_every", self.checkpoint_every >= 1, ">= 1")]:
+            if not ok:
+                raise ConfigError(f"trainer.{key}={getattr(self, key)!r} is invalid: must be {allowed}")
+        return self
+
+
+@dataclass
+class RuntimeConfig:
+    """Process settings."""
+
+    threads: int = 2  # torch threads; two processes that each take both cores slow each other 15-40x
+    output_dir: str = "results/${command}"
+
+
+@dataclass
+class AppConfig:
+    """The root of every command line: `ebt-forecast <command> key=value ...`. A task extends it
+    with the fields its commands read and sets `task` to its own config node."""
+
+    command: str = "benchmark"
+    seed: int = 0
+    model: TransformerConfig = field(default_factory=TransformerConfig)
+    think: ThinkConfig = field(default_factory=ThinkConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    task: Any = MISSING
+
+
+def config_key(*parts: Any, length: int = 12) -> str:
+    """A short stable hash of configuration parts (dataclasses, dicts, scalars): equal iff the parts are."""
+    plain = [asdict(p) if is_dataclass(p) else p for p in parts]
+    return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:length]
+
+
+# ------------------------------------------------------------------------------------------------
+# registry: tasks register their commands; the CLI and the root config import no task
+
+
+@dataclass
+class Command:
+    """One `ebt-forecast <name>` command: a line of help and the function that runs it (exit code)."""
+
+    help: str
+    run: Callable[[Any], int]
+
+
+@dataclass
+class TaskSpec:
+    """A task as the CLI sees it."""
+
+    name: str
+    config: type  # the task's config node (Hydra group `task`, option `name`)
+    app_config: type  # AppConfig extended with the fields its commands read
+    commands: dict[str, Command]
+
+
+_TASKS: dict[str, TaskSpec] = {}
+
+
+def register_task(spec: TaskSpec) -> TaskSpec:
+    """Make a task's commands known to the CLI; a command name may belong to one task only."""
+    for name in spec.commands:
+        owner = next((t.name for t in _TASKS.values() if name in t.commands and t.name != spec.name), None)
+        if owner:
+            raise ValueError(f"command {name!r} of task {spec.name!r} is already registered by task {owner!r}")
+    _TASKS[spec.name] = spec
+    return spec
+
+
+def registered_tasks() -> dict[str, TaskSpec]:
+    """Every registered task by name."""
+    return dict(_TASKS)
+
+
+def task_of_command(command: str) -> TaskSpec | None:
+    """The task that registered `command` (None if none did)."""
+    return next((t for t in _TASKS.values() if command in t.commands), None)
+
+
+# ------------------------------------------------------------------------------------------------
+# the Lightning module a task subclasses
+
+
+class TaskModule(L.LightningModule):
+    """Holds the step size and the thinking settings; a task adds its model, `encode`, `propose`
+    and `training_step`. Training steps call `self.think(energy_fn, init)` (create_graph,
+    randomised steps and alpha); inference calls `self.infer(batch, ...)`.
     """
 
     def __init__(self, think_cfg: ThinkConfig, optim_cfg: OptimConfig):
@@ -36,10 +174,30 @@ class EBTLightningModule(L.LightningModule):
         self.optim_cfg = optim_cfg
         self.step_size = StepSize(think_cfg.alpha, learnable=think_cfg.learn_alpha)
 
+    # -- what a task supplies ------------------------------------------------------------------
+    @abstractmethod
+    def encode(self, batch: dict[str, Tensor]) -> Any:
+        """The context's encoding, computed once and shared by every step and candidate."""
+
+    @abstractmethod
+    def propose(self, encoding: Any, batch: dict[str, Tensor], num_candidates: int, group: int,
+                generator: torch.Generator | None = None) -> Starts:
+        """M System 1 proposals per prediction, G thinking starts per proposal, and their energy."""
+
+    # -- what every task gets ------------------------------------------------------------------
     def think(self, energy_fn, init: Tensor, *, training: bool | None = None, **kwargs) -> ThinkResult:
         """Run the engine with this module's settings (training mode follows the module's)."""
         training = self.training if training is None else training
         return think(energy_fn, init, self.think_cfg, self.step_size, training=training, **kwargs)
+
+    def infer(self, batch: dict[str, Tensor], *, num_candidates: int, group: int, steps: int, selection: str,
+              generator: torch.Generator | None = None) -> Thought:
+        """Encode the context once, propose starts, think for `steps`, select samples."""
+        with torch.no_grad():
+            encoding = self.encode(batch)
+            starts = self.propose(encoding, batch, num_candidates, group, generator)
+        return think_and_select(starts, self.think_cfg, self.step_size, steps=steps, selection=selection,
+                                generator=generator)
 
     def log_think_record(self, record: ThinkRecord, prefix: str) -> None:
         """Log the energies, steps, passes and non-finite count of one thinking call."""
@@ -84,3 +242,50 @@ class EBTLightningModule(L.LightningModule):
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+# ------------------------------------------------------------------------------------------------
+# Lightning wiring
+
+
+@dataclass
+class FitReport:
+    """How long training took and how many optimizer steps it made."""
+
+    seconds: float
+    steps: int
+
+
+def fit_module(module: TaskModule, data: Dataset, trainer_cfg: TrainerConfig, seed: int, run_key: str = "") -> FitReport:
+    """Train `module` on `data` (batches in order; the dataset draws its own seeded windows) with Lightning.
+
+    With `trainer_cfg.checkpoint_dir`, `last.ckpt` is saved every `checkpoint_every` steps and a later
+    call resumes from it, but only for the same configuration: the directory records `run_key`, and a
+    checkpoint written by another configuration is refused (ConfigError) rather than silently mixed in.
+    """
+    L.seed_everything(seed, workers=True, verbose=False)
+    t = trainer_cfg.validate()
+    callbacks, resume = [], None
+    if t.checkpoint_dir:
+        folder = Path(t.checkpoint_dir)
+        key_file = folder / "run_key.txt"
+        last = folder / "last.ckpt"
+        if last.exists():
+            written_by = key_file.read_text().strip() if key_file.exists() else "unknown"
+            if written_by != run_key:
+                raise ConfigError(f"trainer.checkpoint_dir={t.checkpoint_dir!r} holds a checkpoint of another "
+                                  f"configuration (key {written_by}, this run {run_key}): use a new directory")
+            resume = str(last)
+        folder.mkdir(parents=True, exist_ok=True)
+        key_file.write_text(run_key)
+        callbacks.append(ModelCheckpoint(dirpath=t.checkpoint_dir, save_last=True, save_top_k=0,
+                                         every_n_train_steps=t.checkpoint_every))
+    trainer = L.Trainer(
+        max_steps=t.max_steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=bool(callbacks),
+        callbacks=callbacks, enable_model_summary=False, enable_progress_bar=t.progress_bar,
+        gradient_clip_val=t.gradient_clip, num_sanity_val_steps=0,
+    )
+    start = time.perf_counter()
+    trainer.fit(module, DataLoader(data, batch_size=t.batch_size, shuffle=False), ckpt_path=resume, weights_only=True)
+    module.eval()
+    return FitReport(time.perf_counter() - start, int(trainer.global_step))

@@ -1,13 +1,19 @@
-"""The modality-free System 2 engine: thinking loop, candidate sets, replay, stopping policies."""
+"""The modality-free System 2 engine: thinking loop, candidate sets and selection, verification
+loss, replay, stopping policies and validation-chosen inference settings."""
+from ebt_forecast.think.auto import AUTO_SETTINGS, InferenceSetting, choose_on_validation
 from ebt_forecast.think.candidates import (
+    ENERGY_FREE,
+    SELECTIONS,
     energy_weighted_resample,
     energy_weights,
+    select_candidates,
     select_lowest_energy,
     select_lowest_fraction,
 )
 from ebt_forecast.think.config import STOP_POLICIES, ConfigError, ThinkConfig
 from ebt_forecast.think.engine import (
     EnergyChangeStop,
+    EnergyFn,
     EnergyThresholdStop,
     StopPolicy,
     ThinkRecord,
@@ -16,11 +22,15 @@ from ebt_forecast.think.engine import (
     make_stop_policy,
     think,
 )
-from ebt_forecast.think.replay import ReplayBuffer
+from ebt_forecast.think.losses import listwise_ranking_loss
+from ebt_forecast.think.pipeline import Starts, Thought, think_and_select
+from ebt_forecast.think.replay import ReplayBuffer, mix_replay
 from ebt_forecast.think.step_size import StepSize
 
 __all__ = [
-    "STOP_POLICIES", "ConfigError", "EnergyChangeStop", "EnergyThresholdStop", "ReplayBuffer", "StepSize",
-    "StopPolicy", "ThinkConfig", "ThinkRecord", "ThinkResult", "draw_train_steps", "energy_weighted_resample",
-    "energy_weights", "make_stop_policy", "select_lowest_energy", "select_lowest_fraction", "think",
+    "AUTO_SETTINGS", "ENERGY_FREE", "SELECTIONS", "STOP_POLICIES", "ConfigError", "EnergyChangeStop", "EnergyFn",
+    "EnergyThresholdStop", "InferenceSetting", "ReplayBuffer", "Starts", "StepSize", "StopPolicy", "ThinkConfig",
+    "ThinkRecord", "ThinkResult", "Thought", "choose_on_validation", "draw_train_steps", "energy_weighted_resample",
+    "energy_weights", "listwise_ranking_loss", "make_stop_policy", "mix_replay", "select_candidates",
+    "select_lowest_energy", "select_lowest_fraction", "think", "think_and_select",
 ]

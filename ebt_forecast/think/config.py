@@ -14,6 +14,7 @@ class ConfigError(ValueError):
 class ThinkConfig:
     """How candidates are refined by gradient descent on the energy."""
 
+    enabled: bool = True  # False: System 1 only at inference (proposals are the samples, no energy is read)
     train_steps: int = 2  # thinking steps while training (the upper end when randomised)
     train_steps_min: int = 0  # >0: draw the training steps uniformly from [train_steps_min, train_steps]
     infer_steps: int = 2  # thinking steps at inference

@@ -25,7 +25,7 @@ class ReplayBuffer:
             return
         size = len(next(iter(batch.values())))
         for i in range(size):
-            self._rows.append({k: v[i].detach().cpu() for k, v in batch.items()})
+            self._rows.append({k: v[i].detach().cpu().clone() for k, v in batch.items()})  # copies, not views
 
     def oldest(self) -> dict[str, Tensor]:
         """The row that will be evicted next."""
@@ -38,3 +38,18 @@ class ReplayBuffer:
         idx = torch.randint(len(self._rows), (n,), generator=generator).tolist()
         rows = [self._rows[i] for i in idx]
         return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
+
+
+def mix_replay(buffer: ReplayBuffer, batch: dict[str, Tensor], fraction: float,
+               generator: torch.Generator | None = None) -> tuple[dict[str, Tensor], bool]:
+    """Swap the first `fraction` of a batch's rows for rows drawn from the buffer (same keys).
+
+    Returns the mixed batch and whether anything was replayed; the batch is unchanged while the
+    buffer is empty or off.
+    """
+    size = len(next(iter(batch.values())))
+    n = int(fraction * size)
+    if len(buffer) == 0 or n == 0:
+        return batch, False
+    old = buffer.sample(n, generator)
+    return {k: torch.cat([v[n:], old[k].to(v.device, v.dtype)]) for k, v in batch.items()}, True

@@ -9,19 +9,20 @@ from gluonts.time_feature import get_seasonality
 
 from ebt_forecast.data.errors import DataError
 from ebt_forecast.data.frames import frame_to_series, load_long_frame, quiet_pandas
-from ebt_forecast.data.types import ForecastTask, TestWindow
+from ebt_forecast.data.types import ForecastDataset, TestWindow
 from ebt_forecast.io import atomic_write_csv
 from ebt_forecast.metrics import QUANTILE_LEVELS
 from ebt_forecast.tasks.forecast.forecaster import EBTForecaster
 
 
-def forecast_frame(task: ForecastTask, samples: list[np.ndarray]) -> pd.DataFrame:
+def forecast_frame(task: ForecastDataset, samples: list[np.ndarray]) -> pd.DataFrame:
     """Tidy output: one row per series and future step with the mean and the 0.1..0.9 quantiles."""
+    from ebt_forecast.data.frames import future_timestamps  # continues each series' own stamps (W-SUN, ME, 15min...)
+
     frames = []
     with quiet_pandas():
         for s, series_samples in zip(task.train, samples):
-            start = s.start + len(s.target)
-            stamps = pd.period_range(start, periods=task.horizon, freq=start.freq).to_timestamp()
+            stamps = future_timestamps(s, task.horizon)
             q = np.quantile(series_samples, QUANTILE_LEVELS, axis=0, method="nearest")
             frame = pd.DataFrame({"item_id": s.item_id, "timestamp": stamps, "mean": series_samples.mean(0)})
             for level, values in zip(QUANTILE_LEVELS, q):
@@ -45,8 +46,14 @@ def run_forecast(app) -> Path:
     series = frame_to_series(frame, freq)
     with quiet_pandas():
         season = int(get_seasonality(app.freq or freq))
-    task = ForecastTask(Path(app.input).stem, freq, app.horizon, season, series)
+    dataset = ForecastDataset(Path(app.input).stem, freq, app.horizon, season, series)
     windows = [TestWindow(s.item_id, s.start, s.target, np.full(app.horizon, np.nan, np.float32)) for s in series]
-    forecaster = EBTForecaster(app.forecaster(), "ebt").fit(task)
-    samples = forecaster.predict(windows, task)
-    return atomic_write_csv(forecast_frame(task, samples), app.output)
+    forecaster = EBTForecaster(app.forecaster(), "ebt").fit(dataset)
+    return atomic_write_csv(forecast_frame(dataset, forecaster.predict(windows).samples), app.output)
+
+
+def run_forecast_command(app) -> int:
+    """`ebt-forecast forecast`: validate the config, forecast, say where the file is."""
+    app.forecaster()  # fail at start on invalid model / think / trainer / task values
+    print(f"wrote {run_forecast(app)}")
+    return 0

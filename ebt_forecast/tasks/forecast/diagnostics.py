@@ -4,9 +4,13 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import spearmanr
 
+import torch
+
 from ebt_forecast.data.types import TestWindow
-from ebt_forecast.metrics import aggregate, score_window
-from ebt_forecast.tasks.forecast.forecaster import EBTForecaster, inference_levels
+from ebt_forecast.metrics import aggregate, score_window, score_windows
+from ebt_forecast.tasks.forecast.forecaster import EBTForecaster
+from ebt_forecast.tasks.forecast.model import candidate_pinball
+from ebt_forecast.tasks.forecast.module import inference_levels
 
 
 def _mean_spearman(energies: np.ndarray, errors: np.ndarray) -> float:
@@ -16,11 +20,13 @@ def _mean_spearman(energies: np.ndarray, errors: np.ndarray) -> float:
 
 
 def _pinball(candidates: np.ndarray, futures: np.ndarray, levels: np.ndarray) -> np.ndarray:
-    """Mean pinball loss of candidates (N, M, ..., H) at levels (M,) against futures (N, H)."""
-    extra = candidates.ndim - 3
-    u = levels.reshape(1, -1, *[1] * extra, 1)
-    diff = futures.reshape(len(futures), 1, *[1] * extra, -1) - candidates
-    return np.nanmean(np.maximum(u * diff, (u - 1) * diff), axis=-1)
+    """Mean pinball loss of candidates (N, M, G, H) at levels (M,) against futures (N, H): -> (N, M, G)."""
+    n, m, g, h = candidates.shape
+    paths = torch.from_numpy(candidates.reshape(n, m * g, h)).double()
+    target = torch.from_numpy(np.nan_to_num(futures)).double()
+    mask = torch.from_numpy(np.isfinite(futures)).double()
+    u = torch.from_numpy(np.repeat(levels, g)).double().expand(n, -1)
+    return candidate_pinball(paths, target, u, mask).view(n, m, g).numpy()
 
 
 def verification_diagnostics(forecaster: EBTForecaster, windows: list[TestWindow], season_length: int,
@@ -33,19 +39,17 @@ def verification_diagnostics(forecaster: EBTForecaster, windows: list[TestWindow
     - wql_refined: the proposal's refinement alone; wql_verified / weighted / average: the lowest-energy
       start, the Boltzmann-weighted starts and their plain mean (the energy-free control)."""
     def wql(sets) -> float:
-        return aggregate([score_window(s, w.future, w.past, season_length) for s, w in zip(sets, windows)])["wql"]
+        return score_windows(sets, windows, season_length)["wql"]
 
     futures = np.stack([w.future for w in windows])
-    refined = forecaster.predict(windows, steps=steps, selection="refined")
-    path_out = forecaster.last_forecast
+    refined = path_out = forecaster.predict(windows, steps=steps, selection="refined")
     pair = {sel: wql(forecaster.predict(windows, steps=steps, selection=sel, verify_group=2))
             for sel in ("verified", "weighted", "average")}
-    verified = forecaster.predict(windows, steps=steps, selection="verified", verify_group=group)
-    out = forecaster.last_forecast
-    m, g = out.group_energies.shape[1:]
+    verified = out = forecaster.predict(windows, steps=steps, selection="verified", verify_group=group)
+    m, g = out.energies.shape[1:]
     levels = inference_levels(m, 1).numpy()[0]
-    errors = _pinball(out.group_candidates, futures, levels)  # (N, M, G)
-    energies = out.group_energies
+    errors = _pinball(out.candidates, futures, levels)  # (N, M, G)
+    energies = out.energies
     pick = np.take_along_axis(errors, energies.argmin(-1)[..., None], -1)[..., 0]
     path_err = np.nanmean(np.abs(futures[:, None, None, :] - path_out.path), axis=-1)  # (N, T + 1, M)
     per_window = np.array([aggregate([score_window(r, w.future, w.past, season_length)])["wql"]
@@ -54,9 +58,9 @@ def verification_diagnostics(forecaster: EBTForecaster, windows: list[TestWindow
         "group_spearman": _mean_spearman(energies.reshape(-1, g), errors.reshape(-1, g)) if g > 2 else float("nan"),
         "pick_accuracy": float(np.mean(pick <= errors.min(-1) + 1e-12)),
         "chance": 1.0 / g,
-        "path_spearman": _mean_spearman(path_out.energies.transpose(0, 2, 1).reshape(-1, steps + 1),
+        "path_spearman": _mean_spearman(path_out.path_energies.transpose(0, 2, 1).reshape(-1, steps + 1),
                                         path_err.transpose(0, 2, 1).reshape(-1, steps + 1)) if steps else float("nan"),
-        "window_spearman": float(spearmanr(path_out.energies[:, -1].mean(-1), per_window).statistic),
+        "window_spearman": float(spearmanr(path_out.path_energies[:, -1].mean(-1), per_window).statistic),
         "wql_refined": wql(refined),
         **{f"wql_{sel}_G2": value for sel, value in pair.items()},
         f"wql_verified_G{group}": wql(verified),

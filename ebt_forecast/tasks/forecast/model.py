@@ -15,12 +15,13 @@ The feed-forward twin is this model with only the System 1 head trained.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ebt_forecast.data.windows import seasonal_naive_path
 from ebt_forecast.nn import EnergyHead, KVCache, RMSNorm, TransformerConfig, TransformerPP
 
 
@@ -31,13 +32,9 @@ class ForecastModelConfig:
     context_length: int = 256
     horizon: int = 24
     patch_len: int = 16
-    dim: int = 128
-    depth: int = 3
-    heads: int = 4
-    ffn_multiplier: float = 2.0
+    backbone: TransformerConfig = field(default_factory=TransformerConfig)
     level_features: int = 32  # cosine features of the quantile level u
     season_length: int = 1  # for seasonal-naive candidate starts
-    dropout: float = 0.0
 
     @property
     def context_patches(self) -> int:
@@ -66,8 +63,8 @@ class PatchForecastEBT(nn.Module):
     def __init__(self, cfg: ForecastModelConfig):
         super().__init__()
         self.cfg = cfg
-        p, d = cfg.patch_len, cfg.dim
-        self.backbone = TransformerPP(TransformerConfig(d, cfg.depth, cfg.heads, cfg.ffn_multiplier, dropout=cfg.dropout))
+        p, d = cfg.patch_len, cfg.backbone.dim
+        self.backbone = TransformerPP(cfg.backbone)
         self.context_embed = nn.Linear(2 * p, d)  # patch values and their observed mask
         self.horizon_queries = nn.Parameter(torch.randn(cfg.horizon_patches, d) * 0.02)
         # System 1: implicit-quantile proposal head
@@ -153,14 +150,6 @@ class PatchForecastEBT(nn.Module):
 def evenly_spaced_levels(m: int, batch: int = 1, device: torch.device | None = None) -> Tensor:
     """Levels (j + 0.5) / M, j = 0..M-1: M candidates that together trace the forecast distribution."""
     return ((torch.arange(m, device=device, dtype=torch.float32) + 0.5) / m).expand(batch, m)
-
-
-def seasonal_naive_path(context: Tensor, context_mask: Tensor, season: int, horizon: int, fallback: Tensor) -> Tensor:
-    """The last season repeated over the horizon (B, H); unobserved values fall back to `fallback` (B, H)."""
-    length = context.shape[-1]
-    season = min(max(season, 1), length)
-    idx = length - season + torch.arange(horizon, device=context.device) % season
-    return torch.where(context_mask[:, idx] > 0, context[:, idx], fallback)
 
 
 def candidate_starts(

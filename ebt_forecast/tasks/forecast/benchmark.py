@@ -1,0 +1,235 @@
+"""The forecasting benchmark: every model on every data set of a suite, one resumable cell at a time."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from ebt_forecast.baselines import DeepARBaseline, PointPlusGaussian, SeasonalNaive
+from ebt_forecast.data.loaders import load_default_suite, load_etth1, load_exchange_rate, load_m4_hourly
+from ebt_forecast.data.types import ForecastDataset
+from ebt_forecast.io import atomic_write_csv, atomic_write_json, atomic_write_text
+from ebt_forecast.metrics import geometric_mean_relative, score_windows
+from ebt_forecast.tasks.base import config_key
+from ebt_forecast.tasks.forecast.config import ForecastAppConfig
+from ebt_forecast.tasks.forecast.diagnostics import verification_diagnostics
+from ebt_forecast.tasks.forecast.forecaster import EBTForecaster
+from ebt_forecast.think import ConfigError
+
+log = logging.getLogger(__name__)
+MODELS = ("seasonal_naive", "transformer_pp", "transformer_pp+gaussian", "deepar", "ebt")
+SUITES = ("default", "shared", "etth1", "m4_hourly", "exchange_rate")
+
+
+def load_suite(app: ForecastAppConfig) -> list[ForecastDataset]:
+    """The data sets of app.suite."""
+    if app.suite == "default":
+        return load_default_suite()
+    root = app.data.root
+    shared = {
+        "etth1": lambda: load_etth1(root, columns="all", stride=app.data.etth1_stride),
+        "m4_hourly": lambda: load_m4_hourly(root),
+        "exchange_rate": lambda: load_exchange_rate(root),
+    }
+    if app.suite == "shared":
+        return [load() for load in shared.values()]
+    if app.suite in shared:  # one shared data set alone
+        return [shared[app.suite]()]
+    raise ConfigError(f"suite={app.suite!r} is invalid: must be one of {', '.join(SUITES)}")
+
+
+def _row(dataset: ForecastDataset, model: str, samples, extra: dict) -> dict:
+    return {"dataset": dataset.name, "model": model, **score_windows(samples, dataset.test_windows, dataset.season_length),
+            **extra}
+
+
+def run_ebt_cell(dataset: ForecastDataset, app: ForecastAppConfig, plots: Path) -> list[dict]:
+    """Train the EBT once, then score its thinking settings: steps x selection, and M candidates."""
+    cfg = app.forecaster()
+    ebt = EBTForecaster(cfg, "ebt").fit(dataset)
+    budget = {"train_seconds": ebt.train_seconds, "train_steps": ebt.train_steps}
+    out = ebt.predict(dataset.test_windows)
+    auto = cfg.task.selection == "auto"
+    label = f"auto: {out.setting.selection}" if auto else out.setting.selection
+    rows = [_row(dataset, "ebt", out, {**budget, **_record(out), "selection": label, "candidates": cfg.task.num_candidates,
+                                        "verify_group": cfg.task.verify_group,
+                                        "validation_scores": json.dumps(ebt.validation_scores)})]
+    plot_fans(dataset, {"ebt": out.samples}, plots / f"{dataset.name}__ebt.png", app.benchmark.plot_series)
+    if not cfg.think.enabled:  # think=no_thinking: every setting would be the proposals again
+        return rows
+    m0, g0, k0, b = cfg.task.num_candidates, cfg.task.verify_group, cfg.think.infer_steps, app.benchmark
+    settings = [(0, "proposal", m0, 1)]
+    settings += [(s, sel, m0, g0) for s in (0, k0) for sel in ("verified", "weighted", "average", "median")]
+    settings += [(s, sel, m0, g0) for s in b.think_steps if s > 0 for sel in b.selections]
+    settings += [(k0, "verified", m0, g) for g in b.verify_groups]
+    settings += [(k0, sel, m, g0) for m in b.candidate_counts for sel in ("refined", "verified", "resample", "lowest")]
+    for steps, selection, m, g in dict.fromkeys(settings):
+        g = 1 if selection in ("proposal", "refined") else g
+        out = ebt.predict(dataset.test_windows, steps=steps, selection=selection, num_candidates=m, verify_group=g)
+        rows.append(_row(dataset, f"ebt[steps={steps},{selection},M={m},G={g}]", out, {
+            **budget, **_record(out), "candidates": m, "verify_group": g}))
+    if ebt.val_windows:
+        diag = verification_diagnostics(ebt, ebt.val_windows, dataset.season_length, cfg.think.infer_steps)
+        rows[0].update({f"val_{k}": v for k, v in diag.items()})
+    return rows
+
+
+def _record(out) -> dict:
+    """The setting a forecast ran and the passes it spent."""
+    return {"steps": out.setting.steps, "selection": out.setting.selection, "forward_passes": out.forward_passes,
+            "backward_passes": out.backward_passes, "nonfinite": out.nonfinite}
+
+
+def run_cell(dataset: ForecastDataset, model: str, app: ForecastAppConfig, plots: Path) -> list[dict]:
+    """Fit and score one model on one data set; return its result rows."""
+    cfg = app.forecaster()
+    if model == "ebt":
+        return run_ebt_cell(dataset, app, plots)
+    if model == "seasonal_naive":
+        forecaster = SeasonalNaive(dataset.season_length)
+    elif model == "transformer_pp":
+        forecaster = EBTForecaster(cfg, "feedforward")
+    elif model == "transformer_pp+gaussian":
+        forecaster = PointPlusGaussian(lambda: EBTForecaster(cfg, "feedforward"), seed=cfg.seed)
+    elif model == "deepar":
+        context, _ = cfg.window(dataset.horizon, dataset.season_length)
+        forecaster = DeepARBaseline(
+            context_length=context, max_steps=cfg.trainer.max_steps, batch_size=cfg.trainer.batch_size,
+            lr=cfg.trainer.lr, seed=cfg.seed, hidden_size=app.benchmark.deepar_hidden_size,
+            num_layers=app.benchmark.deepar_num_layers, enable_progress_bar=cfg.trainer.progress_bar)
+    else:
+        raise ConfigError(f"benchmark.models contains unknown model {model!r}: must be among {', '.join(MODELS)}")
+    forecaster.fit(dataset)
+    samples = forecaster.predict(dataset.test_windows, dataset)
+    if model == "transformer_pp":
+        plot_fans(dataset, {model: samples}, plots / f"{dataset.name}__{model}.png", app.benchmark.plot_series)
+    return [_row(dataset, model, samples, {"train_seconds": getattr(forecaster, "train_seconds", 0.0),
+                                        "train_steps": getattr(forecaster, "train_steps", 0)})]
+
+
+def plot_fans(dataset: ForecastDataset, forecasts: dict[str, list[np.ndarray]], path: Path, count: int) -> None:
+    """Forecast fans (median, 10-90% band) against the truth for the first `count` series' last windows."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if count <= 0:
+        return
+    last_by_item: dict[str, int] = {}
+    for i, w in enumerate(dataset.test_windows):
+        last_by_item[w.item_id] = i
+    picks = list(last_by_item.values())[:count]
+    fig, axes = plt.subplots(len(picks), 1, figsize=(9, 2.6 * len(picks)), squeeze=False)
+    for ax, i in zip(axes[:, 0], picks):
+        w = dataset.test_windows[i]
+        tail = w.past[-3 * dataset.horizon:]
+        t_past = np.arange(-len(tail), 0)
+        t_future = np.arange(dataset.horizon)
+        ax.plot(t_past, tail, color="black", lw=1)
+        ax.plot(t_future, w.future, color="black", lw=1, ls="--", label="truth")
+        for name, samples in forecasts.items():
+            q = np.quantile(samples[i], [0.1, 0.5, 0.9], axis=0)
+            ax.fill_between(t_future, q[0], q[2], alpha=0.3, label=f"{name} 10-90%")
+            ax.plot(t_future, q[1], lw=1.5, label=f"{name} median")
+        ax.set_title(f"{dataset.name} / {w.item_id}", fontsize=9)
+        ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def summary_markdown(table: pd.DataFrame, app: ForecastAppConfig) -> str:
+    """Results as markdown: geometric-mean relative scores, per-data-set metrics, thinking and diagnostics."""
+    main = table[~table.model.str.startswith("ebt[")]
+    has_baseline = "seasonal_naive" in set(table.model)
+    rel = geometric_mean_relative(table, metrics=("wql", "mase", "crps_scaled", "smape", "msis")) if has_baseline else None
+    cols = ["dataset", "model", "wql", "mase", "crps_scaled", "smape", "msis", "coverage_80", "train_steps", "train_seconds", "reused"]
+    parts = [f"# Benchmark: suite={app.suite}\n",
+             "## Relative to seasonal naive (geometric mean over data sets; lower is better)\n"]
+    if rel is None:
+        parts.append("(no seasonal_naive rows)")
+    else:
+        variant = rel.model.str.startswith("ebt[")
+        parts += [rel[~variant].to_markdown(index=False, floatfmt=".3f"),
+                  "\n### EBT inference settings, same trained model (`ebt[steps,selection,M candidates,G starts]`)\n",
+                  rel[variant].to_markdown(index=False, floatfmt=".3f")]
+    parts += [
+        "\n## Per data set\n", main[[c for c in cols if c in main]].to_markdown(index=False, floatfmt=".4f")]
+    think_rows = table[table.model.str.startswith("ebt")]
+    if len(think_rows):
+        tcols = ["dataset", "model", "steps", "selection", "candidates", "verify_group", "wql", "mase", "coverage_80",
+                 "forward_passes", "backward_passes"]
+        parts += ["\n## EBT thinking: step 0 (proposals) beside thinking settings\n",
+                  think_rows[[c for c in tcols if c in think_rows]].to_markdown(index=False, floatfmt=".4f")]
+        diag_cols = [c for c in table.columns if c.startswith("val_")]
+        if diag_cols:
+            d = table[table.model == "ebt"][["dataset", *diag_cols]].rename(columns=lambda c: c.removeprefix("val_"))
+            parts += ["\n## Does the energy verify? (validation windows)\n", d.to_markdown(index=False, floatfmt=".3f")]
+    return "\n".join(parts) + "\n"
+
+
+def cell_key(dataset: ForecastDataset, model: str, app: ForecastAppConfig) -> str:
+    """Hash of everything a cell's numbers depend on: the data (loader settings and windows), the model,
+    its budget and seed, and for the EBT the inference settings scored; a changed setting recomputes the cell."""
+    data = (dataset.name, app.suite, app.data.etth1_stride, dataset.horizon, dataset.season_length,
+            [len(s) for s in dataset.train], len(dataset.test_windows))
+    if model == "seasonal_naive":
+        return config_key(data, model)
+    b = app.benchmark
+    extra = {"deepar": (b.deepar_hidden_size, b.deepar_num_layers),
+             "ebt": (b.think_steps, b.selections, b.candidate_counts, b.verify_groups)}.get(model)
+    think = app.think if model == "ebt" else None  # the feed-forward models never think
+    return config_key(data, model, app.model, think, app.trainer.settings(), app.task, app.seed, extra)
+
+
+def run_benchmark(app: ForecastAppConfig) -> Path:
+    """Run (or resume) the suite; write results.csv, relative.csv, results.md and plots; return the folder.
+
+    Each (data set, model) cell is written to cells/<data set>__<model>__<key>.json as it finishes, keyed
+    by `cell_key`; with benchmark.resume a cell of the same key is reused (column `reused`)."""
+    out = Path(app.runtime.output_dir) / app.suite
+    cells, plots = out / "cells", out / "plots"
+    for m in app.benchmark.models:
+        if m not in MODELS:
+            raise ConfigError(f"benchmark.models contains unknown model {m!r}: must be among {', '.join(MODELS)}")
+    datasets = load_suite(app)
+    rows: list[dict] = []
+    progress = tqdm([(d, m) for d in datasets for m in app.benchmark.models], desc="benchmark", unit="cell")
+    for dataset, model in progress:
+        progress.set_postfix_str(f"{dataset.name} / {model}")
+        key = cell_key(dataset, model, app)
+        cell = cells / f"{dataset.name}__{model.replace('+', '_')}__{key}.json"
+        if app.benchmark.resume and cell.exists():
+            rows += [{**r, "reused": True} for r in json.loads(cell.read_text())["rows"]]
+            continue
+        start = time.perf_counter()
+        cell_rows = run_cell(dataset, model, app, plots)
+        for r in cell_rows:
+            r["cell_seconds"] = time.perf_counter() - start
+        atomic_write_json(cell, {"dataset": dataset.name, "model": model, "key": key, "rows": cell_rows})
+        rows += [{**r, "reused": False} for r in cell_rows]
+    table = pd.DataFrame(rows)
+    atomic_write_csv(table, out / "results.csv")
+    if "seasonal_naive" in set(table.model):
+        atomic_write_csv(geometric_mean_relative(table), out / "relative.csv")
+    markdown = summary_markdown(table, app)
+    atomic_write_text(out / "results.md", markdown)
+    return out
+
+
+def run_benchmark_command(app: ForecastAppConfig) -> int:
+    """`ebt-forecast benchmark`: run, print the table and where the files are."""
+    app.forecaster()  # fail at start on invalid model / think / trainer / task values
+    out = run_benchmark(app)
+    print((out / "results.md").read_text())
+    print(f"results: {out}/results.csv, {out}/results.md, plots in {out}/plots")
+    return 0

@@ -1,0 +1,148 @@
+"""The forecast task's configuration: its node in Hydra's `task` group and the fields its commands read.
+
+One source of defaults: `ForecasterConfig()` (the Python API and `EBTEstimator()`) and the CLI's
+`ForecastAppConfig` take their model, think, trainer and task defaults from the same factories.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from ebt_forecast.nn import TransformerConfig
+from ebt_forecast.tasks.base import AppConfig, TrainerConfig
+from ebt_forecast.think import SELECTIONS, ConfigError, ThinkConfig
+
+INITS = ("proposal", "seasonal_naive", "noise")
+
+
+def small_backbone() -> TransformerConfig:
+    """The CPU default: a ~0.1M-parameter Transformer++ shared by the EBT and its feed-forward twin."""
+    return TransformerConfig(dim=64, depth=2, heads=4, ffn_multiplier=2.0)
+
+
+def forecast_think() -> ThinkConfig:
+    """Thinking for forecasts: 2 steps, training steps drawn from [1, 2], alpha randomised x/÷2."""
+    return ThinkConfig(train_steps=2, train_steps_min=1, infer_steps=2, alpha_random_scale=2.0)
+
+
+@dataclass
+class ForecastLossConfig:
+    """Weights of the three things training teaches (DESIGN.md)."""
+
+    proposal: float = 1.0  # System 1: pinball of the proposals at random levels
+    refine: float = 1.0  # System 2: pinball of the refined candidates, averaged over thinking steps
+    verify: float = 1.0  # listwise ranking: within a level, lower energy = lower pinball loss
+    train_candidates: int = 4  # random levels per window while training
+    train_group: int = 3  # starts per level while training: proposal, seasonal naive, perturbed proposal
+    verify_noise_train: float = 0.5  # perturbation std, in half-widths of the proposal set
+    rank_temperature: float = 0.1  # soft ranking targets softmax(-error / (t * mean error))
+    set_crps: float = 0.0  # weight of the fair CRPS (scoringrules) of each refined level set, a proper set score
+    detach_context: bool = False  # System 2 losses do not reach the cached context keys / values
+
+
+@dataclass
+class ForecastTaskConfig:
+    """The forecast task: window sizes, candidates at inference, how they become samples, and the loss."""
+
+    context_length: int = 0  # 0 = auto: 4 horizons (at least 2 seasons), within [32, 512]
+    patch_len: int = 0  # 0 = auto: 16 for horizons >= 24, else 4
+    init: str = "proposal"  # start 0 of each level: proposal | seasonal_naive | noise
+    num_candidates: int = 21  # M level paths at inference (21 levels j/20 put sample quantiles on 0.05 steps)
+    selection: str = "auto"  # one of SELECTIONS, or auto = the best of think.AUTO_SETTINGS on validation windows
+    verify_group: int = 2  # G starts per level (proposal, seasonal naive, perturbed proposals)
+    verify_noise: float = 0.5  # std of the perturbations, in half-widths of the proposal set
+    val_windows: int = 64  # validation windows cut from the end of the training series
+    loss: ForecastLossConfig = field(default_factory=ForecastLossConfig)
+
+
+@dataclass
+class ForecasterConfig:
+    """Everything one forecaster run needs (the Python API's config)."""
+
+    model: TransformerConfig = field(default_factory=small_backbone)
+    think: ThinkConfig = field(default_factory=forecast_think)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    task: ForecastTaskConfig = field(default_factory=ForecastTaskConfig)
+    seed: int = 0
+
+    def validate(self) -> "ForecasterConfig":
+        """Raise ConfigError naming the first invalid key."""
+        self.think.validate("think")
+        self.trainer.validate()
+        m, k = self.model, self.task
+        for key, value, ok, allowed in [
+            ("model.dim", m.dim, m.dim >= 1 and m.dim % max(m.heads, 1) == 0, "a positive multiple of model.heads"),
+            ("model.depth", m.depth, m.depth >= 1, ">= 1"), ("model.heads", m.heads, m.heads >= 1, ">= 1"),
+            ("task.context_length", k.context_length, k.context_length >= 0, ">= 0"),
+            ("task.patch_len", k.patch_len, k.patch_len >= 0, ">= 0"),
+            ("task.num_candidates", k.num_candidates, k.num_candidates >= 1, ">= 1"),
+            ("task.loss.train_candidates", k.loss.train_candidates, k.loss.train_candidates >= 1, ">= 1"),
+            ("task.loss.train_group", k.loss.train_group, k.loss.train_group >= 1, ">= 1"),
+            ("task.verify_group", k.verify_group, k.verify_group >= 1, ">= 1"),
+            ("task.init", k.init, k.init in INITS, f"one of {', '.join(INITS)}"),
+            ("task.loss.set_crps", k.loss.set_crps, k.loss.set_crps >= 0, ">= 0"),
+            ("task.verify_noise", k.verify_noise, k.verify_noise >= 0, ">= 0"),
+            ("task.selection", k.selection, k.selection in (*SELECTIONS, "auto"), f"auto or one of {', '.join(SELECTIONS)}"),
+        ]:
+            if not ok:
+                raise ConfigError(f"{key}={value!r} is invalid: must be {allowed}")
+        return self
+
+    def window(self, horizon: int, season_length: int) -> tuple[int, int]:
+        """(context length, patch length) for a data set's horizon and season."""
+        k = self.task
+        context = k.context_length or int(np.clip(max(4 * horizon, 2 * season_length), 32, 512))
+        return context, k.patch_len or (16 if horizon >= 24 else 4)
+
+
+@dataclass
+class DataConfig:
+    """Where the shared data sets live (the default suite needs no files)."""
+
+    root: str = "../shared/data"
+    etth1_stride: int = 48  # test origins every this many hours in ETTh1's test span
+
+
+@dataclass
+class BenchmarkConfig:
+    """Which models a benchmark runs, and which extra thinking settings it scores for the EBT."""
+
+    name: str = "default"
+    models: list[str] = field(default_factory=lambda: [
+        "seasonal_naive", "transformer_pp", "transformer_pp+gaussian", "deepar", "ebt"])
+    think_steps: list[int] = field(default_factory=lambda: [0, 1, 2, 4])  # EBT rows at these steps
+    selections: list[str] = field(default_factory=lambda: ["refined", "verified"])
+    candidate_counts: list[int] = field(default_factory=lambda: [1, 16])  # M level paths: the M=1 vs M=16 check
+    verify_groups: list[int] = field(default_factory=lambda: [1, 2, 4])  # G starts per level for "verified"
+    deepar_hidden_size: int = 40
+    deepar_num_layers: int = 2
+    plot_series: int = 3  # forecast fans per data set
+    resume: bool = True  # reuse cells whose resolved configuration is unchanged
+
+
+@dataclass
+class ForecastAppConfig(AppConfig):
+    """`ebt-forecast benchmark ...` and `ebt-forecast forecast ...`."""
+
+    model: TransformerConfig = field(default_factory=small_backbone)
+    think: ThinkConfig = field(default_factory=forecast_think)
+    task: ForecastTaskConfig = field(default_factory=ForecastTaskConfig)
+    # benchmark
+    suite: str = "default"  # default (embedded statsmodels series), shared (ETTh1, M4 Hourly, exchange_rate) or one of those three
+    data: DataConfig = field(default_factory=DataConfig)
+    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    # forecast
+    input: Optional[str] = None
+    horizon: int = 0
+    freq: Optional[str] = None
+    output: Optional[str] = None
+    id_col: str = "item_id"
+    time_col: str = "timestamp"
+    target_col: str = "target"
+    min_length: int = 0  # 0 = horizon + 1
+
+    def forecaster(self) -> ForecasterConfig:
+        """The forecaster's part of the config, validated."""
+        return ForecasterConfig(self.model, self.think, self.trainer, self.task, self.seed).validate()
