@@ -1,18 +1,25 @@
+import time
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from ebt_forecast.baselines import (
+    STATSFORECAST_QUANTILES,
     DeepARBaseline,
     Forecaster,
     PointPlusGaussian,
     SeasonalNaive,
+    StatsForecastBaseline,
+    fill_missing,
     mean_abs_scale,
+    uncross_quantile_paths,
     seasonal_naive_forecast,
     split_validation_tail,
 )
-from ebt_forecast.data.types import ForecastTask, Series
+from ebt_forecast.data.types import ForecastDataset, Series
 from ebt_forecast.data.types import TestWindow as Window  # alias: keep pytest from collecting it
+from ebt_forecast.metrics import aggregate, sample_quantiles, score_window
 
 START = pd.Period("2020-01-01", freq="D")
 
@@ -24,7 +31,7 @@ def _periodic_task(horizon=10, season=7, n_series=3, length=70):
         y = np.tile(pattern, length // season + 3)[: length + horizon]
         train.append(Series(f"s{i}", START, y[:length]))
         wins.append(Window(f"s{i}", START, y[:length], y[length:]))
-    return ForecastTask("periodic", "D", horizon, season, train, wins)
+    return ForecastDataset("periodic", "D", horizon, season, train, wins)
 
 
 def _noisy_task(rng, horizon=7, season=7, n_series=6, length=150, noise=0.5):
@@ -36,7 +43,7 @@ def _noisy_task(rng, horizon=7, season=7, n_series=6, length=150, noise=0.5):
         )
         train.append(Series(f"s{i}", START, y[:length]))
         wins.append(Window(f"s{i}", START, y[:length], y[length:]))
-    return ForecastTask("noisy", "D", horizon, season, train, wins)
+    return ForecastDataset("noisy", "D", horizon, season, train, wins)
 
 
 def test_seasonal_naive_reproduces_periodic_series():
@@ -123,10 +130,13 @@ def test_deepar_trains_and_predicts():
     task = _noisy_task(rng, horizon=7, n_series=4, length=120)
     kw = dict(context_length=14, max_steps=20, batch_size=8, num_samples=30, seed=3,
               hidden_size=8, num_layers=1, dropout_rate=0.0)
+    t0 = time.perf_counter()
     model = DeepARBaseline(**kw).fit(task)
+    fit_wall = time.perf_counter() - t0
     assert isinstance(model, Forecaster)
     assert model.train_steps == 20
-    assert model.train_seconds > 0
+    # train_seconds times the training inside fit: positive, and not more than the whole fit call
+    assert 0 < model.train_seconds <= fit_wall
     preds = model.predict(task.test_windows, task)
     assert len(preds) == len(task.test_windows)
     for p in preds:
@@ -148,3 +158,132 @@ def test_deepar_trains_and_predicts():
     again = DeepARBaseline(**kw).fit(task)
     np.testing.assert_array_equal(again.predict(task.test_windows, task)[0], preds[0])
     assert not torch.are_deterministic_algorithms_enabled()
+
+
+# --------------------------------------------------------------------------------------------------
+# statsforecast baselines
+
+HOURLY = pd.Period("2020-01-01 00:00", freq="h")
+
+
+def _seasonal_task(seed, n_series=6, length=180, season=12, horizon=24, noise=1.0):
+    """Level 20 + a season-12 sine of amplitude 5 (phase per series) + N(0, noise) noise."""
+    rng = np.random.default_rng(seed)
+    train, wins = [], []
+    for i in range(n_series):
+        t = np.arange(length + horizon)
+        y = (20 + 5 * np.sin(2 * np.pi * t / season + i) + rng.normal(0, noise, len(t))).astype(np.float32)
+        train.append(Series(f"s{i}", HOURLY, y[:length]))
+        wins.append(Window(f"s{i}", HOURLY, y[:length], y[length:]))
+    return ForecastDataset("seasonal", "h", horizon, season, train, wins)
+
+
+@pytest.mark.parametrize("model", ["autoets", "autotheta", "autoarima"])
+def test_statsforecast_quantiles_are_its_own_intervals(model):
+    sf_models = pytest.importorskip("statsforecast.models")
+    # AutoTheta's intervals are quantiles of simulated paths: on this series its 0.45 / 0.55 rows cross
+    # its mean at 8 of the 24 steps, so this also checks that uncrossing leaves the metric rows alone
+    task = _seasonal_task(0, n_series=1, length=72)
+    (w,) = task.test_windows
+    f = StatsForecastBaseline(model).fit(task)
+    assert isinstance(f, Forecaster) and f.name == model
+    (samples,) = f.predict([w], task)
+    assert samples.shape == (len(STATSFORECAST_QUANTILES), task.horizon)
+    assert f.fallbacks == 0
+    # statsforecast called directly, with only the 80% and 95% intervals
+    cls = {"autoets": sf_models.AutoETS, "autotheta": sf_models.AutoTheta, "autoarima": sf_models.AutoARIMA}[model]
+    kw = {"approximation": None} if model == "autoarima" else {}
+    ref = cls(season_length=task.season_length, **kw).forecast(
+        y=w.past.astype(np.float64), h=task.horizon, level=[80, 95]
+    )
+    want = np.stack(
+        [np.asarray(ref[k], dtype=np.float64).ravel() for k in ("lo-80", "mean", "hi-80", "lo-95", "hi-95")]
+    )
+    # the project's metric quantiles (0.1 / 0.5 / 0.9 for WQL, 0.025 / 0.975 for MSIS) are statsforecast's
+    got = sample_quantiles(samples, [0.1, 0.5, 0.9, 0.025, 0.975])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_statsforecast_beats_seasonal_naive_on_noisy_seasonal_series():
+    pytest.importorskip("statsforecast")
+    task = _seasonal_task(1)
+
+    def scores(preds):
+        return aggregate([score_window(p, w.future, w.past, task.season_length)
+                          for p, w in zip(preds, task.test_windows)])
+
+    naive_wql = scores(SeasonalNaive().fit(task).predict(task.test_windows, task))["wql"]
+    for model in ("autoets", "autotheta"):
+        f = StatsForecastBaseline(model).fit(task)
+        assert f.train_seconds == 0.0
+        t0 = time.perf_counter()
+        preds = f.predict(task.test_windows, task)
+        wall = time.perf_counter() - t0
+        assert f.fallbacks == 0
+        assert 0 < f.train_seconds <= wall  # fit + forecast time of the predict call
+        res = scores(preds)
+        # seasonal naive carries the noise of last season's values (error sd ~ sqrt(2) * noise) and has
+        # no spread; the fitted model forecasts the sine with ~noise-wide intervals: ~0.55-0.6x its WQL
+        assert res["wql"] < 0.75 * naive_wql, (model, res["wql"], naive_wql)
+        assert 0.6 <= res["coverage_80"] <= 0.95, (model, res["coverage_80"])
+
+
+def test_statsforecast_nan_past_and_fallbacks():
+    pytest.importorskip("statsforecast")
+    # leading NaNs dropped, interior ones interpolated, trailing ones forward filled
+    np.testing.assert_array_equal(
+        fill_missing(np.array([np.nan, 1.0, np.nan, 3.0, np.nan, np.nan])), [1.0, 2.0, 3.0, 3.0, 3.0]
+    )
+    assert fill_missing(np.full(3, np.nan)).size == 0
+
+    task = _seasonal_task(2, n_series=2, length=120)
+    full, other = task.test_windows
+    holed = full.past.copy()
+    holed[[0, 1, 50, 51, 52, 119]] = np.nan  # leading, interior run, last point
+    nan_win = Window("holes", HOURLY, holed, full.future)
+    short = Window("short", HOURLY, other.past[-5:], other.future)
+    empty = Window("empty", HOURLY, np.full(50, np.nan, dtype=np.float32), other.future)
+
+    f = StatsForecastBaseline("autotheta").fit(task)
+    p_nan, p_short, p_other, p_empty, p_full = f.predict([nan_win, short, other, empty, full], task)
+    assert f.fallbacks == 2 and f.fallback_items == ["short", "empty"]
+    # the NaN window is a real model forecast, close to the one from the complete past
+    assert np.isfinite(p_nan).all()
+    q_nan, q_full = sample_quantiles(p_nan, [0.1, 0.5, 0.9]), sample_quantiles(p_full, [0.1, 0.5, 0.9])
+    assert (q_nan[2] - q_nan[0]).min() > 0.5
+    assert np.abs(q_nan - q_full).max() < 1.5  # sine amplitude 5, noise 1
+    # the too-short window (5 points < min_length) is the seasonal naive forecast (here: naive, past < season)
+    expected = seasonal_naive_forecast(short.past, task.horizon, task.season_length)
+    np.testing.assert_array_equal(p_short, np.tile(expected, (len(STATSFORECAST_QUANTILES), 1)).astype(np.float32))
+    np.testing.assert_array_equal(p_short[0], np.full(task.horizon, other.past[-1]))
+    np.testing.assert_array_equal(p_empty, np.zeros_like(p_empty))
+    assert (p_other[-1] - p_other[0]).min() > 0  # not a fallback: the intervals have width
+    # counts are per predict call
+    f.predict([other], task)
+    assert f.fallbacks == 0 and f.fallback_items == []
+    # a model error falls back too: AutoETS refuses 4 points ("tiny datasets")
+    g = StatsForecastBaseline("autoets", min_length=1).fit(task)
+    tiny = Window("tiny", HOURLY, other.past[-4:], other.future)
+    (p_tiny,) = g.predict([tiny], task)
+    assert g.fallbacks == 1
+    np.testing.assert_array_equal(p_tiny[0], np.full(task.horizon, other.past[-1]))
+
+
+def test_uncross_quantile_paths_keeps_metric_rows():
+    levels = np.array(STATSFORECAST_QUANTILES)
+    base = np.stack([levels, 10 * levels], axis=1)  # (21, 2) monotone paths
+    # step 0: the 0.45 / 0.55 rows straddle the median the wrong way (as AutoTheta's simulated ones can)
+    raw = base.copy()
+    raw[9, 0], raw[11, 0] = 0.52, 0.48
+    out = uncross_quantile_paths(raw)
+    assert (np.diff(out, axis=0) >= 0).all()
+    np.testing.assert_array_equal(out[0::2], raw[0::2])  # rows read by the metrics are untouched
+    np.testing.assert_array_equal(out[[9, 11], 0], [0.5, 0.5])  # clipped to the median
+    np.testing.assert_array_equal(out[:, 1], base[:, 1])
+    np.testing.assert_array_equal(sample_quantiles(out, [0.1, 0.5, 0.9]), sample_quantiles(base, [0.1, 0.5, 0.9]))
+    # a crossing among the metric rows themselves: they are sorted (the median moves)
+    raw = base.copy()
+    raw[10, 1] = 6.5  # median (5.0) pushed above the 0.6 row (6.0)
+    out = uncross_quantile_paths(raw)
+    assert (np.diff(out, axis=0) >= 0).all()
+    np.testing.assert_allclose(out[[8, 10, 12], 1], [4.0, 6.0, 6.5])
