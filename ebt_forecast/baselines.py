@@ -22,7 +22,9 @@ from ebt_forecast.data.windows import mean_abs_scale, split_train_val
 __all__ = [
     "Forecaster",
     "SeasonalNaive",
+    "GluonTSBaseline",
     "DeepARBaseline",
+    "PatchTSTBaseline",
     "PointPlusGaussian",
     "StatsForecastBaseline",
     "STATSFORECAST_QUANTILES",
@@ -119,20 +121,34 @@ class SeasonalNaive:
 
 
 # --------------------------------------------------------------------------------------------------
-# DeepAR (GluonTS torch)
+# GluonTS torch models (DeepAR, PatchTST)
 
 
 # gluonts 0.17 indexes tensors with a list (torch deprecation warning on every batch)
 _GLUONTS_INDEXING_WARNING = "Using a non-tuple sequence for multidimensional indexing"
 
 
-class DeepARBaseline:
-    """GluonTS's torch ``DeepAREstimator`` (Student-t output), trained for exactly ``max_steps``
-    optimizer steps on ``dataset.train`` (no validation split, GluonTS default lags / time features).
+class GluonTSBaseline:
+    """A GluonTS torch estimator (Student-t output) trained on ``dataset.train``; subclasses build the
+    estimator in :meth:`_estimator`.
 
     ``num_batches_per_epoch`` defaults to ``min(50, max_steps)`` (the GluonTS default epoch size);
-    ``max_epochs = ceil(max_steps / num_batches_per_epoch)`` and ``max_steps`` stops training at
-    exactly ``max_steps``. GluonTS keeps the weights of the epoch with the lowest train loss.
+    ``max_epochs = ceil(max_steps / num_batches_per_epoch)`` and ``max_steps`` caps training at
+    exactly ``max_steps`` optimiser steps.
+
+    ``early_stopping_patience=None``: exactly ``max_steps`` steps on the whole training series, no
+    validation; GluonTS keeps the weights of the epoch with the lowest (epoch-mean) train loss.
+    ``early_stopping_patience=k``: the last ``horizon`` points of every training series long enough
+    (:func:`split_validation_tail`; shorter series stay whole in training) are held out. GluonTS
+    trains on the cut series and, after every epoch, computes ``val_loss`` (NLL of the held-out tail
+    given the past, one window per validation series: its ``ValidationSplitSampler`` takes the last
+    ``prediction_length`` points of each series in ``validation_data``, which therefore holds the
+    full training series of the split items only). A Lightning ``EarlyStopping(val_loss, patience=k)``
+    stops training after ``k`` epochs without improvement, and the ``ModelCheckpoint(val_loss)``
+    GluonTS adds whenever validation data is given restores the best epoch's weights after training.
+
+    After ``fit``: ``train_steps`` (optimiser steps run), ``train_seconds`` (wall time of GluonTS's
+    ``train_model``), ``stopped_early`` and ``best_val_loss`` (``None`` without validation).
     Seeded with ``lightning.seed_everything(seed)`` before training and ``torch.manual_seed(seed)``
     before sampling. On CPU, ``deterministic=True`` is passed to the Trainer and the global torch
     determinism flag is restored afterwards.
@@ -140,34 +156,33 @@ class DeepARBaseline:
 
     def __init__(
         self,
+        *,
         context_length: int | None = None,
         max_steps: int = 1000,
         batch_size: int = 32,
         lr: float = 1e-3,
         num_samples: int = 100,
         seed: int = 0,
-        hidden_size: int = 40,
-        num_layers: int = 2,
-        dropout_rate: float = 0.1,
         num_batches_per_epoch: int | None = None,
+        early_stopping_patience: int | None = None,
         accelerator: str = "cpu",
         enable_progress_bar: bool = False,
         estimator_kwargs: dict[str, Any] | None = None,
         trainer_kwargs: dict[str, Any] | None = None,
-        name: str = "deepar",
+        name: str,
     ):
         if max_steps < 1:
             raise ValueError("max_steps must be >= 1")
+        if early_stopping_patience is not None and early_stopping_patience < 1:
+            raise ValueError("early_stopping_patience must be None or >= 1")
         self.context_length = context_length
         self.max_steps = int(max_steps)
         self.batch_size = int(batch_size)
         self.lr = float(lr)
         self.num_samples = int(num_samples)
         self.seed = int(seed)
-        self.hidden_size = int(hidden_size)
-        self.num_layers = int(num_layers)
-        self.dropout_rate = float(dropout_rate)
         self.num_batches_per_epoch = num_batches_per_epoch
+        self.early_stopping_patience = early_stopping_patience
         self.accelerator = accelerator
         self.enable_progress_bar = enable_progress_bar
         self.estimator_kwargs = dict(estimator_kwargs or {})
@@ -175,7 +190,14 @@ class DeepARBaseline:
         self.name = name
         self.train_seconds = 0.0
         self.train_steps = 0
+        self.stopped_early = False
+        self.best_val_loss: float | None = None
         self.predictor = None
+
+    def _estimator(self, dataset: ForecastDataset, common: dict[str, Any]):
+        """The GluonTS estimator; ``common`` holds prediction_length, context_length, lr, batch_size,
+        num_batches_per_epoch and trainer_kwargs."""
+        raise NotImplementedError
 
     @staticmethod
     def _dataset(entries: list[dict], freq: str):
@@ -183,28 +205,35 @@ class DeepARBaseline:
 
         return ListDataset(entries, freq=freq)
 
-    def fit(self, dataset: ForecastDataset) -> "DeepARBaseline":
+    @staticmethod
+    def _entry(item_id: str, start, target: np.ndarray) -> dict:
+        return {"start": start, "target": np.asarray(target, dtype=np.float32), "item_id": item_id}
+
+    def fit(self, dataset: ForecastDataset) -> "GluonTSBaseline":
         import lightning
         import torch
-        from gluonts.torch.model.deepar import DeepAREstimator
 
-        usable = [s for s in dataset.train if len(s.target) > dataset.horizon]
-        if not usable:
-            raise ValueError(
-                f"DeepARBaseline: no training series longer than the horizon ({dataset.horizon})"
+        cls = type(self).__name__
+        val_ds = None
+        train_series = dataset.train
+        if self.early_stopping_patience is not None:
+            cut, val = split_validation_tail(dataset)
+            if not val:
+                raise ValueError(f"{cls}: no training series is long enough for a validation tail")
+            train_series = cut.train
+            val_ds = self._dataset(
+                [self._entry(w.item_id, w.start, np.concatenate([w.past, w.future])) for w in val],
+                dataset.freq,
             )
-        train_ds = self._dataset(
-            [
-                {"start": s.start, "target": np.asarray(s.target, dtype=np.float32), "item_id": s.item_id}
-                for s in dataset.train
-            ],
-            dataset.freq,
-        )
+        if not any(len(s.target) > dataset.horizon for s in train_series):
+            # GluonTS samples training windows with a full horizon of future; none -> endless loop
+            raise ValueError(f"{cls}: no training series longer than the horizon ({dataset.horizon})")
+        train_ds = self._dataset([self._entry(s.item_id, s.start, s.target) for s in train_series], dataset.freq)
         nbpe = self.num_batches_per_epoch or min(50, self.max_steps)
         max_epochs = math.ceil(self.max_steps / nbpe)
         prev_det = torch.are_deterministic_algorithms_enabled()
         prev_warn = torch.is_deterministic_algorithms_warn_only_enabled()
-        with tempfile.TemporaryDirectory(prefix="deepar_") as tmp:
+        with tempfile.TemporaryDirectory(prefix="gluonts_") as tmp:
             trainer_kwargs: dict[str, Any] = dict(
                 max_steps=self.max_steps,
                 max_epochs=max_epochs,
@@ -219,30 +248,37 @@ class DeepARBaseline:
             # GluonTS always adds a ModelCheckpoint callback, so checkpointing cannot be disabled;
             # checkpoints go to a temporary directory that is removed after training.
             trainer_kwargs.update(self.trainer_kwargs)
-            estimator = DeepAREstimator(
-                freq=dataset.freq,
-                prediction_length=dataset.horizon,
-                context_length=self.context_length,
-                num_layers=self.num_layers,
-                hidden_size=self.hidden_size,
-                lr=self.lr,
-                dropout_rate=self.dropout_rate,
-                batch_size=self.batch_size,
-                num_batches_per_epoch=nbpe,
-                num_parallel_samples=self.num_samples,
-                trainer_kwargs=trainer_kwargs,
-                **self.estimator_kwargs,
+            if val_ds is not None:
+                from lightning.pytorch.callbacks import EarlyStopping
+
+                stopper = EarlyStopping(monitor="val_loss", patience=int(self.early_stopping_patience), mode="min")
+                trainer_kwargs["callbacks"] = [*trainer_kwargs.get("callbacks", []), stopper]
+                trainer_kwargs.setdefault("num_sanity_val_steps", 0)
+            estimator = self._estimator(
+                dataset,
+                dict(
+                    prediction_length=dataset.horizon,
+                    context_length=self.context_length,
+                    lr=self.lr,
+                    batch_size=self.batch_size,
+                    num_batches_per_epoch=nbpe,
+                    trainer_kwargs=trainer_kwargs,
+                ),
             )
             lightning.seed_everything(self.seed, workers=True, verbose=False)
             t0 = time.perf_counter()
             try:
                 with warnings.catch_warnings():
                     warnings.filterwarnings("ignore", message=_GLUONTS_INDEXING_WARNING)
-                    out = estimator.train_model(train_ds)
+                    out = estimator.train_model(train_ds, validation_data=val_ds)
             finally:
                 torch.use_deterministic_algorithms(prev_det, warn_only=prev_warn)
             self.train_seconds = time.perf_counter() - t0
         self.train_steps = int(out.trainer.global_step)
+        # EarlyStopping sets should_stop; reaching max_steps / max_epochs does not
+        self.stopped_early = bool(val_ds is not None and out.trainer.should_stop and self.train_steps < self.max_steps)
+        best = out.trainer.checkpoint_callback.best_model_score if val_ds is not None else None
+        self.best_val_loss = None if best is None else float(best)
         predictor = out.predictor
         if self.accelerator == "cpu":
             predictor = predictor.to("cpu")
@@ -253,26 +289,104 @@ class DeepARBaseline:
         import torch
 
         if self.predictor is None:
-            raise RuntimeError("DeepARBaseline.predict() called before fit()")
+            raise RuntimeError(f"{type(self).__name__}.predict() called before fit()")
         if not windows:
             return []
-        ds = self._dataset(
-            [
-                {"start": w.start, "target": np.asarray(w.past, dtype=np.float32), "item_id": str(i)}
-                for i, w in enumerate(windows)
-            ],
-            dataset.freq,
-        )
+        ds = self._dataset([self._entry(str(i), w.start, w.past) for i, w in enumerate(windows)], dataset.freq)
         torch.manual_seed(self.seed)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=_GLUONTS_INDEXING_WARNING)
             out = [
-                np.asarray(f.samples, dtype=np.float32)
+                # DeepAR returns sample forecasts; PatchTST distribution forecasts, sampled here
+                np.asarray(
+                    f.samples if hasattr(f, "samples") else f.to_sample_forecast(self.num_samples).samples,
+                    dtype=np.float32,
+                )
                 for f in self.predictor.predict(ds, num_samples=self.num_samples)
             ]
         if len(out) != len(windows):
-            raise RuntimeError(f"DeepAR returned {len(out)} forecasts for {len(windows)} windows")
+            raise RuntimeError(f"{self.name} returned {len(out)} forecasts for {len(windows)} windows")
         return out
+
+
+class DeepARBaseline(GluonTSBaseline):
+    """GluonTS's torch ``DeepAREstimator`` (Student-t output, GluonTS default lags / time features);
+    training, validation and seeding as in :class:`GluonTSBaseline`."""
+
+    def __init__(
+        self,
+        context_length: int | None = None,
+        max_steps: int = 1000,
+        batch_size: int = 32,
+        lr: float = 1e-3,
+        num_samples: int = 100,
+        seed: int = 0,
+        hidden_size: int = 40,
+        num_layers: int = 2,
+        dropout_rate: float = 0.1,
+        *,
+        name: str = "deepar",
+        **common: Any,
+    ):
+        super().__init__(context_length=context_length, max_steps=max_steps, batch_size=batch_size, lr=lr,
+                         num_samples=num_samples, seed=seed, name=name, **common)
+        self.hidden_size = int(hidden_size)
+        self.num_layers = int(num_layers)
+        self.dropout_rate = float(dropout_rate)
+
+    def _estimator(self, dataset: ForecastDataset, common: dict[str, Any]):
+        from gluonts.torch.model.deepar import DeepAREstimator
+
+        return DeepAREstimator(
+            freq=dataset.freq, num_layers=self.num_layers, hidden_size=self.hidden_size,
+            dropout_rate=self.dropout_rate, num_parallel_samples=self.num_samples,
+            **common, **self.estimator_kwargs,
+        )
+
+
+class PatchTSTBaseline(GluonTSBaseline):
+    """GluonTS's torch ``PatchTSTEstimator`` (Student-t output, mean scaling), sized like the EBT's
+    backbone: ``d_model``, ``nhead``, ``num_encoder_layers``, ``dim_feedforward``. ``patch_len``
+    defaults to the EBT's rule (16 for horizons >= 24, else 4); ``stride = patch_len`` (non-overlapping
+    patches). ``context_length=None`` is GluonTS's default, 10 x horizon. Training, validation and
+    seeding as in :class:`GluonTSBaseline` (``common``: its keyword arguments)."""
+
+    def __init__(
+        self,
+        context_length: int | None = None,
+        max_steps: int = 1000,
+        batch_size: int = 32,
+        lr: float = 1e-3,
+        num_samples: int = 100,
+        seed: int = 0,
+        d_model: int = 64,
+        nhead: int = 4,
+        num_encoder_layers: int = 2,
+        dim_feedforward: int = 128,
+        dropout: float = 0.1,
+        patch_len: int | None = None,
+        *,
+        name: str = "patchtst",
+        **common: Any,
+    ):
+        super().__init__(context_length=context_length, max_steps=max_steps, batch_size=batch_size, lr=lr,
+                         num_samples=num_samples, seed=seed, name=name, **common)
+        self.d_model = int(d_model)
+        self.nhead = int(nhead)
+        self.num_encoder_layers = int(num_encoder_layers)
+        self.dim_feedforward = int(dim_feedforward)
+        self.dropout = float(dropout)
+        self.patch_len = patch_len
+
+    def _estimator(self, dataset: ForecastDataset, common: dict[str, Any]):
+        from gluonts.torch.model.patch_tst import PatchTSTEstimator
+
+        patch = int(self.patch_len or (16 if dataset.horizon >= 24 else 4))
+        return PatchTSTEstimator(
+            patch_len=patch, stride=patch, d_model=self.d_model, nhead=self.nhead,
+            num_encoder_layers=self.num_encoder_layers, dim_feedforward=self.dim_feedforward,
+            dropout=self.dropout, **common, **self.estimator_kwargs,
+        )
 
 
 # --------------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from ebt_forecast.baselines import (
     STATSFORECAST_QUANTILES,
     DeepARBaseline,
     Forecaster,
+    PatchTSTBaseline,
     PointPlusGaussian,
     SeasonalNaive,
     StatsForecastBaseline,
@@ -19,7 +20,7 @@ from ebt_forecast.baselines import (
 )
 from ebt_forecast.data.types import ForecastDataset, Series
 from ebt_forecast.data.types import TestWindow as Window  # alias: keep pytest from collecting it
-from ebt_forecast.metrics import aggregate, sample_quantiles, score_window
+from ebt_forecast.metrics import aggregate, sample_quantiles, score_window, score_windows
 
 START = pd.Period("2020-01-01", freq="D")
 
@@ -287,3 +288,77 @@ def test_uncross_quantile_paths_keeps_metric_rows():
     out = uncross_quantile_paths(raw)
     assert (np.diff(out, axis=0) >= 0).all()
     np.testing.assert_allclose(out[[8, 10, 12], 1], [4.0, 6.0, 6.5])
+
+
+# --------------------------------------------------------------------------------------------------
+# GluonTS PatchTST / early stopping on the validation tail
+
+_TINY_PATCHTST = dict(d_model=16, nhead=2, num_encoder_layers=1, dim_feedforward=32)
+
+
+def test_patchtst_trains_predicts_and_beats_seasonal_naive():
+    pytest.importorskip("gluonts.torch")
+    task = _seasonal_task(0)  # noise sd 1: seasonal naive pays the noise of past and future
+    model = PatchTSTBaseline(context_length=48, max_steps=100, batch_size=16, lr=3e-3, num_samples=50,
+                             seed=0, **_TINY_PATCHTST).fit(task)
+    assert isinstance(model, Forecaster) and model.name == "patchtst"
+    assert model.train_steps == 100 and model.train_seconds > 0
+    assert not model.stopped_early and model.best_val_loss is None
+    preds = model.predict(task.test_windows, task)
+    assert len(preds) == len(task.test_windows)
+    for p in preds:
+        assert p.shape == (50, task.horizon) and np.isfinite(p).all()
+    np.testing.assert_array_equal(model.predict(task.test_windows, task)[0], preds[0])  # seeded sampling
+    naive = SeasonalNaive().fit(task).predict(task.test_windows, task)
+    wql = score_windows(preds, task.test_windows, task.season_length)["wql"]
+    wql_naive = score_windows(naive, task.test_windows, task.season_length)["wql"]
+    assert wql < 0.85 * wql_naive  # measured: 0.036 vs 0.050
+
+
+@pytest.mark.parametrize("cls", ["patchtst", "deepar"])
+def test_gluonts_early_stopping_on_validation_tail(cls, monkeypatch):
+    pytest.importorskip("gluonts.torch")
+    from gluonts.torch.model.estimator import PyTorchLightningEstimator
+
+    seen = {}
+    train_model = PyTorchLightningEstimator.train_model
+
+    def spy(self, training_data, validation_data=None, **kw):
+        seen["train"] = {e["item_id"]: (e["start"], np.asarray(e["target"])) for e in training_data}
+        seen["val"] = {e["item_id"]: (e["start"], np.asarray(e["target"])) for e in validation_data}
+        return train_model(self, training_data, validation_data, **kw)
+
+    monkeypatch.setattr(PyTorchLightningEstimator, "train_model", spy)
+    task = _seasonal_task(1, n_series=3, length=96, horizon=12)
+    h = task.horizon
+    # too short to split (kept whole in training, not validated on) and shorter than the horizon
+    task.train.append(Series("mid", HOURLY, task.train[0].target[: 2 * h]))
+    task.train.append(Series("tiny", HOURLY, task.train[0].target[: h - 2]))
+    kw = dict(context_length=24, max_steps=5000, batch_size=8, num_samples=20, seed=0, lr=3e-3,
+              num_batches_per_epoch=4, early_stopping_patience=1)
+    if cls == "patchtst":
+        model = PatchTSTBaseline(**kw, **_TINY_PATCHTST)
+    else:
+        model = DeepARBaseline(**kw, hidden_size=8, num_layers=1, dropout_rate=0.0)
+    model.fit(task)
+    assert model.stopped_early and 0 < model.train_steps < kw["max_steps"]
+    assert model.train_steps % kw["num_batches_per_epoch"] == 0  # stopped at an epoch end
+    assert np.isfinite(model.best_val_loss)
+    full = {s.item_id: s for s in task.train}
+    # GluonTS trained on the series minus their last horizon points (short ones whole) ...
+    assert set(seen["train"]) == set(full)
+    for item, (start, y) in seen["train"].items():
+        want = full[item].target if item in ("mid", "tiny") else full[item].target[:-h]
+        assert start == full[item].start
+        np.testing.assert_array_equal(y, want)
+    # ... and validated on the full training series of the split ones: the held-out tail is their last
+    # horizon points (no test data anywhere)
+    assert set(seen["val"]) == {"s0", "s1", "s2"}
+    for item, (start, y) in seen["val"].items():
+        np.testing.assert_array_equal(y, full[item].target)
+        np.testing.assert_array_equal(y[:-h], seen["train"][item][1])
+    preds = model.predict(task.test_windows, task)
+    assert all(p.shape == (20, h) and np.isfinite(p).all() for p in preds)
+    import torch
+
+    assert not torch.are_deterministic_algorithms_enabled()

@@ -191,13 +191,13 @@ class TaskModule(L.LightningModule):
         return think(energy_fn, init, self.think_cfg, self.step_size, training=training, **kwargs)
 
     def infer(self, batch: dict[str, Tensor], *, num_candidates: int, group: int, steps: int, selection: str,
-              generator: torch.Generator | None = None) -> Thought:
+              generator: torch.Generator | None = None, temperature: float | None = None) -> Thought:
         """Encode the context once, propose starts, think for `steps`, select samples."""
         with torch.no_grad():
             encoding = self.encode(batch)
             starts = self.propose(encoding, batch, num_candidates, group, generator)
         return think_and_select(starts, self.think_cfg, self.step_size, steps=steps, selection=selection,
-                                generator=generator)
+                                generator=generator, temperature=temperature)
 
     def log_think_record(self, record: ThinkRecord, prefix: str) -> None:
         """Log the energies, steps, passes and non-finite count of one thinking call."""
@@ -256,7 +256,7 @@ class FitReport:
     steps: int
 
 
-def fit_module(module: TaskModule, data: Dataset, trainer_cfg: TrainerConfig, seed: int, run_key: str = "") -> FitReport:
+def fit_module(module: L.LightningModule, data: Dataset, trainer_cfg: TrainerConfig, seed: int, run_key: str = "") -> FitReport:
     """Train `module` on `data` (batches in order; the dataset draws its own seeded windows) with Lightning.
 
     With `trainer_cfg.checkpoint_dir`, `last.ckpt` is saved every `checkpoint_every` steps and a later

@@ -43,9 +43,10 @@ class Thought:
 
 def think_and_select(
     starts: Starts, cfg: ThinkConfig, step_size: StepSize, *, steps: int, selection: str,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | None = None, temperature: float | None = None,
 ) -> Thought:
-    """Refine every start for `steps` (inference: first order, cfg's stopping policy), then select.
+    """Refine every start for `steps` (inference: first order, cfg's stopping policy), then select
+    (`temperature` for weighted / resample; default cfg.temperature).
 
     With `cfg.enabled=False`, or the energy-free `proposal` selection at step 0, no energy is read:
     the proposals are the samples and no pass is spent.
@@ -61,7 +62,7 @@ def think_and_select(
     record = result.record
     final = result.candidates.detach().view(b, m, g, *event)
     energies = result.energies.detach().view(b, m, g)
-    samples = select_candidates(selection, proposals, final, energies, cfg.temperature, generator)
+    samples = select_candidates(selection, proposals, final, energies, temperature or cfg.temperature, generator)
     # a stopping policy can end every candidate before the budget: they stay at their last state
     trajectory = result.trajectory + result.trajectory[-1:] * (steps + 1 - len(result.trajectory))
     path = torch.stack(trajectory, dim=1).detach().view(b, steps + 1, m, g, *event)[:, :, :, 0]

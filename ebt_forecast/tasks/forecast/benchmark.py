@@ -4,13 +4,14 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ebt_forecast.baselines import DeepARBaseline, PointPlusGaussian, SeasonalNaive
+from ebt_forecast.baselines import STATSFORECAST_MODELS, DeepARBaseline, PointPlusGaussian, SeasonalNaive
 from ebt_forecast.data.loaders import load_default_suite, load_etth1, load_exchange_rate, load_m4_hourly
 from ebt_forecast.data.types import ForecastDataset
 from ebt_forecast.io import atomic_write_csv, atomic_write_json, atomic_write_text
@@ -18,11 +19,15 @@ from ebt_forecast.metrics import geometric_mean_relative, score_windows
 from ebt_forecast.tasks.base import config_key
 from ebt_forecast.tasks.forecast.config import ForecastAppConfig
 from ebt_forecast.tasks.forecast.diagnostics import verification_diagnostics
+from ebt_forecast.tasks.forecast.estimator import EBTPredictor
 from ebt_forecast.tasks.forecast.forecaster import EBTForecaster
+from ebt_forecast.tasks.forecast.sources import choose, fast_forecasts, train_verifier, verifier_rows
 from ebt_forecast.think import ConfigError
 
 log = logging.getLogger(__name__)
-MODELS = ("seasonal_naive", "transformer_pp", "transformer_pp+gaussian", "deepar", "ebt")
+SEEDLESS = ("seasonal_naive", *STATSFORECAST_MODELS)  # deterministic: one cell whatever the seed
+MODELS = (*SEEDLESS, "transformer_pp", "transformer_pp+gaussian", "deepar", "ebt", "ebt_verifier")
+RELATIVE_METRICS = ("wql", "mase", "crps_scaled", "smape", "msis")
 SUITES = ("default", "shared", "etth1", "m4_hourly", "exchange_rate")
 
 
@@ -48,10 +53,28 @@ def _row(dataset: ForecastDataset, model: str, samples, extra: dict) -> dict:
             **extra}
 
 
-def run_ebt_cell(dataset: ForecastDataset, app: ForecastAppConfig, plots: Path) -> list[dict]:
+def trained_ebt(dataset: ForecastDataset, app: ForecastAppConfig, cache: Path) -> EBTForecaster:
+    """The EBT trained on `dataset` with app's settings and seed: loaded from `cache` if a run of the same
+    configuration saved it there, else trained and saved (so the EBT's cells share one training run)."""
+    cfg = app.forecaster()
+    key = config_key(dataset.name, dataset.horizon, [len(s) for s in dataset.train], cfg.model, cfg.think,
+                     cfg.trainer.settings(), cfg.task, cfg.seed)
+    folder = cache / f"ebt__{dataset.name}__{key}"
+    if (folder / "weights.pt").exists():
+        ebt = EBTPredictor.deserialize(folder).forecaster
+        ebt.val_windows = ebt.split(dataset)[1]
+        return ebt
+    ebt = EBTForecaster(cfg, "ebt").fit(dataset)
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    EBTPredictor(ebt, dataset.horizon, dataset.freq).serialize(tmp)
+    tmp.replace(folder)
+    return ebt
+
+
+def run_ebt_cell(dataset: ForecastDataset, app: ForecastAppConfig, plots: Path, cache: Path) -> list[dict]:
     """Train the EBT once, then score its thinking settings: steps x selection, and M candidates."""
     cfg = app.forecaster()
-    ebt = EBTForecaster(cfg, "ebt").fit(dataset)
+    ebt = trained_ebt(dataset, app, cache)
     budget = {"train_seconds": ebt.train_seconds, "train_steps": ebt.train_steps}
     out = ebt.predict(dataset.test_windows)
     auto = cfg.task.selection == "auto"
@@ -85,11 +108,61 @@ def _record(out) -> dict:
             "backward_passes": out.backward_passes, "nonfinite": out.nonfinite}
 
 
-def run_cell(dataset: ForecastDataset, model: str, app: ForecastAppConfig, plots: Path) -> list[dict]:
+def run_verifier_cell(dataset: ForecastDataset, app: ForecastAppConfig, cache: Path) -> list[dict]:
+    """The EBT as a verifier above fast forecasters, beside the energy-free controls of the same starts.
+
+    First the EBT's energy as trained (zero-shot on the new sources), then after teaching it to rank exactly
+    those starts on pool windows cut before the validation tail (`sources.train_verifier`). Main rows:
+    `ebt_verifier` (the trained energy's setting best on validation), `ebt_verifier_zero_shot`,
+    `sources_average` (equal weights), `sources_median`, `sources_best_on_val` (the single source best on
+    validation); every setting also gets a row `ebt_verifier[...]` / `ebt_verifier_zero_shot[...]` with its
+    validation WQL, so each choice can be audited."""
+    ebt = trained_ebt(dataset, app, cache)
+    fast = list(app.benchmark.fast_sources)
+    zero_shot, zs_diag = verifier_rows(ebt, dataset, fast, cache)
+    training = train_verifier(ebt, dataset, fast, cache, windows=app.benchmark.verifier_windows,
+                              steps=app.benchmark.verifier_steps)
+    trained, diag = verifier_rows(ebt, dataset, fast, cache)
+    controls = {r["selection"]: r for r in trained if r["steps"] == 0}
+    picks = {"ebt_verifier": choose(trained, "energy"), "ebt_verifier_zero_shot": choose(zero_shot, "energy"),
+             "sources_average": controls["average"], "sources_median": controls["median"],
+             "sources_best_on_val": choose(trained, "source")}
+    out = []
+    for name, r in picks.items():
+        extra = {}
+        if name == "ebt_verifier":
+            extra = {**{f"val_{k}": v for k, v in diag.items()}, **{f"val_zero_shot_{k}": v for k, v in zs_diag.items()},
+                     "train_seconds": training["train_seconds"], "train_steps": training["train_steps"],
+                     "pool_windows": training["pool_windows"]}
+        out.append({"dataset": dataset.name, "model": name, **_setting(r), **extra})
+    for label, rows in (("ebt_verifier", trained), ("ebt_verifier_zero_shot", zero_shot)):
+        for r in rows:
+            if label != "ebt_verifier" and r["selection"] not in ("verified", "weighted"):
+                continue  # the energy-free rows are the same for both
+            temperature = "" if r["temperature"] is None else f",T={r['temperature']:g}"
+            out.append({"dataset": dataset.name, "model": f"{label}[steps={r['steps']},{r['selection']}{temperature}]",
+                        **_setting(r)})
+    return out
+
+
+def _setting(r: dict) -> dict:
+    """A verifier row's test metrics, with its validation WQL and the setting it ran."""
+    temperature = "" if r["temperature"] is None else f"@T={r['temperature']:g}"
+    return {"train_seconds": 0.0, "train_steps": 0, **r["test"], "val_wql": r["val"]["wql"], "steps": r["steps"],
+            "selection": f"{r['selection']}{temperature}"}
+
+
+def run_cell(dataset: ForecastDataset, model: str, app: ForecastAppConfig, plots: Path, cache: Path) -> list[dict]:
     """Fit and score one model on one data set; return its result rows."""
     cfg = app.forecaster()
     if model == "ebt":
-        return run_ebt_cell(dataset, app, plots)
+        return run_ebt_cell(dataset, app, plots, cache)
+    if model == "ebt_verifier":
+        return run_verifier_cell(dataset, app, cache)
+    if model in STATSFORECAST_MODELS:
+        start = time.perf_counter()
+        samples = list(fast_forecasts(model, dataset, dataset.test_windows, cache))
+        return [_row(dataset, model, samples, {"train_seconds": time.perf_counter() - start, "train_steps": 0})]
     if model == "seasonal_naive":
         forecaster = SeasonalNaive(dataset.season_length)
     elif model == "transformer_pp":
@@ -147,33 +220,56 @@ def plot_fans(dataset: ForecastDataset, forecasts: dict[str, list[np.ndarray]], 
     tmp.replace(path)
 
 
+def relative_over_seeds(table: pd.DataFrame) -> pd.DataFrame:
+    """Geometric-mean scores relative to seasonal naive, per seed, then their mean and spread (sd) over seeds.
+
+    Seedless models (seasonal naive, statsforecast) enter every seed's table; their sd is 0."""
+    seeds = sorted(table["seed"].dropna().unique()) if "seed" in table else []
+    per_seed = []
+    for seed in seeds or [None]:
+        part = table if seed is None else table[(table["seed"] == seed) | table["seed"].isna()]
+        per_seed.append(geometric_mean_relative(part, metrics=RELATIVE_METRICS).assign(seed=seed))
+    stacked = pd.concat(per_seed, ignore_index=True)
+    stats = stacked.groupby("model", sort=False)[list(RELATIVE_METRICS)].agg(["mean", "std"])
+    out = pd.DataFrame({"model": stats.index})
+    for metric in RELATIVE_METRICS:
+        out[metric] = stats[(metric, "mean")].to_numpy()
+        out[f"{metric}_sd"] = stats[(metric, "std")].fillna(0.0).to_numpy()
+    out["seeds"] = stacked.groupby("model", sort=False)["seed"].nunique().to_numpy()
+    return out.sort_values("wql", kind="stable").reset_index(drop=True)
+
+
 def summary_markdown(table: pd.DataFrame, app: ForecastAppConfig) -> str:
-    """Results as markdown: geometric-mean relative scores, per-data-set metrics, thinking and diagnostics."""
-    main = table[~table.model.str.startswith("ebt[")]
-    has_baseline = "seasonal_naive" in set(table.model)
-    rel = geometric_mean_relative(table, metrics=("wql", "mase", "crps_scaled", "smape", "msis")) if has_baseline else None
-    cols = ["dataset", "model", "wql", "mase", "crps_scaled", "smape", "msis", "coverage_80", "train_steps", "train_seconds", "reused"]
+    """Results as markdown: relative scores (mean and sd over seeds), per-data-set metrics, thinking, diagnostics."""
+    variant = table.model.str.contains(r"\[", regex=True)
+    main = table[~variant]
+    cols = ["dataset", "model", "seed", "wql", "mase", "crps_scaled", "smape", "msis", "coverage_80", "val_wql",
+            "selection", "train_steps", "train_seconds", "reused"]
     parts = [f"# Benchmark: suite={app.suite}\n",
-             "## Relative to seasonal naive (geometric mean over data sets; lower is better)\n"]
-    if rel is None:
+             "## Relative to seasonal naive (geometric mean over data sets, then mean and sd over seeds; lower is better)\n"]
+    if "seasonal_naive" not in set(table.model):
         parts.append("(no seasonal_naive rows)")
     else:
-        variant = rel.model.str.startswith("ebt[")
-        parts += [rel[~variant].to_markdown(index=False, floatfmt=".3f"),
-                  "\n### EBT inference settings, same trained model (`ebt[steps,selection,M candidates,G starts]`)\n",
-                  rel[variant].to_markdown(index=False, floatfmt=".3f")]
-    parts += [
-        "\n## Per data set\n", main[[c for c in cols if c in main]].to_markdown(index=False, floatfmt=".4f")]
-    think_rows = table[table.model.str.startswith("ebt")]
+        rel = relative_over_seeds(table)
+        is_variant = rel.model.str.contains(r"\[", regex=True)
+        parts += [rel[~is_variant].to_markdown(index=False, floatfmt=".3f"),
+                  "\n### EBT inference settings, same trained model (`ebt[steps,selection,M candidates,G starts]`), "
+                  "and the verifier's settings (`ebt_verifier[steps,selection,T]`, starts: EBT proposal, seasonal "
+                  "naive, fast forecasters)\n",
+                  rel[is_variant].to_markdown(index=False, floatfmt=".3f")]
+    parts += ["\n## Per data set\n", main[[c for c in cols if c in main]].to_markdown(index=False, floatfmt=".4f")]
+    first_seed = table["seed"].dropna().min() if "seed" in table and table["seed"].notna().any() else None
+    think_rows = table[table.model.str.startswith("ebt") & ((table.get("seed") == first_seed) | (first_seed is None))]
     if len(think_rows):
         tcols = ["dataset", "model", "steps", "selection", "candidates", "verify_group", "wql", "mase", "coverage_80",
-                 "forward_passes", "backward_passes"]
-        parts += ["\n## EBT thinking: step 0 (proposals) beside thinking settings\n",
+                 "val_wql", "forward_passes", "backward_passes"]
+        parts += [f"\n## EBT thinking and verification settings (seed {first_seed}): step 0 beside thinking\n",
                   think_rows[[c for c in tcols if c in think_rows]].to_markdown(index=False, floatfmt=".4f")]
-        diag_cols = [c for c in table.columns if c.startswith("val_")]
-        if diag_cols:
-            d = table[table.model == "ebt"][["dataset", *diag_cols]].rename(columns=lambda c: c.removeprefix("val_"))
-            parts += ["\n## Does the energy verify? (validation windows)\n", d.to_markdown(index=False, floatfmt=".3f")]
+    diag_cols = [c for c in table.columns if c.startswith("val_") and c != "val_wql"]
+    if diag_cols:
+        d = table[table.model.isin(["ebt", "ebt_verifier"])][["dataset", "model", "seed", *diag_cols]]
+        d = d.rename(columns=lambda c: c.removeprefix("val_"))
+        parts += ["\n## Does the energy verify? (validation windows)\n", d.to_markdown(index=False, floatfmt=".3f")]
     return "\n".join(parts) + "\n"
 
 
@@ -182,47 +278,55 @@ def cell_key(dataset: ForecastDataset, model: str, app: ForecastAppConfig) -> st
     its budget and seed, and for the EBT the inference settings scored; a changed setting recomputes the cell."""
     data = (dataset.name, app.suite, app.data.etth1_stride, dataset.horizon, dataset.season_length,
             [len(s) for s in dataset.train], len(dataset.test_windows))
-    if model == "seasonal_naive":
+    if model in SEEDLESS:
         return config_key(data, model)
     b = app.benchmark
     extra = {"deepar": (b.deepar_hidden_size, b.deepar_num_layers),
-             "ebt": (b.think_steps, b.selections, b.candidate_counts, b.verify_groups)}.get(model)
-    think = app.think if model == "ebt" else None  # the feed-forward models never think
+             "ebt": (b.think_steps, b.selections, b.candidate_counts, b.verify_groups),
+             "ebt_verifier": (b.fast_sources, b.verifier_windows, b.verifier_steps)}.get(model)
+    think = app.think if model.startswith("ebt") else None  # the feed-forward models never think
     return config_key(data, model, app.model, think, app.trainer.settings(), app.task, app.seed, extra)
 
 
 def run_benchmark(app: ForecastAppConfig) -> Path:
     """Run (or resume) the suite; write results.csv, relative.csv, results.md and plots; return the folder.
 
-    Each (data set, model) cell is written to cells/<data set>__<model>__<key>.json as it finishes, keyed
-    by `cell_key`; with benchmark.resume a cell of the same key is reused (column `reused`)."""
+    Every trained model runs once per seed of `benchmark.seeds` (default: `seed`); seedless models once.
+    Each (data set, model, seed) cell is written to cells/<data set>__<model>__<key>.json as it finishes,
+    keyed by `cell_key`; with benchmark.resume a cell of the same key is reused (column `reused`).
+    Trained EBTs and fast forecasts are cached under cache/ and shared by the cells that need them."""
     out = Path(app.runtime.output_dir) / app.suite
-    cells, plots = out / "cells", out / "plots"
+    cells, plots, cache = out / "cells", out / "plots", out / "cache"
     for m in app.benchmark.models:
         if m not in MODELS:
             raise ConfigError(f"benchmark.models contains unknown model {m!r}: must be among {', '.join(MODELS)}")
+    for m in app.benchmark.fast_sources:
+        if m not in STATSFORECAST_MODELS:
+            raise ConfigError(f"benchmark.fast_sources contains {m!r}: must be among {', '.join(STATSFORECAST_MODELS)}")
+    seeds = list(app.benchmark.seeds) or [app.seed]
     datasets = load_suite(app)
+    jobs = [(d, m, s) for d in datasets for m in app.benchmark.models for s in ([None] if m in SEEDLESS else seeds)]
     rows: list[dict] = []
-    progress = tqdm([(d, m) for d in datasets for m in app.benchmark.models], desc="benchmark", unit="cell")
-    for dataset, model in progress:
-        progress.set_postfix_str(f"{dataset.name} / {model}")
-        key = cell_key(dataset, model, app)
+    progress = tqdm(jobs, desc="benchmark", unit="cell")
+    for dataset, model, seed in progress:
+        progress.set_postfix_str(f"{dataset.name} / {model}" + ("" if seed is None else f" / seed {seed}"))
+        run_app = app if seed is None else replace(app, seed=seed)
+        key = cell_key(dataset, model, run_app)
         cell = cells / f"{dataset.name}__{model.replace('+', '_')}__{key}.json"
         if app.benchmark.resume and cell.exists():
             rows += [{**r, "reused": True} for r in json.loads(cell.read_text())["rows"]]
             continue
         start = time.perf_counter()
-        cell_rows = run_cell(dataset, model, app, plots)
+        cell_rows = run_cell(dataset, model, run_app, plots, cache)
         for r in cell_rows:
-            r["cell_seconds"] = time.perf_counter() - start
-        atomic_write_json(cell, {"dataset": dataset.name, "model": model, "key": key, "rows": cell_rows})
+            r.update(seed=seed, cell_seconds=time.perf_counter() - start)
+        atomic_write_json(cell, {"dataset": dataset.name, "model": model, "seed": seed, "key": key, "rows": cell_rows})
         rows += [{**r, "reused": False} for r in cell_rows]
     table = pd.DataFrame(rows)
     atomic_write_csv(table, out / "results.csv")
     if "seasonal_naive" in set(table.model):
-        atomic_write_csv(geometric_mean_relative(table), out / "relative.csv")
-    markdown = summary_markdown(table, app)
-    atomic_write_text(out / "results.md", markdown)
+        atomic_write_csv(relative_over_seeds(table), out / "relative.csv")
+    atomic_write_text(out / "results.md", summary_markdown(table, app))
     return out
 
 

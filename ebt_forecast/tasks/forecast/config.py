@@ -111,7 +111,12 @@ class BenchmarkConfig:
 
     name: str = "default"
     models: list[str] = field(default_factory=lambda: [
-        "seasonal_naive", "transformer_pp", "transformer_pp+gaussian", "deepar", "ebt"])
+        "seasonal_naive", "autoets", "autotheta", "transformer_pp", "transformer_pp+gaussian", "deepar", "ebt",
+        "ebt_verifier"])
+    seeds: list[int] = field(default_factory=list)  # every trained model once per seed; empty = [seed]
+    fast_sources: list[str] = field(default_factory=lambda: ["autoets", "autotheta"])  # the verifier's extra starts
+    verifier_windows: int = 256  # pool windows (before the validation tail) that teach the energy to rank the sources
+    verifier_steps: int = 200  # optimizer steps of that teaching
     think_steps: list[int] = field(default_factory=lambda: [0, 1, 2, 4])  # EBT rows at these steps
     selections: list[str] = field(default_factory=lambda: ["refined", "verified"])
     candidate_counts: list[int] = field(default_factory=lambda: [1, 16])  # M level paths: the M=1 vs M=16 check

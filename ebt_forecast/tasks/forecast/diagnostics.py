@@ -13,13 +13,13 @@ from ebt_forecast.tasks.forecast.model import candidate_pinball
 from ebt_forecast.tasks.forecast.module import inference_levels
 
 
-def _mean_spearman(energies: np.ndarray, errors: np.ndarray) -> float:
+def mean_spearman(energies: np.ndarray, errors: np.ndarray) -> float:
     """Mean over rows of the Spearman correlation between two (N, K) tables (constant rows skipped)."""
     values = [spearmanr(e, err).statistic for e, err in zip(energies, errors) if np.ptp(e) > 0 and np.ptp(err) > 0]
     return float(np.mean(values)) if values else float("nan")
 
 
-def _pinball(candidates: np.ndarray, futures: np.ndarray, levels: np.ndarray) -> np.ndarray:
+def candidate_errors(candidates: np.ndarray, futures: np.ndarray, levels: np.ndarray) -> np.ndarray:
     """Mean pinball loss of candidates (N, M, G, H) at levels (M,) against futures (N, H): -> (N, M, G)."""
     n, m, g, h = candidates.shape
     paths = torch.from_numpy(candidates.reshape(n, m * g, h)).double()
@@ -48,17 +48,17 @@ def verification_diagnostics(forecaster: EBTForecaster, windows: list[TestWindow
     verified = out = forecaster.predict(windows, steps=steps, selection="verified", verify_group=group)
     m, g = out.energies.shape[1:]
     levels = inference_levels(m, 1).numpy()[0]
-    errors = _pinball(out.candidates, futures, levels)  # (N, M, G)
+    errors = candidate_errors(out.candidates, futures, levels)  # (N, M, G)
     energies = out.energies
     pick = np.take_along_axis(errors, energies.argmin(-1)[..., None], -1)[..., 0]
     path_err = np.nanmean(np.abs(futures[:, None, None, :] - path_out.path), axis=-1)  # (N, T + 1, M)
     per_window = np.array([aggregate([score_window(r, w.future, w.past, season_length)])["wql"]
                            for r, w in zip(refined, windows)])
     return {
-        "group_spearman": _mean_spearman(energies.reshape(-1, g), errors.reshape(-1, g)) if g > 2 else float("nan"),
+        "group_spearman": mean_spearman(energies.reshape(-1, g), errors.reshape(-1, g)) if g > 2 else float("nan"),
         "pick_accuracy": float(np.mean(pick <= errors.min(-1) + 1e-12)),
         "chance": 1.0 / g,
-        "path_spearman": _mean_spearman(path_out.path_energies.transpose(0, 2, 1).reshape(-1, steps + 1),
+        "path_spearman": mean_spearman(path_out.path_energies.transpose(0, 2, 1).reshape(-1, steps + 1),
                                         path_err.transpose(0, 2, 1).reshape(-1, steps + 1)) if steps else float("nan"),
         "window_spearman": float(spearmanr(path_out.path_energies[:, -1].mean(-1), per_window).statistic),
         "wql_refined": wql(refined),

@@ -54,7 +54,8 @@ class EBTPredictor(Predictor):
         f = self.forecaster
         meta = {"prediction_length": self.prediction_length, "freq": self.freq, "mode": f.mode,
                 "season_length": f.season_length, "config": asdict(f.cfg),
-                "chosen": asdict(f.chosen), "validation_scores": f.validation_scores}
+                "chosen": asdict(f.chosen), "validation_scores": f.validation_scores,
+                "train_seconds": f.train_seconds, "train_steps": f.train_steps}
         (path / "predictor.json").write_text(json.dumps(meta, indent=2))
         torch.save(f.module.state_dict(), path / "weights.pt")
 
@@ -68,6 +69,7 @@ class EBTPredictor(Predictor):
         forecaster.season_length = meta["season_length"]
         forecaster.chosen = InferenceSetting(**meta["chosen"])
         forecaster.validation_scores = meta["validation_scores"]
+        forecaster.train_seconds, forecaster.train_steps = meta.get("train_seconds", 0.0), meta.get("train_steps", 0)
         model_cfg = forecaster.model_config(meta["prediction_length"], meta["season_length"])
         forecaster.module = ForecastModule(model_cfg, cfg.think, cfg.trainer, cfg.task, mode=meta["mode"])
         forecaster.module.load_state_dict(torch.load(path / "weights.pt", weights_only=True))

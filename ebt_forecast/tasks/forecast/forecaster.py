@@ -74,10 +74,14 @@ class EBTForecaster:
         context, patch = self.cfg.window(horizon, season_length)
         return ForecastModelConfig(context, horizon, patch, self.cfg.model, season_length=season_length)
 
+    def split(self, dataset: ForecastDataset) -> tuple[list[Series], list[TestWindow]]:
+        """The training series without their validation tails, and those tails as validation windows."""
+        per_series = validation_windows_per_series(dataset.train, dataset.horizon, self.cfg.task.val_windows)
+        return split_train_val(dataset.train, dataset.horizon, per_series)
+
     def fit(self, dataset: ForecastDataset) -> "EBTForecaster":
         """Train on the training series minus a validation tail; choose inference settings on that tail."""
-        per_series = validation_windows_per_series(dataset.train, dataset.horizon, self.cfg.task.val_windows)
-        train, self.val_windows = split_train_val(dataset.train, dataset.horizon, per_series)
+        train, self.val_windows = self.split(dataset)
         self.season_length = dataset.season_length
         model_cfg = self.model_config(dataset.horizon, dataset.season_length)
         t = self.cfg.trainer
@@ -123,20 +127,29 @@ class EBTForecaster:
 
     def predict(self, windows: list[TestWindow], dataset: ForecastDataset | None = None, *,
                 steps: int | None = None, selection: str | None = None, num_candidates: int | None = None,
-                verify_group: int | None = None, batch_size: int = 256) -> ThoughtForecast:
-        """Forecast every window: encode once, propose M level paths with G starts each, think, select."""
+                verify_group: int | None = None, extra_starts: np.ndarray | None = None,
+                temperature: float | None = None, batch_size: int = 256) -> ThoughtForecast:
+        """Forecast every window: encode once, propose M level paths with G starts each, think, select.
+
+        `extra_starts` (N, M, S, H), in data units: other forecasters' level paths added to each level's
+        starts (the EBT as a verifier above fast forecasters); `temperature` overrides think.temperature."""
         assert self.module is not None, "call fit() first"
         setting, group = self.resolve(steps, selection, verify_group)
         m = num_candidates or self.cfg.task.num_candidates
+        if extra_starts is not None and extra_starts.shape[:2] != (len(windows), m):
+            raise ValueError(f"extra_starts has shape {extra_starts.shape}, expected ({len(windows)}, {m}, S, H)")
         generator = torch.Generator().manual_seed(self.cfg.seed)
         context_length = self.module.model.cfg.context_length
         parts: dict[str, list[np.ndarray]] = {}
         passes = np.zeros(3, dtype=np.int64)
         for start in range(0, len(windows), batch_size):
             batch = make_inference_batch([w.past for w in windows[start:start + batch_size]], context_length)
-            thought = self.module.infer(batch, num_candidates=m, group=group, steps=setting.steps,
-                                        selection=setting.selection, generator=generator)
             scale = batch["scale"].view(-1, 1, 1)
+            if extra_starts is not None:
+                extra = torch.from_numpy(np.asarray(extra_starts[start:start + batch_size], dtype=np.float32))
+                batch["extra_starts"] = extra / scale.unsqueeze(-1)
+            thought = self.module.infer(batch, num_candidates=m, group=group, steps=setting.steps,
+                                        selection=setting.selection, generator=generator, temperature=temperature)
             for name, value, unit in [("samples", thought.samples, scale), ("proposals", thought.proposals, scale),
                                       ("candidates", thought.grouped, scale.unsqueeze(-1)),
                                       ("energies", thought.energies, None), ("path", thought.path, scale.unsqueeze(-1)),

@@ -49,12 +49,18 @@ class ForecastModule(TaskModule):
 
     def propose(self, encoding: KVCache, batch: dict[str, Tensor], num_candidates: int, group: int,
                 generator: torch.Generator | None = None) -> Starts:
-        """M level paths (levels j / (M - 1)), G starts per level, and the energy at each start's level."""
+        """M level paths (levels j / (M - 1)), G starts per level, and the energy at each start's level.
+
+        Other forecasters' level paths in `batch["extra_starts"]` (B, M, S, H, scaled like the context)
+        join each level's G own starts: the energy then verifies among G + S starts per level."""
         levels = inference_levels(num_candidates, batch["context"].shape[0], batch["context"].device)
         proposals, starts = self.model.propose_starts(
             encoding, batch["context"], batch["context_mask"], levels, group, self.task_cfg.verify_noise, generator,
             init=self.task_cfg.init)
-        return Starts(proposals, starts, self.model.energy_fn(encoding, levels.repeat_interleave(group, dim=1)))
+        if "extra_starts" in batch:
+            starts = torch.cat([starts, batch["extra_starts"].to(starts)], dim=2)
+        g = starts.shape[2]
+        return Starts(proposals, starts, self.model.energy_fn(encoding, levels.repeat_interleave(g, dim=1)))
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         cfg = self.loss_cfg

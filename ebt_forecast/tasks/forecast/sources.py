@@ -1,0 +1,189 @@
+"""The EBT as a slow verifier above fast forecasters, and its energy-free controls.
+
+Per window and quantile level, the starts are level paths from several System 1 forecasters: the
+EBT's own proposal, the seasonal-naive path (carrying the proposal's spread), and statsforecast's
+AutoETS / AutoTheta (their 21 quantile paths, one per level). The energy then verifies (lowest
+energy per level) or weights (softmax(-E / T), T chosen on validation) among them, optionally after
+descending from each. The controls that matter use the same starts without the energy: their
+equal-weight average, their median, and the single source that scored best on the validation
+windows. Everything is chosen on validation windows; test numbers are only read afterwards.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ebt_forecast.baselines import StatsForecastBaseline
+from ebt_forecast.data.types import ForecastDataset, TestWindow
+from ebt_forecast.data.windows import make_inference_batch, split_train_val
+from ebt_forecast.metrics import score_windows
+from ebt_forecast.nn import TransformerPP
+from ebt_forecast.tasks.base import config_key, fit_module
+from ebt_forecast.tasks.forecast.diagnostics import candidate_errors, mean_spearman
+from ebt_forecast.tasks.forecast.forecaster import EBTForecaster, validation_windows_per_series
+from ebt_forecast.tasks.forecast.model import candidate_pinball
+from ebt_forecast.tasks.forecast.module import ForecastModule, inference_levels
+from ebt_forecast.think import listwise_ranking_loss, select_candidates
+
+LEVELS = 21  # statsforecast paths come as 21 quantile rows; the EBT proposes 21 levels to match
+OWN_SOURCES = ("ebt_proposal", "seasonal_naive")  # the EBT's own starts 0 and 1 of each level
+TEMPERATURES = (0.03, 0.1, 0.3, 1.0, 3.0)
+
+
+def fast_forecasts(model: str, dataset: ForecastDataset, windows: list[TestWindow], cache: Path) -> np.ndarray:
+    """statsforecast level paths (N, 21, H) for `windows`, computed once and cached (they have no seed)."""
+    key = config_key(model, dataset.name, dataset.horizon, dataset.season_length,
+                     [(w.item_id, len(w.past), float(np.nansum(w.past[-50:]))) for w in windows])
+    path = cache / f"{dataset.name}__{model}__{key}.npy"
+    if path.exists():
+        return np.load(path)
+    forecaster = StatsForecastBaseline(model).fit(dataset)
+    paths = np.stack(forecaster.predict(windows, dataset))
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.npy")
+    np.save(tmp, paths)
+    tmp.replace(path)
+    return paths
+
+
+def _settings(steps_menu: tuple[int, ...], sources: list[str]) -> list[tuple[int, str, float | None]]:
+    """(steps, selection, temperature) rows: energy settings, then the energy-free controls and single sources."""
+    energy = [(s, "verified", None) for s in steps_menu] + [(s, "weighted", t) for s in steps_menu for t in TEMPERATURES]
+    controls = [(0, "average", None), (0, "median", None)] + [(0, f"source:{name}", None) for name in sources]
+    return energy + controls
+
+
+def _samples(candidates: np.ndarray, energies: np.ndarray, selection: str, temperature: float | None,
+             sources: list[str]) -> np.ndarray:
+    """Samples (N, M, H) from every start's candidate (N, M, G, H) and energy (N, M, G)."""
+    if selection.startswith("source:"):
+        return candidates[:, :, sources.index(selection.split(":", 1)[1])]
+    grouped, energy = torch.from_numpy(candidates), torch.from_numpy(energies)
+    return select_candidates(selection, grouped[:, :, 0], grouped, energy, temperature or 1.0).numpy()
+
+
+def verifier_rows(ebt: EBTForecaster, dataset: ForecastDataset, fast: list[str], cache: Path,
+                  steps_menu: tuple[int, ...] = (0, 1)) -> tuple[list[dict], dict[str, float]]:
+    """Score every verifier setting and control on the validation windows and on the test windows.
+
+    Returns one row per setting (its "val" and "test" metrics side by side) and the within-level
+    ranking diagnostics of the energy over the sources on validation."""
+    sources = [*OWN_SOURCES, *fast]
+    sets = {"val": ebt.val_windows, "test": dataset.test_windows}
+    thought: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
+    for split, windows in sets.items():
+        extra = np.stack([fast_forecasts(m, dataset, windows, cache) for m in fast], axis=2)  # (N, 21, S, H)
+        for steps in steps_menu:
+            out = ebt.predict(windows, steps=steps, selection="verified", verify_group=len(OWN_SOURCES),
+                              num_candidates=LEVELS, extra_starts=extra)
+            thought[split, steps] = (out.candidates, out.energies)
+    rows = []
+    for steps, selection, temperature in _settings(steps_menu, sources):
+        row = {"steps": steps, "selection": selection, "temperature": temperature}
+        for split, windows in sets.items():
+            samples = _samples(*thought[split, steps], selection, temperature, sources)
+            row[split] = score_windows(samples, windows, dataset.season_length)
+        rows.append(row)
+    # does the energy rank the sources? within each (validation window, level), energy vs pinball loss
+    candidates, energies = thought["val", 0]
+    futures = np.stack([w.future for w in sets["val"]])
+    errors = candidate_errors(candidates, futures, inference_levels(LEVELS, 1).numpy()[0])
+    best = np.take_along_axis(errors, energies.argmin(-1)[..., None], -1)[..., 0]
+    diagnostics = {"source_spearman": mean_spearman(energies.reshape(-1, len(sources)), errors.reshape(-1, len(sources))),
+                   "source_pick_accuracy": float(np.mean(best <= errors.min(-1) + 1e-12)), "source_chance": 1 / len(sources)}
+    return rows, diagnostics
+
+
+def choose(rows: list[dict], kind: str) -> dict:
+    """The row with the lowest validation WQL among energy settings (`kind="energy"`) or single sources."""
+    if kind == "energy":
+        pool = [r for r in rows if r["selection"] in ("verified", "weighted")]
+    else:
+        pool = [r for r in rows if r["selection"].startswith("source:")]
+    return min(pool, key=lambda r: r["val"]["wql"])
+
+
+# ------------------------------------------------------------------------------------------------
+# training the energy on exactly those starts
+
+
+def pool_windows(ebt: EBTForecaster, dataset: ForecastDataset, wanted: int) -> list[TestWindow]:
+    """Windows for teaching the verifier: the last horizons of the EBT's own training series (before its
+    validation tail, so validation and test stay unseen), about `wanted` in all."""
+    train, _ = ebt.split(dataset)
+    _, pool = split_train_val(train, dataset.horizon, validation_windows_per_series(train, dataset.horizon, wanted))
+    return pool
+
+
+class PoolDataset(Dataset):
+    """`size` rows drawn (seeded, with replacement) from a dict of tensors with a shared first dimension."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor], size: int, seed: int):
+        self.tensors, self.size = tensors, size
+        n = len(next(iter(tensors.values())))
+        self.index = torch.randint(n, (size,), generator=torch.Generator().manual_seed(seed))
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {k: v[self.index[i]] for k, v in self.tensors.items()}
+
+
+class SourceRanking(L.LightningModule):
+    """Teaches the EBT's energy to rank each level's sources by their pinball loss (listwise); the backbone
+    and the System 1 head stay frozen, so the proposals (one of the sources) do not move."""
+
+    ENERGY_PARTS = ("candidate_embed", "energy_level", "energy_head")
+
+    def __init__(self, module: ForecastModule, lr: float, temperature: float):
+        super().__init__()
+        self.inner, self.lr, self.temperature = module, lr, temperature
+        for name, p in module.named_parameters():
+            p.requires_grad_(name.split(".")[1] in self.ENERGY_PARTS if name.startswith("model.") else False)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        model = self.inner.model
+        with torch.no_grad():
+            cache = self.inner.encode(batch)
+        starts = batch["starts"]
+        b, m, g, h = starts.shape
+        levels = inference_levels(m, b)
+        energies = model.energy(starts, levels.unsqueeze(-1).expand(-1, -1, g),
+                                TransformerPP.expand_cache(cache, "grouped", candidate_dims=2))
+        errors = candidate_pinball(starts.reshape(b, m * g, h), batch["future"], levels.repeat_interleave(g, 1),
+                                   batch["future_mask"]).view(b, m, g)
+        loss = listwise_ranking_loss(energies, errors, self.temperature)
+        self.log("verifier/rank_loss", loss, prog_bar=True, batch_size=b)
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW([p for p in self.parameters() if p.requires_grad], lr=self.lr, weight_decay=0.01)
+
+
+def train_verifier(ebt: EBTForecaster, dataset: ForecastDataset, fast: list[str], cache: Path, *, windows: int = 256,
+                   steps: int = 200, batch_size: int = 32, lr: float = 1e-3) -> dict[str, float]:
+    """Fine-tune the energy of `ebt` (in place) to rank the sources of pool windows by error; return what it did."""
+    pool = pool_windows(ebt, dataset, windows)
+    extra = np.stack([fast_forecasts(m, dataset, pool, cache) for m in fast], axis=2)
+    starts = ebt.predict(pool, steps=0, selection="verified", verify_group=len(OWN_SOURCES), num_candidates=LEVELS,
+                         extra_starts=extra).candidates  # (N, M, G, H), data units
+    batch = make_inference_batch([w.past for w in pool], ebt.module.model.cfg.context_length)
+    scale = batch["scale"].view(-1, 1)
+    futures = np.stack([w.future for w in pool])
+    tensors = {"context": batch["context"], "context_mask": batch["context_mask"],
+               "starts": torch.from_numpy(starts.astype(np.float32)) / scale.view(-1, 1, 1, 1),
+               "future": torch.from_numpy(np.nan_to_num(futures).astype(np.float32)) / scale,
+               "future_mask": torch.from_numpy(np.isfinite(futures).astype(np.float32))}
+    trainer = replace(ebt.cfg.trainer, max_steps=steps, batch_size=batch_size, lr=lr, checkpoint_dir=None, progress_bar=False)
+    ranking = SourceRanking(ebt.module, lr, ebt.cfg.task.loss.rank_temperature)
+    report = fit_module(ranking, PoolDataset(tensors, steps * batch_size, ebt.cfg.seed), trainer, ebt.cfg.seed)
+    for p in ebt.module.parameters():
+        p.requires_grad_(True)
+    ebt.module.eval()
+    return {"pool_windows": len(pool), "train_seconds": report.seconds, "train_steps": report.steps}

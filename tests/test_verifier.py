@@ -1,0 +1,78 @@
+"""The EBT as a verifier above fast forecasters: cached fast forecasts, the energy-free controls, and an
+energy taught to rank exactly those starts."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ebt_forecast.tasks.forecast import sources
+from ebt_forecast.tasks.forecast.forecaster import EBTForecaster
+from tests.test_forecast import make_task, seasonal_series, small_config
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def fake_fast(model, dataset, windows, cache):
+    """Two fake fast forecasters: `good` is the truth plus small noise at every level, `bad` is biased."""
+    rng = np.random.default_rng(len(windows))
+    futures = np.stack([w.future for w in windows])[:, None, :]  # (N, 1, H)
+    spread = np.linspace(-0.3, 0.3, sources.LEVELS)[None, :, None]
+    offset = {"good": 0.0, "bad": 3.0}[model]
+    return futures + offset + spread + 0.05 * rng.standard_normal((len(windows), sources.LEVELS, futures.shape[-1]))
+
+
+@pytest.fixture(scope="module")
+def verifier_setup():
+    dataset = make_task(seasonal_series(3, 600, seed=2), num_windows=2)
+    ebt = EBTForecaster(small_config(max_steps=30, num_candidates=21), "ebt").fit(dataset)
+    return dataset, ebt
+
+
+def test_controls_are_the_plain_combinations_of_the_same_starts(verifier_setup, tmp_path, monkeypatch):
+    dataset, ebt = verifier_setup
+    monkeypatch.setattr(sources, "fast_forecasts", fake_fast)
+    rows, _ = sources.verifier_rows(ebt, dataset, ["good", "bad"], tmp_path, steps_menu=(0,))
+    by = {r["selection"]: r for r in rows}
+    out = ebt.predict(dataset.test_windows, steps=0, selection="verified", verify_group=2, num_candidates=21,
+                      extra_starts=np.stack([fake_fast(m, dataset, dataset.test_windows, None) for m in ("good", "bad")], 2))
+    season = dataset.season_length
+    from ebt_forecast.metrics import score_windows
+
+    assert by["average"]["test"]["wql"] == pytest.approx(score_windows(out.candidates.mean(2), dataset.test_windows, season)["wql"])
+    assert by["source:good"]["test"]["wql"] == pytest.approx(
+        score_windows(out.candidates[:, :, 2], dataset.test_windows, season)["wql"])
+    # the single source chosen on validation is the good one, and it beats the equal-weight average
+    assert sources.choose(rows, "source")["selection"] == "source:good"
+    assert by["source:good"]["test"]["wql"] < by["average"]["test"]["wql"]
+
+
+def test_teaching_the_energy_to_rank_the_sources_makes_it_pick_the_good_one(verifier_setup, tmp_path, monkeypatch):
+    dataset, ebt = verifier_setup
+    monkeypatch.setattr(sources, "fast_forecasts", fake_fast)
+    before_rows, before = sources.verifier_rows(ebt, dataset, ["good", "bad"], tmp_path, steps_menu=(0,))
+    report = sources.train_verifier(ebt, dataset, ["good", "bad"], tmp_path, windows=64, steps=120, lr=3e-3)
+    assert report["train_steps"] == 120 and report["pool_windows"] >= 6
+    after_rows, after = sources.verifier_rows(ebt, dataset, ["good", "bad"], tmp_path, steps_menu=(0,))
+    assert after["source_spearman"] > max(before["source_spearman"], 0.3)
+    assert after["source_pick_accuracy"] > 0.6 > 1 / 4
+    verified = next(r for r in after_rows if r["selection"] == "verified")
+    average = next(r for r in after_rows if r["selection"] == "average")
+    assert verified["test"]["wql"] < average["test"]["wql"]
+    # the System 1 proposals did not move (only the energy was taught)
+    p0 = next(r for r in before_rows if r["selection"] == "source:ebt_proposal")["test"]["wql"]
+    p1 = next(r for r in after_rows if r["selection"] == "source:ebt_proposal")["test"]["wql"]
+    assert p0 == pytest.approx(p1, rel=1e-6)
+
+
+def test_fast_forecasts_are_cached_on_disk(tmp_path, monkeypatch):
+    from ebt_forecast import baselines
+
+    dataset = make_task(seasonal_series(2, 120, seed=3), num_windows=1, horizon=12)
+    calls = []
+    original = baselines.StatsForecastBaseline.predict
+    monkeypatch.setattr(baselines.StatsForecastBaseline, "predict",
+                        lambda self, w, d: (calls.append(len(w)), original(self, w, d))[1])
+    first = sources.fast_forecasts("autotheta", dataset, dataset.test_windows, tmp_path)
+    again = sources.fast_forecasts("autotheta", dataset, dataset.test_windows, tmp_path)
+    assert calls == [2] and first.shape == (2, 21, 12)
+    np.testing.assert_array_equal(first, again)
