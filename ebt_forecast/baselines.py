@@ -17,7 +17,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from ebt_forecast.data.types import ForecastDataset, TestWindow
-from ebt_forecast.data.windows import mean_abs_scale, split_train_val
+from ebt_forecast.data.windows import mean_abs_scale, seasonal_naive_path, split_train_val
 
 __all__ = [
     "Forecaster",
@@ -56,22 +56,16 @@ def seasonal_naive_forecast(past: np.ndarray, horizon: int, season_length: int) 
 
     NaN-safe: a missing value is replaced by the last observed value of the same phase (stepping
     back whole seasons), else by the last observed value of the series, else 0. With a past shorter
-    than one season (or ``m < 1``) this is the naive forecast (last observed value).
+    than one season (or ``m < 1``) this is the naive forecast (last observed value). The same rule
+    as the EBT's seasonal-naive start (`data.windows.seasonal_naive_path`).
     """
+    import torch
+
     past = np.asarray(past, dtype=np.float64).ravel()
-    n = len(past)
-    obs = np.flatnonzero(np.isfinite(past))
-    last_obs = past[obs[-1]] if obs.size else 0.0
-    m = int(season_length) if season_length else 1
-    if m < 1 or n < m:
-        return np.full(horizon, last_obs)
-    out = np.empty(horizon)
-    for h in range(horizon):
-        idx = n - m + (h % m)
-        while idx >= 0 and not np.isfinite(past[idx]):
-            idx -= m
-        out[h] = past[idx] if idx >= 0 else last_obs
-    return out
+    observed = np.isfinite(past)
+    path = seasonal_naive_path(torch.from_numpy(np.where(observed, past, 0.0))[None],
+                               torch.from_numpy(observed.astype(np.float64))[None], int(season_length or 1), horizon)
+    return path[0].numpy()
 
 
 def _tail(past: np.ndarray, context: int | None) -> np.ndarray:

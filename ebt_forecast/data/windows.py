@@ -158,18 +158,21 @@ def seasonal_naive_path(context: torch.Tensor, mask: torch.Tensor, season: int, 
 
     A missing value (mask 0) takes the same phase one or more whole seasons earlier; where none is
     observed, `fallback` (B, H), by default the last observed value of the row (0 if none). With a
-    context shorter than one season this is the naive forecast (the fallback).
+    context shorter than one season this is the naive forecast (the fallback). The seasonal-naive
+    baseline and the EBT's seasonal-naive start both use this one rule.
     """
     length = context.shape[-1]
     m = max(int(season), 1)
+    if fallback is None:
+        positions = torch.arange(length, device=context.device).expand_as(mask)
+        last = torch.where(mask > 0, positions, -1).amax(-1, keepdim=True) if length else mask.new_full((len(mask), 1), -1).long()
+        last_value = context.gather(-1, last.clamp(min=0)) if length else torch.zeros_like(last, dtype=context.dtype)
+        fallback = torch.where(last >= 0, last_value, torch.zeros_like(last_value)).expand(-1, horizon)
+    if m > length:
+        return fallback
     phase = length - m + torch.arange(horizon, device=context.device) % m  # (H,)
     index = phase[:, None] - m * torch.arange(length // m + 1, device=context.device)  # (H, K): seasons back
     observed = (mask[:, index.clamp(min=0)] > 0) & (index >= 0)  # (B, H, K)
     first = observed.float().argmax(-1, keepdim=True)  # the most recent observed season of each phase
     values = context[:, index.clamp(min=0)].gather(-1, first).squeeze(-1)
-    if fallback is None:
-        positions = torch.arange(length, device=context.device).expand_as(mask)
-        last = torch.where(mask > 0, positions, -1).amax(-1, keepdim=True)
-        last_value = torch.where(last >= 0, context.gather(-1, last.clamp(min=0)), torch.zeros_like(last, dtype=context.dtype))
-        fallback = last_value.expand(-1, horizon)
     return torch.where(observed.any(-1), values, fallback)

@@ -11,7 +11,13 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ebt_forecast.baselines import STATSFORECAST_MODELS, DeepARBaseline, PointPlusGaussian, SeasonalNaive
+from ebt_forecast.baselines import (
+    STATSFORECAST_MODELS,
+    DeepARBaseline,
+    PatchTSTBaseline,
+    PointPlusGaussian,
+    SeasonalNaive,
+)
 from ebt_forecast.data.loaders import load_default_suite, load_etth1, load_exchange_rate, load_m4_hourly
 from ebt_forecast.data.types import ForecastDataset
 from ebt_forecast.io import atomic_write_csv, atomic_write_json, atomic_write_text
@@ -26,7 +32,7 @@ from ebt_forecast.think import ConfigError
 
 log = logging.getLogger(__name__)
 SEEDLESS = ("seasonal_naive", *STATSFORECAST_MODELS)  # deterministic: one cell whatever the seed
-MODELS = (*SEEDLESS, "transformer_pp", "transformer_pp+gaussian", "deepar", "ebt", "ebt_verifier")
+MODELS = (*SEEDLESS, "transformer_pp", "transformer_pp+gaussian", "deepar", "patchtst", "ebt", "ebt_verifier")
 RELATIVE_METRICS = ("wql", "mase", "crps_scaled", "smape", "msis")
 SUITES = ("default", "shared", "etth1", "m4_hourly", "exchange_rate")
 
@@ -169,12 +175,18 @@ def run_cell(dataset: ForecastDataset, model: str, app: ForecastAppConfig, plots
         forecaster = EBTForecaster(cfg, "feedforward")
     elif model == "transformer_pp+gaussian":
         forecaster = PointPlusGaussian(lambda: EBTForecaster(cfg, "feedforward"), seed=cfg.seed)
-    elif model == "deepar":
-        context, _ = cfg.window(dataset.horizon, dataset.season_length)
-        forecaster = DeepARBaseline(
-            context_length=context, max_steps=cfg.trainer.max_steps, batch_size=cfg.trainer.batch_size,
-            lr=cfg.trainer.lr, seed=cfg.seed, hidden_size=app.benchmark.deepar_hidden_size,
-            num_layers=app.benchmark.deepar_num_layers, enable_progress_bar=cfg.trainer.progress_bar)
+    elif model in ("deepar", "patchtst"):
+        # GluonTS models at a fair budget: early stopping on a validation tail, up to `gluonts_budget` x the EBT's steps
+        b, t = app.benchmark, cfg.trainer
+        context, patch = cfg.window(dataset.horizon, dataset.season_length)
+        common = dict(context_length=context, max_steps=int(b.gluonts_budget * t.max_steps), batch_size=t.batch_size,
+                      lr=t.lr, seed=cfg.seed, early_stopping_patience=b.gluonts_patience, enable_progress_bar=False)
+        if model == "deepar":
+            forecaster = DeepARBaseline(hidden_size=b.deepar_hidden_size, num_layers=b.deepar_num_layers, **common)
+        else:
+            m = cfg.model
+            forecaster = PatchTSTBaseline(d_model=m.dim, nhead=m.heads, num_encoder_layers=m.depth,
+                                          dim_feedforward=int(m.dim * m.ffn_multiplier), patch_len=patch, **common)
     else:
         raise ConfigError(f"benchmark.models contains unknown model {model!r}: must be among {', '.join(MODELS)}")
     forecaster.fit(dataset)
@@ -281,7 +293,8 @@ def cell_key(dataset: ForecastDataset, model: str, app: ForecastAppConfig) -> st
     if model in SEEDLESS:
         return config_key(data, model)
     b = app.benchmark
-    extra = {"deepar": (b.deepar_hidden_size, b.deepar_num_layers),
+    extra = {"deepar": (b.deepar_hidden_size, b.deepar_num_layers, b.gluonts_budget, b.gluonts_patience),
+             "patchtst": (b.gluonts_budget, b.gluonts_patience),
              "ebt": (b.think_steps, b.selections, b.candidate_counts, b.verify_groups),
              "ebt_verifier": (b.fast_sources, b.verifier_windows, b.verifier_steps)}.get(model)
     think = app.think if model.startswith("ebt") else None  # the feed-forward models never think
@@ -305,7 +318,9 @@ def run_benchmark(app: ForecastAppConfig) -> Path:
             raise ConfigError(f"benchmark.fast_sources contains {m!r}: must be among {', '.join(STATSFORECAST_MODELS)}")
     seeds = list(app.benchmark.seeds) or [app.seed]
     datasets = load_suite(app)
-    jobs = [(d, m, s) for d in datasets for m in app.benchmark.models for s in ([None] if m in SEEDLESS else seeds)]
+    # seed-major: every model's first seed finishes before the next seed starts (a cut-short run stays comparable)
+    jobs = [(d, m, None if m in SEEDLESS else s) for i, s in enumerate(seeds) for d in datasets
+            for m in app.benchmark.models if i == 0 or m not in SEEDLESS]
     rows: list[dict] = []
     progress = tqdm(jobs, desc="benchmark", unit="cell")
     for dataset, model, seed in progress:
@@ -316,6 +331,8 @@ def run_benchmark(app: ForecastAppConfig) -> Path:
         if app.benchmark.resume and cell.exists():
             rows += [{**r, "reused": True} for r in json.loads(cell.read_text())["rows"]]
             continue
+        if not app.benchmark.compute:
+            continue  # summarise the finished cells only
         start = time.perf_counter()
         cell_rows = run_cell(dataset, model, run_app, plots, cache)
         for r in cell_rows:

@@ -123,8 +123,11 @@ class BenchmarkConfig:
     verify_groups: list[int] = field(default_factory=lambda: [1, 2, 4])  # G starts per level for "verified"
     deepar_hidden_size: int = 40
     deepar_num_layers: int = 2
+    gluonts_budget: float = 5.0  # DeepAR / PatchTST: at most this many times the EBT's optimizer steps ...
+    gluonts_patience: int = 5  # ... with early stopping on a validation tail (epochs of 50 batches)
     plot_series: int = 3  # forecast fans per data set
     resume: bool = True  # reuse cells whose resolved configuration is unchanged
+    compute: bool = True  # false: only summarise the cells already finished
 
 
 @dataclass
