@@ -329,7 +329,7 @@ def run_benchmark(app: ForecastAppConfig) -> Path:
         key = cell_key(dataset, model, run_app)
         cell = cells / f"{dataset.name}__{model.replace('+', '_')}__{key}.json"
         if app.benchmark.resume and cell.exists():
-            rows += [{**r, "reused": True} for r in json.loads(cell.read_text())["rows"]]
+            rows += [{**r, "seed": seed, "reused": True} for r in json.loads(cell.read_text())["rows"]]
             continue
         if not app.benchmark.compute:
             continue  # summarise the finished cells only

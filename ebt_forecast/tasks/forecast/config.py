@@ -111,8 +111,8 @@ class BenchmarkConfig:
 
     name: str = "default"
     models: list[str] = field(default_factory=lambda: [
-        "seasonal_naive", "autoets", "autotheta", "transformer_pp", "transformer_pp+gaussian", "deepar", "ebt",
-        "ebt_verifier"])
+        "seasonal_naive", "autoets", "autotheta", "transformer_pp", "transformer_pp+gaussian", "deepar", "patchtst",
+        "ebt", "ebt_verifier"])
     seeds: list[int] = field(default_factory=list)  # every trained model once per seed; empty = [seed]
     fast_sources: list[str] = field(default_factory=lambda: ["autoets", "autotheta"])  # the verifier's extra starts
     verifier_windows: int = 256  # pool windows (before the validation tail) that teach the energy to rank the sources
