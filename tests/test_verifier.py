@@ -31,7 +31,8 @@ def verifier_setup():
 def test_controls_are_the_plain_combinations_of_the_same_starts(verifier_setup, tmp_path, monkeypatch):
     dataset, ebt = verifier_setup
     monkeypatch.setattr(sources, "fast_forecasts", fake_fast)
-    rows, _ = sources.verifier_rows(ebt, dataset, ["good", "bad"], tmp_path, steps_menu=(0,))
+    sets = {"val": ebt.val_windows, "test": dataset.test_windows}
+    rows, _ = sources.verifier_rows(ebt, dataset, ["good", "bad"], sets, tmp_path, steps_menu=(0,))
     by = {r["selection"]: r for r in rows}
     out = ebt.predict(dataset.test_windows, steps=0, selection="verified", verify_group=2, num_candidates=21,
                       extra_starts=np.stack([fake_fast(m, dataset, dataset.test_windows, None) for m in ("good", "bad")], 2))
@@ -49,10 +50,11 @@ def test_controls_are_the_plain_combinations_of_the_same_starts(verifier_setup, 
 def test_teaching_the_energy_to_rank_the_sources_makes_it_pick_the_good_one(verifier_setup, tmp_path, monkeypatch):
     dataset, ebt = verifier_setup
     monkeypatch.setattr(sources, "fast_forecasts", fake_fast)
-    before_rows, before = sources.verifier_rows(ebt, dataset, ["good", "bad"], tmp_path, steps_menu=(0,))
+    sets = {"val": ebt.val_windows, "test": dataset.test_windows}
+    before_rows, before = sources.verifier_rows(ebt, dataset, ["good", "bad"], sets, tmp_path, steps_menu=(0,))
     report = sources.train_verifier(ebt, dataset, ["good", "bad"], tmp_path, windows=64, steps=120, lr=3e-3)
     assert report["train_steps"] == 120 and report["pool_windows"] >= 6
-    after_rows, after = sources.verifier_rows(ebt, dataset, ["good", "bad"], tmp_path, steps_menu=(0,))
+    after_rows, after = sources.verifier_rows(ebt, dataset, ["good", "bad"], sets, tmp_path, steps_menu=(0,))
     assert after["source_spearman"] > max(before["source_spearman"], 0.3)
     assert after["source_pick_accuracy"] > 0.6 > 1 / 4
     verified = next(r for r in after_rows if r["selection"] == "verified")
@@ -76,3 +78,29 @@ def test_fast_forecasts_are_cached_on_disk(tmp_path, monkeypatch):
     again = sources.fast_forecasts("autotheta", dataset, dataset.test_windows, tmp_path)
     assert calls == [2] and first.shape == (2, 21, 12)
     np.testing.assert_array_equal(first, again)
+
+
+def test_verifier_forecaster_uses_the_validation_choice_and_beats_equal_weights(tmp_path, monkeypatch):
+    """The serving contract as a forecaster: fit teaches the energy and chooses on validation (energy
+    settings and energy-free controls alike); predict runs that choice on new windows."""
+    from dataclasses import replace
+
+    from ebt_forecast.metrics import score_windows
+
+    from ebt_forecast.tasks.forecast import config
+
+    monkeypatch.setattr(sources, "fast_forecasts", fake_fast)
+    monkeypatch.setattr(config, "STATSFORECAST_MODELS", ("good", "bad"))
+    dataset = make_task(seasonal_series(3, 600, seed=4), num_windows=2)
+    cfg = small_config(max_steps=30, num_candidates=21)
+    cfg = replace(cfg, task=replace(cfg.task, verifier=replace(cfg.task.verifier, fast_sources=["good", "bad"],
+                                                                pool_windows=64, steps=80)))
+    forecaster = sources.VerifierForecaster(cfg).fit(dataset)
+    out = forecaster.predict(dataset.test_windows)
+    assert out.samples.shape == (len(dataset.test_windows), 21, 24)
+    chosen = forecaster.verifier_choice
+    assert out.setting.selection.startswith(chosen["selection"])
+    wql = score_windows(out, dataset.test_windows, dataset.season_length)["wql"]
+    average = score_windows(out.candidates.mean(2), dataset.test_windows, dataset.season_length)["wql"]
+    good = score_windows(out.candidates[:, :, 2], dataset.test_windows, dataset.season_length)["wql"]
+    assert wql < average and wql <= 1.2 * good

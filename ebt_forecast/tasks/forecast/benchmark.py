@@ -64,7 +64,7 @@ def trained_ebt(dataset: ForecastDataset, app: ForecastAppConfig, cache: Path) -
     configuration saved it there, else trained and saved (so the EBT's cells share one training run)."""
     cfg = app.forecaster()
     key = config_key(dataset.name, dataset.horizon, [len(s) for s in dataset.train], cfg.model, cfg.think,
-                     cfg.trainer.settings(), cfg.task, cfg.seed)
+                     cfg.trainer.settings(), cfg.task.ebt_fields(), cfg.seed)
     folder = cache / f"ebt__{dataset.name}__{key}"
     if (folder / "weights.pt").exists():
         ebt = EBTPredictor.deserialize(folder).forecaster
@@ -124,11 +124,11 @@ def run_verifier_cell(dataset: ForecastDataset, app: ForecastAppConfig, cache: P
     validation); every setting also gets a row `ebt_verifier[...]` / `ebt_verifier_zero_shot[...]` with its
     validation WQL, so each choice can be audited."""
     ebt = trained_ebt(dataset, app, cache)
-    fast = list(app.benchmark.fast_sources)
-    zero_shot, zs_diag = verifier_rows(ebt, dataset, fast, cache)
-    training = train_verifier(ebt, dataset, fast, cache, windows=app.benchmark.verifier_windows,
-                              steps=app.benchmark.verifier_steps)
-    trained, diag = verifier_rows(ebt, dataset, fast, cache)
+    v = app.task.verifier
+    sets = {"val": ebt.val_windows, "test": dataset.test_windows}
+    zero_shot, zs_diag = verifier_rows(ebt, dataset, v.fast_sources, sets, cache)
+    training = train_verifier(ebt, dataset, v.fast_sources, cache, windows=v.pool_windows, steps=v.steps)
+    trained, diag = verifier_rows(ebt, dataset, v.fast_sources, sets, cache)
     controls = {r["selection"]: r for r in trained if r["steps"] == 0}
     picks = {"ebt_verifier": choose(trained, "energy"), "ebt_verifier_zero_shot": choose(zero_shot, "energy"),
              "sources_average": controls["average"], "sources_median": controls["median"],
@@ -296,9 +296,9 @@ def cell_key(dataset: ForecastDataset, model: str, app: ForecastAppConfig) -> st
     extra = {"deepar": (b.deepar_hidden_size, b.deepar_num_layers, b.gluonts_budget, b.gluonts_patience),
              "patchtst": (b.gluonts_budget, b.gluonts_patience),
              "ebt": (b.think_steps, b.selections, b.candidate_counts, b.verify_groups),
-             "ebt_verifier": (b.fast_sources, b.verifier_windows, b.verifier_steps)}.get(model)
+             "ebt_verifier": app.task.verifier}.get(model)
     think = app.think if model.startswith("ebt") else None  # the feed-forward models never think
-    return config_key(data, model, app.model, think, app.trainer.settings(), app.task, app.seed, extra)
+    return config_key(data, model, app.model, think, app.trainer.settings(), app.task.ebt_fields(), app.seed, extra)
 
 
 def run_benchmark(app: ForecastAppConfig) -> Path:
@@ -313,9 +313,6 @@ def run_benchmark(app: ForecastAppConfig) -> Path:
     for m in app.benchmark.models:
         if m not in MODELS:
             raise ConfigError(f"benchmark.models contains unknown model {m!r}: must be among {', '.join(MODELS)}")
-    for m in app.benchmark.fast_sources:
-        if m not in STATSFORECAST_MODELS:
-            raise ConfigError(f"benchmark.fast_sources contains {m!r}: must be among {', '.join(STATSFORECAST_MODELS)}")
     seeds = list(app.benchmark.seeds) or [app.seed]
     datasets = load_suite(app)
     # seed-major: every model's first seed finishes before the next seed starts (a cut-short run stays comparable)

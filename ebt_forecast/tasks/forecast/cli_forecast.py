@@ -13,6 +13,7 @@ from ebt_forecast.data.types import ForecastDataset, TestWindow
 from ebt_forecast.io import atomic_write_csv
 from ebt_forecast.metrics import QUANTILE_LEVELS
 from ebt_forecast.tasks.forecast.forecaster import EBTForecaster
+from ebt_forecast.tasks.forecast.sources import VerifierForecaster
 
 
 def forecast_frame(task: ForecastDataset, samples: list[np.ndarray]) -> pd.DataFrame:
@@ -48,7 +49,8 @@ def run_forecast(app) -> Path:
         season = int(get_seasonality(app.freq or freq))
     dataset = ForecastDataset(Path(app.input).stem, freq, app.horizon, season, series)
     windows = [TestWindow(s.item_id, s.start, s.target, np.full(app.horizon, np.nan, np.float32)) for s in series]
-    forecaster = EBTForecaster(app.forecaster(), "ebt").fit(dataset)
+    cfg = app.forecaster()
+    forecaster = (VerifierForecaster(cfg) if cfg.task.verifier.enabled else EBTForecaster(cfg, "ebt")).fit(dataset)
     return atomic_write_csv(forecast_frame(dataset, forecaster.predict(windows).samples), app.output)
 
 

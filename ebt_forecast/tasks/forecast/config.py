@@ -5,11 +5,12 @@ One source of defaults: `ForecasterConfig()` (the Python API and `EBTEstimator()
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Optional
 
 import numpy as np
 
+from ebt_forecast.baselines import STATSFORECAST_MODELS
 from ebt_forecast.nn import TransformerConfig
 from ebt_forecast.tasks.base import AppConfig, TrainerConfig
 from ebt_forecast.think import SELECTIONS, ConfigError, ThinkConfig
@@ -43,6 +44,16 @@ class ForecastLossConfig:
 
 
 @dataclass
+class VerifierConfig:
+    """The EBT as a slow verifier above fast forecasters (tasks/forecast/sources.py)."""
+
+    enabled: bool = False  # the `forecast` command verifies among the sources (the benchmark's ebt_verifier always does)
+    fast_sources: list[str] = field(default_factory=lambda: ["autoets", "autotheta"])  # statsforecast models
+    pool_windows: int = 256  # windows before the validation tail that teach the energy to rank the sources
+    steps: int = 200  # optimizer steps of that teaching
+
+
+@dataclass
 class ForecastTaskConfig:
     """The forecast task: window sizes, candidates at inference, how they become samples, and the loss."""
 
@@ -55,6 +66,11 @@ class ForecastTaskConfig:
     verify_noise: float = 0.5  # std of the perturbations, in half-widths of the proposal set
     val_windows: int = 64  # validation windows cut from the end of the training series
     loss: ForecastLossConfig = field(default_factory=ForecastLossConfig)
+    verifier: VerifierConfig = field(default_factory=VerifierConfig)
+
+    def ebt_fields(self) -> dict:
+        """The fields the EBT itself (training and its own inference) depends on: all but `verifier`."""
+        return {k: v for k, v in asdict(self).items() if k != "verifier"}
 
 
 @dataclass
@@ -85,6 +101,11 @@ class ForecasterConfig:
             ("task.loss.set_crps", k.loss.set_crps, k.loss.set_crps >= 0, ">= 0"),
             ("task.verify_noise", k.verify_noise, k.verify_noise >= 0, ">= 0"),
             ("task.selection", k.selection, k.selection in (*SELECTIONS, "auto"), f"auto or one of {', '.join(SELECTIONS)}"),
+            ("task.verifier.fast_sources", k.verifier.fast_sources,
+             bool(k.verifier.fast_sources) and set(k.verifier.fast_sources) <= set(STATSFORECAST_MODELS),
+             f"a non-empty list of {', '.join(STATSFORECAST_MODELS)}"),
+            ("task.verifier.pool_windows", k.verifier.pool_windows, k.verifier.pool_windows >= 1, ">= 1"),
+            ("task.verifier.steps", k.verifier.steps, k.verifier.steps >= 1, ">= 1"),
         ]:
             if not ok:
                 raise ConfigError(f"{key}={value!r} is invalid: must be {allowed}")
@@ -114,9 +135,6 @@ class BenchmarkConfig:
         "seasonal_naive", "autoets", "autotheta", "transformer_pp", "transformer_pp+gaussian", "deepar", "patchtst",
         "ebt", "ebt_verifier"])
     seeds: list[int] = field(default_factory=list)  # every trained model once per seed; empty = [seed]
-    fast_sources: list[str] = field(default_factory=lambda: ["autoets", "autotheta"])  # the verifier's extra starts
-    verifier_windows: int = 256  # pool windows (before the validation tail) that teach the energy to rank the sources
-    verifier_steps: int = 200  # optimizer steps of that teaching
     think_steps: list[int] = field(default_factory=lambda: [0, 1, 2, 4])  # EBT rows at these steps
     selections: list[str] = field(default_factory=lambda: ["refined", "verified"])
     candidate_counts: list[int] = field(default_factory=lambda: [1, 16])  # M level paths: the M=1 vs M=16 check

@@ -28,22 +28,24 @@ from ebt_forecast.tasks.forecast.diagnostics import candidate_errors, mean_spear
 from ebt_forecast.tasks.forecast.forecaster import EBTForecaster, validation_windows_per_series
 from ebt_forecast.tasks.forecast.model import candidate_pinball
 from ebt_forecast.tasks.forecast.module import ForecastModule, inference_levels
-from ebt_forecast.think import listwise_ranking_loss, select_candidates
+from ebt_forecast.think import InferenceSetting, listwise_ranking_loss, select_candidates
 
 LEVELS = 21  # statsforecast paths come as 21 quantile rows; the EBT proposes 21 levels to match
 OWN_SOURCES = ("ebt_proposal", "seasonal_naive")  # the EBT's own starts 0 and 1 of each level
 TEMPERATURES = (0.03, 0.1, 0.3, 1.0, 3.0)
 
 
-def fast_forecasts(model: str, dataset: ForecastDataset, windows: list[TestWindow], cache: Path) -> np.ndarray:
-    """statsforecast level paths (N, 21, H) for `windows`, computed once and cached (they have no seed)."""
+def fast_forecasts(model: str, dataset: ForecastDataset, windows: list[TestWindow], cache: Path | None) -> np.ndarray:
+    """statsforecast level paths (N, 21, H) for `windows`; with a `cache` folder computed once (they have no seed)."""
     key = config_key(model, dataset.name, dataset.horizon, dataset.season_length,
                      [(w.item_id, len(w.past), float(np.nansum(w.past[-50:]))) for w in windows])
-    path = cache / f"{dataset.name}__{model}__{key}.npy"
-    if path.exists():
+    path = cache / f"{dataset.name}__{model}__{key}.npy" if cache else None
+    if path is not None and path.exists():
         return np.load(path)
     forecaster = StatsForecastBaseline(model).fit(dataset)
     paths = np.stack(forecaster.predict(windows, dataset))
+    if path is None:
+        return paths
     cache.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.npy")
     np.save(tmp, paths)
@@ -67,20 +69,25 @@ def _samples(candidates: np.ndarray, energies: np.ndarray, selection: str, tempe
     return select_candidates(selection, grouped[:, :, 0], grouped, energy, temperature or 1.0).numpy()
 
 
-def verifier_rows(ebt: EBTForecaster, dataset: ForecastDataset, fast: list[str], cache: Path,
-                  steps_menu: tuple[int, ...] = (0, 1)) -> tuple[list[dict], dict[str, float]]:
-    """Score every verifier setting and control on the validation windows and on the test windows.
+def think_over_sources(ebt: EBTForecaster, dataset: ForecastDataset, fast: list[str], windows: list[TestWindow],
+                       steps: int, cache: Path | None):
+    """Every source's level paths for `windows` as starts of the EBT, thought about for `steps`."""
+    extra = np.stack([fast_forecasts(m, dataset, windows, cache) for m in fast], axis=2)  # (N, 21, S, H)
+    return EBTForecaster.predict(ebt, windows, steps=steps, selection="verified", verify_group=len(OWN_SOURCES),
+                                 num_candidates=LEVELS, extra_starts=extra)
 
-    Returns one row per setting (its "val" and "test" metrics side by side) and the within-level
-    ranking diagnostics of the energy over the sources on validation."""
+
+def verifier_rows(ebt: EBTForecaster, dataset: ForecastDataset, fast: list[str], sets: dict[str, list[TestWindow]],
+                  cache: Path | None, steps_menu: tuple[int, ...] = (0, 1)) -> tuple[list[dict], dict[str, float]]:
+    """Score every verifier setting and control on each set of windows (`{"val": ..., "test": ...}`).
+
+    Returns one row per setting (each set's metrics side by side) and the within-level ranking
+    diagnostics of the energy over the sources on the "val" set."""
     sources = [*OWN_SOURCES, *fast]
-    sets = {"val": ebt.val_windows, "test": dataset.test_windows}
     thought: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
     for split, windows in sets.items():
-        extra = np.stack([fast_forecasts(m, dataset, windows, cache) for m in fast], axis=2)  # (N, 21, S, H)
         for steps in steps_menu:
-            out = ebt.predict(windows, steps=steps, selection="verified", verify_group=len(OWN_SOURCES),
-                              num_candidates=LEVELS, extra_starts=extra)
+            out = think_over_sources(ebt, dataset, fast, windows, steps, cache)
             thought[split, steps] = (out.candidates, out.energies)
     rows = []
     for steps, selection, temperature in _settings(steps_menu, sources):
@@ -100,11 +107,14 @@ def verifier_rows(ebt: EBTForecaster, dataset: ForecastDataset, fast: list[str],
 
 
 def choose(rows: list[dict], kind: str) -> dict:
-    """The row with the lowest validation WQL among energy settings (`kind="energy"`) or single sources."""
+    """The row with the lowest validation WQL among energy settings (`kind="energy"`), single sources
+    (`"source"`) or every setting (`"any"`)."""
     if kind == "energy":
         pool = [r for r in rows if r["selection"] in ("verified", "weighted")]
-    else:
+    elif kind == "source":
         pool = [r for r in rows if r["selection"].startswith("source:")]
+    else:
+        pool = rows
     return min(pool, key=lambda r: r["val"]["wql"])
 
 
@@ -187,3 +197,40 @@ def train_verifier(ebt: EBTForecaster, dataset: ForecastDataset, fast: list[str]
         p.requires_grad_(True)
     ebt.module.eval()
     return {"pool_windows": len(pool), "train_seconds": report.seconds, "train_steps": report.steps}
+
+
+class VerifierForecaster(EBTForecaster):
+    """The serving contract "slow verifier above fast forecasters", as a forecaster (`task.verifier`).
+
+    fit: train the EBT, teach its energy to rank the sources on pool windows, then choose on the
+    validation windows among the energy's settings and the energy-free controls (so the energy is used
+    only where it beat equal weights and the best single source on validation). predict: fit the fast
+    forecasters on each window's past and select among every source's level paths."""
+
+    def __init__(self, cfg, name: str = "ebt_verifier", cache: Path | None = None):
+        super().__init__(cfg, "ebt", name)
+        self.cache, self.dataset = cache, None
+        self.verifier_choice: dict | None = None
+        self.verifier_diagnostics: dict[str, float] = {}
+
+    def fit(self, dataset: ForecastDataset) -> "VerifierForecaster":
+        """EBT, then the verifier, then the validation choice."""
+        super().fit(dataset)
+        v = self.cfg.task.verifier
+        self.dataset = dataset
+        report = train_verifier(self, dataset, v.fast_sources, self.cache, windows=v.pool_windows, steps=v.steps)
+        self.train_seconds += report["train_seconds"]
+        rows, self.verifier_diagnostics = verifier_rows(self, dataset, v.fast_sources, {"val": self.val_windows},
+                                                        self.cache)
+        self.verifier_choice = choose(rows, "any")
+        return self
+
+    def predict(self, windows: list[TestWindow], dataset: ForecastDataset | None = None, **kwargs):
+        """Samples from the setting chosen on validation; keyword arguments reach the plain EBT instead."""
+        if kwargs or self.verifier_choice is None:
+            return super().predict(windows, dataset, **kwargs)
+        choice, fast = self.verifier_choice, self.cfg.task.verifier.fast_sources
+        out = think_over_sources(self, self.dataset, fast, windows, choice["steps"], self.cache)
+        samples = _samples(out.candidates, out.energies, choice["selection"], choice["temperature"], [*OWN_SOURCES, *fast])
+        label = choice["selection"] + ("" if choice["temperature"] is None else f"@T={choice['temperature']:g}")
+        return replace(out, samples=samples, setting=InferenceSetting(choice["steps"], label))
