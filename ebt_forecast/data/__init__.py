@@ -13,7 +13,6 @@ from ebt_forecast.data.loaders import (
     load_exchange_rate,
     load_m4_hourly,
     load_gluonts_repository,
-    load_shared_suite,
     load_statsmodels,
 )
 from ebt_forecast.data.types import ForecastDataset, Series, TestWindow
@@ -38,7 +37,6 @@ __all__ = [
     "load_long_frame",
     "load_m4_hourly",
     "load_gluonts_repository",
-    "load_shared_suite",
     "load_statsmodels",
     "make_inference_batch",
     "mean_abs_scale",

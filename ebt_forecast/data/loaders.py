@@ -162,11 +162,6 @@ def load_default_suite() -> list[ForecastDataset]:
     return [load_statsmodels(n) for n in ("co2", "elec_equip", "elnino", "sunspots")]
 
 
-def load_shared_suite(root: str | Path) -> list[ForecastDataset]:
-    """ETTh1 (all 7 columns, stride 48), M4 hourly and exchange_rate from a data root."""
-    return [load_etth1(root, columns="all", stride=48), load_m4_hourly(root), load_exchange_rate(root)]
-
-
 def load_gluonts_repository(name: str, path: str | Path | None = None, season_length: int | None = None) -> ForecastDataset:
     """A GluonTS repository data set via `get_dataset`: read from `path/name` when a copy is there
     (works offline), otherwise downloaded into `path` (needs a network). Test windows are the last
