@@ -256,14 +256,19 @@ class FitReport:
     steps: int
 
 
-def fit_module(module: L.LightningModule, data: Dataset, trainer_cfg: TrainerConfig, seed: int, run_key: str = "") -> FitReport:
+def fit_module(module: L.LightningModule, data: Dataset, trainer_cfg: TrainerConfig, seed: int | None,
+               run_key: str = "") -> FitReport:
     """Train `module` on `data` (batches in order; the dataset draws its own seeded windows) with Lightning.
+
+    `seed` seeds every generator before training; None when the caller seeded before building the module
+    (then the weights' initialisation and the training draws come from one stream).
 
     With `trainer_cfg.checkpoint_dir`, `last.ckpt` is saved every `checkpoint_every` steps and a later
     call resumes from it, but only for the same configuration: the directory records `run_key`, and a
     checkpoint written by another configuration is refused (ConfigError) rather than silently mixed in.
     """
-    L.seed_everything(seed, workers=True, verbose=False)
+    if seed is not None:
+        L.seed_everything(seed, workers=True, verbose=False)
     t = trainer_cfg.validate()
     callbacks, resume = [], None
     if t.checkpoint_dir:

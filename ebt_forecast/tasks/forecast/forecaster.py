@@ -93,7 +93,7 @@ class EBTForecaster:
         run = {**self.cfg.trainer.settings(), "max_steps": None}
         key = config_key(self.cfg.model, self.cfg.think, self.cfg.task, run, self.cfg.seed, model_cfg, self.mode,
                          dataset.name, [len(s) for s in train])
-        report = fit_module(self.module, data, t, self.cfg.seed, run_key=key)
+        report = fit_module(self.module, data, t, None, run_key=key)  # seeded above, before the weights
         self.train_seconds, self.train_steps = report.seconds, report.steps
         self.chosen = self._choose_on_validation()
         return self
