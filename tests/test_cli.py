@@ -91,6 +91,23 @@ def test_forecast_on_etth1_writes_tidy_quantiles(etth1_csv, etth1_long, tmp_path
     assert not list(tmp_path.glob(".*.tmp"))  # the atomic write left no temp file
 
 
+def test_forecast_with_the_verifier_above_fast_forecasters(etth1_csv, etth1_long, tmp_path, capsys):
+    """task.verifier.enabled: the EBT verifies among its proposal, seasonal naive, AutoETS and AutoTheta."""
+    out_csv = tmp_path / "OUT.csv"
+    code, out, err = run_main(capsys, "forecast", f"input={etth1_csv}", f"horizon={HORIZON}", "freq=h",
+                              f"output={out_csv}", *FAST, "task.verifier.enabled=true",
+                              "task.verifier.pool_windows=8", "task.verifier.steps=5")
+    assert code == 0, err
+    frame = check_forecast_file(out_csv, etth1_long)
+    plain_csv = tmp_path / "PLAIN.csv"
+    assert run_main(capsys, "forecast", f"input={etth1_csv}", f"horizon={HORIZON}", "freq=h",
+                    f"output={plain_csv}", *FAST)[0] == 0
+    assert not np.allclose(frame["0.5"], pd.read_csv(plain_csv)["0.5"])  # the sources changed the forecast
+    code, _, err = run_main(capsys, "forecast", f"input={etth1_csv}", f"horizon={HORIZON}", f"output={out_csv}",
+                            "task.verifier.fast_sources=[prophet]")
+    assert code == 2 and "task.verifier.fast_sources" in err
+
+
 def test_forecast_with_custom_column_names_and_inferred_freq(etth1_long, tmp_path, capsys):
     src = etth1_long.rename(columns={"item_id": "sensor", "timestamp": "when", "target": "load"})
     src = src[["when", "load", "sensor"]]  # column order does not matter either
