@@ -132,7 +132,7 @@ class BenchmarkConfig:
 
     name: str = "default"
     models: list[str] = field(default_factory=lambda: [
-        "seasonal_naive", "autoets", "autotheta", "transformer_pp", "deepar", "ebt", "ebt_verifier"])
+        "seasonal_naive", "autoets", "autotheta", "transformer_pp", "ebt", "ebt_verifier"])  # the demo: minutes
     seeds: list[int] = field(default_factory=list)  # every trained model once per seed; empty = [seed]
     think_steps: list[int] = field(default_factory=lambda: [0, 1, 2, 4])  # EBT rows at these steps
     selections: list[str] = field(default_factory=lambda: ["refined", "verified"])
