@@ -69,10 +69,13 @@ def _samples(candidates: np.ndarray, energies: np.ndarray, selection: str, tempe
     return select_candidates(selection, grouped[:, :, 0], grouped, energy, temperature or 1.0).numpy()
 
 
-def think_over_sources(ebt: EBTForecaster, dataset: ForecastDataset, fast: list[str], windows: list[TestWindow],
-                       steps: int, cache: Path | None):
-    """Every source's level paths for `windows` as starts of the EBT, thought about for `steps`."""
-    extra = np.stack([fast_forecasts(m, dataset, windows, cache) for m in fast], axis=2)  # (N, 21, S, H)
+def fast_starts(dataset: ForecastDataset, fast: list[str], windows: list[TestWindow], cache: Path | None) -> np.ndarray:
+    """Every fast forecaster's level paths for `windows`: (N, 21, S, H)."""
+    return np.stack([fast_forecasts(m, dataset, windows, cache) for m in fast], axis=2)
+
+
+def think_over_sources(ebt: EBTForecaster, windows: list[TestWindow], extra: np.ndarray, steps: int):
+    """The EBT's own starts and the fast forecasters' paths `extra` as starts, thought about for `steps`."""
     return EBTForecaster.predict(ebt, windows, steps=steps, selection="verified", verify_group=len(OWN_SOURCES),
                                  num_candidates=LEVELS, extra_starts=extra)
 
@@ -86,8 +89,9 @@ def verifier_rows(ebt: EBTForecaster, dataset: ForecastDataset, fast: list[str],
     sources = [*OWN_SOURCES, *fast]
     thought: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
     for split, windows in sets.items():
+        extra = fast_starts(dataset, fast, windows, cache)
         for steps in steps_menu:
-            out = think_over_sources(ebt, dataset, fast, windows, steps, cache)
+            out = think_over_sources(ebt, windows, extra, steps)
             thought[split, steps] = (out.candidates, out.energies)
     rows = []
     for steps, selection, temperature in _settings(steps_menu, sources):
@@ -180,7 +184,7 @@ def train_verifier(ebt: EBTForecaster, dataset: ForecastDataset, fast: list[str]
                    steps: int = 200, batch_size: int = 32, lr: float = 1e-3) -> dict[str, float]:
     """Fine-tune the energy of `ebt` (in place) to rank the sources of pool windows by error; return what it did."""
     pool = pool_windows(ebt, dataset, windows)
-    extra = np.stack([fast_forecasts(m, dataset, pool, cache) for m in fast], axis=2)
+    extra = fast_starts(dataset, fast, pool, cache)
     starts = ebt.predict(pool, steps=0, selection="verified", verify_group=len(OWN_SOURCES), num_candidates=LEVELS,
                          extra_starts=extra).candidates  # (N, M, G, H), data units
     batch = make_inference_batch([w.past for w in pool], ebt.module.model.cfg.context_length)
@@ -230,7 +234,7 @@ class VerifierForecaster(EBTForecaster):
         if kwargs or self.verifier_choice is None:
             return super().predict(windows, dataset, **kwargs)
         choice, fast = self.verifier_choice, self.cfg.task.verifier.fast_sources
-        out = think_over_sources(self, self.dataset, fast, windows, choice["steps"], self.cache)
+        out = think_over_sources(self, windows, fast_starts(self.dataset, fast, windows, self.cache), choice["steps"])
         samples = _samples(out.candidates, out.energies, choice["selection"], choice["temperature"], [*OWN_SOURCES, *fast])
         label = choice["selection"] + ("" if choice["temperature"] is None else f"@T={choice['temperature']:g}")
         return replace(out, samples=samples, setting=InferenceSetting(choice["steps"], label))
