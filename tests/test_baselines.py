@@ -205,6 +205,20 @@ def test_statsforecast_quantiles_are_its_own_intervals(model):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+def test_statsforecast_in_two_processes_equals_one():
+    """n_jobs fits the windows in parallel processes: the same paths and fallbacks, in window order."""
+    pytest.importorskip("statsforecast")
+    task = _seasonal_task(3, n_series=2, length=120)
+    a, b = task.test_windows
+    windows = [Window(f"w{i}", HOURLY, (a if i % 2 else b).past[: 60 + i], a.future) for i in range(15)]
+    windows.append(Window("short", HOURLY, b.past[-5:], b.future))
+    serial = StatsForecastBaseline("autoets").fit(task)
+    parallel = StatsForecastBaseline("autoets", n_jobs=2).fit(task)
+    for p, q in zip(serial.predict(windows, task), parallel.predict(windows, task), strict=True):
+        np.testing.assert_array_equal(p, q)
+    assert parallel.fallback_items == serial.fallback_items == ["short"]
+
+
 def test_statsforecast_beats_seasonal_naive_on_noisy_seasonal_series():
     pytest.importorskip("statsforecast")
     task = _seasonal_task(1)

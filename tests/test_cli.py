@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 HORIZON = 24
 # small and fast: every forecast/benchmark call here uses one thread and a tiny model
 FAST = ["runtime.threads=1", "trainer.max_steps=20", "trainer.batch_size=16", "trainer.progress_bar=false",
-        "model.dim=32", "model.depth=1", "task.val_windows=4"]
+        "model.dim=32", "model.depth=1", "task.val_windows=4", "task.verifier.pool_windows=8", "task.verifier.steps=5"]
 EXPECTED_COLUMNS = ["item_id", "timestamp", "mean", "0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "0.7", "0.8", "0.9"]
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -92,16 +92,16 @@ def test_forecast_on_etth1_writes_tidy_quantiles(etth1_csv, etth1_long, tmp_path
 
 
 def test_forecast_with_the_verifier_above_fast_forecasters(etth1_csv, etth1_long, tmp_path, capsys):
-    """task.verifier.enabled: the EBT verifies among its proposal, seasonal naive, AutoETS and AutoTheta."""
+    """By default the EBT verifies among its proposal, seasonal naive, AutoETS and AutoTheta;
+    task.verifier.enabled=false gives the EBT alone, a different forecast."""
     out_csv = tmp_path / "OUT.csv"
     code, out, err = run_main(capsys, "forecast", f"input={etth1_csv}", f"horizon={HORIZON}", "freq=h",
-                              f"output={out_csv}", *FAST, "task.verifier.enabled=true",
-                              "task.verifier.pool_windows=8", "task.verifier.steps=5")
+                              f"output={out_csv}", *FAST)
     assert code == 0, err
     frame = check_forecast_file(out_csv, etth1_long)
     plain_csv = tmp_path / "PLAIN.csv"
     assert run_main(capsys, "forecast", f"input={etth1_csv}", f"horizon={HORIZON}", "freq=h",
-                    f"output={plain_csv}", *FAST)[0] == 0
+                    f"output={plain_csv}", *FAST, "task.verifier.enabled=false")[0] == 0
     assert not np.allclose(frame["0.5"], pd.read_csv(plain_csv)["0.5"])  # the sources changed the forecast
     code, _, err = run_main(capsys, "forecast", f"input={etth1_csv}", f"horizon={HORIZON}", f"output={out_csv}",
                             "task.verifier.fast_sources=[prophet]")

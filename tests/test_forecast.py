@@ -16,7 +16,7 @@ from ebt_forecast.data.windows import tail_windows
 from ebt_forecast.metrics import score_windows
 from ebt_forecast.nn import TransformerConfig
 from ebt_forecast.tasks.base import TrainerConfig
-from ebt_forecast.tasks.forecast.config import ForecasterConfig, ForecastLossConfig, ForecastTaskConfig
+from ebt_forecast.tasks.forecast.config import ForecasterConfig, ForecastLossConfig, ForecastTaskConfig, VerifierConfig
 from ebt_forecast.tasks.forecast.diagnostics import verification_diagnostics
 from ebt_forecast.tasks.forecast.forecaster import EBTForecaster, ThoughtForecast
 from ebt_forecast.tasks.forecast.module import inference_levels
@@ -58,7 +58,8 @@ def small_config(max_steps: int = 30, seed: int = 0, num_candidates: int = 9, mo
         model=TransformerConfig(**{"dim": 32, "depth": 1, "heads": 4, "ffn_multiplier": 2.0, **(model or {})}),
         think=ThinkConfig(**{"train_steps": 2, "infer_steps": 2, **(think or {})}),
         trainer=TrainerConfig(max_steps=max_steps, batch_size=16, lr=lr, warmup_steps=5, progress_bar=False),
-        task=ForecastTaskConfig(**{"num_candidates": num_candidates, "val_windows": 8, **(task or {}),
+        task=ForecastTaskConfig(**{"num_candidates": num_candidates, "val_windows": 8,
+                                   "verifier": VerifierConfig(enabled=False), **(task or {}),
                                    "loss": ForecastLossConfig(**(loss or {}))}),
         seed=seed,
     )
@@ -517,3 +518,24 @@ def test_estimator_honours_num_samples_and_a_predictor_round_trips(tmp_path):
     for a, b in zip(before, after):
         np.testing.assert_array_equal(a.samples, b.samples)
         assert a.start_date == b.start_date and a.info["selection"] == b.info["selection"]
+
+
+def test_estimator_with_the_verifier_round_trips(tmp_path):
+    """The default estimator is the verifier above AutoETS / AutoTheta, as `forecast` runs it; its validation
+    choice and taught energy survive serialize -> deserialize, and the loaded predictor forecasts identically."""
+    from gluonts.model.predictor import Predictor
+
+    from ebt_forecast.data.frames import series_to_gluonts
+    from ebt_forecast.tasks.forecast import EBTEstimator
+    from ebt_forecast.tasks.forecast.sources import VerifierForecaster
+
+    dataset = series_to_gluonts(seasonal_series(2, 300, seed=7), "h")
+    cfg = small_config(max_steps=8, task={"verifier": VerifierConfig(pool_windows=8, steps=5)})
+    predictor = EBTEstimator(prediction_length=HORIZON, freq="h", config=cfg).train(dataset)
+    assert isinstance(predictor.forecaster, VerifierForecaster) and predictor.forecaster.verifier_choice
+    before = list(predictor.predict(dataset))
+    predictor.serialize(tmp_path / "verifier")
+    loaded = Predictor.deserialize(tmp_path / "verifier")
+    assert loaded.forecaster.verifier_choice == predictor.forecaster.verifier_choice
+    for a, b in zip(before, loaded.predict(dataset)):
+        np.testing.assert_allclose(a.samples, b.samples, rtol=1e-6, atol=1e-6)

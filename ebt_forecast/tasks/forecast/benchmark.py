@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -296,7 +296,7 @@ def cell_key(dataset: ForecastDataset, model: str, app: ForecastAppConfig) -> st
     extra = {"deepar": (b.deepar_hidden_size, b.deepar_num_layers, b.gluonts_budget, b.gluonts_patience),
              "patchtst": (b.gluonts_budget, b.gluonts_patience),
              "ebt": (b.think_steps, b.selections, b.candidate_counts, b.verify_groups),
-             "ebt_verifier": app.task.verifier}.get(model)
+             "ebt_verifier": {k: v for k, v in asdict(app.task.verifier).items() if k != "enabled"}}.get(model)
     think = app.think if model.startswith("ebt") else None  # the feed-forward models never think
     return config_key(data, model, app.model, think, app.trainer.settings(), app.task.ebt_fields(), app.seed, extra)
 

@@ -22,6 +22,7 @@ from ebt_forecast.data.types import ForecastDataset, TestWindow
 from ebt_forecast.tasks.forecast.config import ForecasterConfig
 from ebt_forecast.tasks.forecast.forecaster import EBTForecaster
 from ebt_forecast.tasks.forecast.module import ForecastModule
+from ebt_forecast.tasks.forecast.sources import VerifierForecaster
 from ebt_forecast.think import InferenceSetting
 
 
@@ -55,7 +56,8 @@ class EBTPredictor(Predictor):
         meta = {"prediction_length": self.prediction_length, "freq": self.freq, "mode": f.mode,
                 "season_length": f.season_length, "config": asdict(f.cfg),
                 "chosen": asdict(f.chosen), "validation_scores": f.validation_scores,
-                "train_seconds": f.train_seconds, "train_steps": f.train_steps}
+                "train_seconds": f.train_seconds, "train_steps": f.train_steps,
+                "verifier_choice": getattr(f, "verifier_choice", None)}
         (path / "predictor.json").write_text(json.dumps(meta, indent=2))
         torch.save(f.module.state_dict(), path / "weights.pt")
 
@@ -65,7 +67,12 @@ class EBTPredictor(Predictor):
         path = Path(path)
         meta = json.loads((path / "predictor.json").read_text())
         cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ForecasterConfig), meta["config"]))
-        forecaster = EBTForecaster(cfg, meta["mode"])
+        choice = meta.get("verifier_choice")
+        forecaster = VerifierForecaster(cfg) if choice else EBTForecaster(cfg, meta["mode"])
+        if choice:  # the verifier fits the fast forecasters per window at predict time: it needs the conventions
+            forecaster.verifier_choice = choice
+            forecaster.dataset = ForecastDataset("gluonts", meta["freq"], meta["prediction_length"],
+                                                 meta["season_length"], [])
         forecaster.season_length = meta["season_length"]
         forecaster.chosen = InferenceSetting(**meta["chosen"])
         forecaster.validation_scores = meta["validation_scores"]
@@ -79,6 +86,9 @@ class EBTPredictor(Predictor):
 
 class EBTEstimator:
     """Trains the forecasting EBT (mode="ebt") or its feed-forward twin (mode="feedforward") on a GluonTS dataset.
+
+    With `config.task.verifier.enabled` (the default) the EBT is the verifier above AutoETS / AutoTheta,
+    exactly as the `forecast` command runs it; false gives the EBT alone.
 
     `num_samples` sample paths per forecast (the EBT's M level paths); None keeps `config.task.num_candidates`.
     """
@@ -97,5 +107,6 @@ class EBTEstimator:
         """Fit on every series of training_data (validation is cut from its end); return the predictor."""
         series = gluonts_to_series(training_data, self.freq)
         dataset = ForecastDataset("gluonts", self.freq, self.prediction_length, self.season_length, series)
-        forecaster = EBTForecaster(self.config, self.mode).fit(dataset)
+        verify = self.mode == "ebt" and self.config.task.verifier.enabled
+        forecaster = (VerifierForecaster(self.config) if verify else EBTForecaster(self.config, self.mode)).fit(dataset)
         return EBTPredictor(forecaster, self.prediction_length, self.freq)
