@@ -264,3 +264,33 @@ def geometric_mean_relative(
         rows.append(row)
     out = pd.DataFrame(rows)
     return out.sort_values(cols[0], kind="stable").reset_index(drop=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# uncertainty signals: does a per-window score flag the windows that will be forecast badly?
+
+
+def auroc(signal: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the ROC curve of `signal` for flagging `positive` windows (Mann-Whitney U / (n+ n-))."""
+    from scipy.stats import mannwhitneyu
+
+    signal, positive = np.asarray(signal, dtype=np.float64), np.asarray(positive, dtype=bool)
+    pos, neg = signal[positive], signal[~positive]
+    if not len(pos) or not len(neg):
+        return float("nan")
+    return float(mannwhitneyu(pos, neg, alternative="two-sided").statistic / (len(pos) * len(neg)))
+
+
+def selective_wql(window_scores: list[dict], signal: np.ndarray, withheld: Sequence[float]) -> dict[float, float]:
+    """WQL of the windows kept when the fraction `x` with the highest `signal` is withheld, for each x."""
+    order = np.argsort(-np.asarray(signal, dtype=np.float64), kind="stable")  # highest signal first
+    out = {}
+    for x in withheld:
+        drop = int(round(x * len(order)))
+        out[x] = aggregate([window_scores[i] for i in order[drop:]])["wql"]
+    return out
+
+
+def window_errors(window_scores: list[dict]) -> np.ndarray:
+    """Each window's own scale-free error: its WQL (mean quantile loss over levels / sum |y|)."""
+    return np.array([aggregate([w])["wql"] for w in window_scores])

@@ -140,6 +140,34 @@ def _expected_energy_change_steps(e0, alpha, tol, budget):
     return budget
 
 
+class WavyEnergy:
+    """E(x) = sum(x^2 + 2 sin(3 x)): many local minima, so a fixed step of alpha overshoots uphill."""
+
+    def __call__(self, x, index):
+        return (x.pow(2) + 2 * torch.sin(3 * x)).flatten(1).sum(1)
+
+
+def test_uphill_rejection_more_steps_never_raise_the_final_energy():
+    """Without rejection alpha=0.6 overshoots (the energy goes up on some samples); with it, each sample's final
+    energy is non-increasing in the number of steps, its mean falls, and passes are still counted per step."""
+    g = torch.Generator().manual_seed(3)
+    init = torch.randn(6, 5, 3, generator=g) * 2
+    energy = WavyEnergy()
+    plain = ThinkConfig(alpha=0.6, learn_alpha=False)
+    start = energy(init.reshape(-1, 3), None).view(6, 5)
+    free = think(energy, init, plain, StepSize(0.6), steps=8).energies
+    assert (free > start + 1e-3).any()  # the plain loop ends uphill of its start somewhere
+    guarded = ThinkConfig(alpha=0.6, learn_alpha=False, reject_uphill=True)
+    finals = [think(energy, init, guarded, StepSize(0.6), steps=k) for k in (0, 1, 2, 4, 8, 16)]
+    for fewer, more in zip(finals, finals[1:]):
+        assert (more.energies <= fewer.energies + 1e-5).all()
+        # the returned candidate is the one whose energy is reported
+        recomputed = energy(more.candidates.reshape(-1, 3), None).view(6, 5)
+        torch.testing.assert_close(recomputed, more.energies)
+    assert finals[-1].energies.mean() < 0.8 * start.mean()
+    assert finals[-1].record.backward_passes == 16 * 30 and finals[-1].record.forward_passes == 17 * 30
+
+
 def test_energy_change_policy_steps_differ_and_passes_match_counter():
     # one prediction per distance; each candidate starts at a known squared distance from the target
     distances = torch.tensor([0.01, 1.0, 30.0, 300.0])

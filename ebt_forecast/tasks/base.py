@@ -18,8 +18,9 @@ import json
 import math
 import time
 from abc import abstractmethod
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, is_dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -189,6 +190,16 @@ class TaskModule(L.LightningModule):
         """Run the engine with this module's settings (training mode follows the module's)."""
         training = self.training if training is None else training
         return think(energy_fn, init, self.think_cfg, self.step_size, training=training, **kwargs)
+
+    @contextmanager
+    def thinking_with(self, **overrides: Any) -> Iterator["TaskModule"]:
+        """Run inference with some think settings changed (a study's stopping policy, uphill rejection)."""
+        saved = self.think_cfg
+        self.think_cfg = replace(saved, **overrides).validate()
+        try:
+            yield self
+        finally:
+            self.think_cfg = saved
 
     def infer(self, batch: dict[str, Tensor], *, num_candidates: int, group: int, steps: int, selection: str,
               generator: torch.Generator | None = None, temperature: float | None = None) -> Thought:

@@ -31,6 +31,7 @@ class ThinkConfig:
     stop_policy: str = "fixed"
     stop_tolerance: float = 1e-3  # energy_change: stop a sample when |E_t - E_{t-1}| < tolerance
     energy_threshold: float = 0.0  # energy_threshold: think only where the initial energy is above this
+    reject_uphill: bool = False  # inference: a step that raised the energy is undone and alpha halved for that sample
     replay_size: int = 0  # replay buffer capacity (0 = off)
     replay_fraction: float = 0.5  # share of a training batch drawn from the replay buffer
     temperature: float = 1.0  # energy-weighted resampling: softmax(-energy / temperature)

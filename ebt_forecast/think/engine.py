@@ -133,7 +133,7 @@ def think(
         x = x.detach()
     alpha = step_size.randomised((n,), cfg.alpha_random_scale if training else 1.0, generator)
     if not training:
-        alpha = alpha.detach()
+        alpha = alpha.detach().clone()  # its own memory: uphill rejection halves it per sample
 
     energies = torch.full((steps + 1, n), float("nan"), device=x.device)
     steps_taken = torch.zeros(n, dtype=torch.long, device=x.device)
@@ -141,6 +141,7 @@ def think(
     forward_passes = backward_passes = 0
     trajectory = [x.reshape(batch, num_candidates, *event)] if keep_trajectory else []
 
+    uphill = UphillRejection(x) if cfg.reject_uphill and not training else None
     with torch.enable_grad():
         active = torch.ones(n, dtype=torch.bool, device=x.device)
         if isinstance(policy, EnergyThresholdStop):
@@ -171,6 +172,9 @@ def think(
             backward_passes += idx.numel()
 
             finite = torch.isfinite(e.detach()) & torch.isfinite(g.detach()).flatten(1).all(dim=1)
+            if uphill is not None:  # step from the lowest-energy candidate seen; halve alpha where a step went up
+                xa, g = uphill.accept(idx, xa.detach(), e.detach(), g.detach(), finite, alpha)
+                x_prev = xa
             update = _per_row(alpha[idx], g) * g
             if cfg.max_update > 0:
                 update = update.clamp(-cfg.max_update, cfg.max_update)
@@ -198,6 +202,8 @@ def think(
             forward_passes += n
             energies[steps] = e_final.detach()
             final = e_final
+            if uphill is not None:
+                x, final = uphill.best(x.detach(), e_final.detach())
         else:
             final = _last_finite(energies)
 
@@ -215,6 +221,31 @@ def think(
         trajectory=trajectory,
         record=record,
     )
+
+
+class UphillRejection:
+    """Trust-region bookkeeping for inference: every sample keeps the lowest-energy candidate it has
+    seen (and its gradient); a step that lands higher is undone and retried from there with half the
+    step size. The final candidate is the lowest seen, so more steps never end at a higher energy."""
+
+    def __init__(self, x: Tensor):
+        self.x, self.g = x.detach().clone(), torch.zeros_like(x)
+        self.e = torch.full((len(x),), float("inf"), device=x.device)
+
+    def accept(self, idx: Tensor, x: Tensor, e: Tensor, g: Tensor, finite: Tensor, alpha: Tensor) -> tuple[Tensor, Tensor]:
+        """The candidate and gradient to step from for rows `idx`; halves `alpha` in place where rejected."""
+        better = finite & (e <= self.e[idx])
+        rows = _per_row(better, x)
+        self.x[idx] = torch.where(rows, x, self.x[idx])
+        self.g[idx] = torch.where(rows, g, self.g[idx])
+        self.e[idx] = torch.where(better, e, self.e[idx])
+        alpha[idx] = torch.where(better | ~finite, alpha[idx], alpha[idx] / 2)
+        return self.x[idx], self.g[idx]
+
+    def best(self, x: Tensor, e: Tensor) -> tuple[Tensor, Tensor]:
+        """The final candidates: the last one where it is the lowest seen, else the lowest seen."""
+        last = torch.isfinite(e) & (e <= self.e)
+        return torch.where(_per_row(last, x), x, self.x), torch.where(last, e, self.e)
 
 
 def _last_finite(energies: Tensor) -> Tensor:

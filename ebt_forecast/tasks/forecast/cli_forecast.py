@@ -32,12 +32,10 @@ def forecast_frame(task: ForecastDataset, samples: list[np.ndarray]) -> pd.DataF
     return pd.concat(frames, ignore_index=True)
 
 
-def run_forecast(app) -> Path:
-    """Validate the request, fit the EBT on every series of app.input, write app.output atomically."""
+def user_dataset(app, command: str = "forecast") -> ForecastDataset:
+    """Validate input= / horizon= / freq= and load the user's file as a ForecastDataset (no test windows)."""
     if not app.input:
-        raise DataError("forecast needs input=PATH (a CSV or Parquet file in long form)")
-    if not app.output:
-        raise DataError("forecast needs output=OUT.csv")
+        raise DataError(f"{command} needs input=PATH (a CSV or Parquet file in long form)")
     if app.horizon <= 0:
         raise DataError(f"horizon={app.horizon} is invalid: must be a positive number of steps")
     min_length = app.min_length or app.horizon + 1
@@ -47,8 +45,18 @@ def run_forecast(app) -> Path:
     series = frame_to_series(frame, freq)
     with quiet_pandas():
         season = int(get_seasonality(app.freq or freq))
-    dataset = ForecastDataset(Path(app.input).stem, freq, app.horizon, season, series)
-    windows = [TestWindow(s.item_id, s.start, s.target, np.full(app.horizon, np.nan, np.float32)) for s in series]
+    return ForecastDataset(Path(app.input).stem, freq, app.horizon, season, series)
+
+
+def run_forecast(app) -> Path:
+    """Validate the request, fit the EBT on every series of app.input, write app.output atomically."""
+    if not app.input:
+        raise DataError("forecast needs input=PATH (a CSV or Parquet file in long form)")
+    if not app.output:
+        raise DataError("forecast needs output=OUT.csv")
+    dataset = user_dataset(app)
+    windows = [TestWindow(s.item_id, s.start, s.target, np.full(app.horizon, np.nan, np.float32))
+               for s in dataset.train]
     cfg = app.forecaster()
     forecaster = (VerifierForecaster(cfg) if cfg.task.verifier.enabled else EBTForecaster(cfg, "ebt")).fit(dataset)
     return atomic_write_csv(forecast_frame(dataset, forecaster.predict(windows).samples), app.output)

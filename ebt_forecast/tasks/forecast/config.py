@@ -148,6 +148,26 @@ class BenchmarkConfig:
 
 
 @dataclass
+class StudyConfig:
+    """`ebt-forecast study`: one trained EBT per data set, many inference settings (tasks/forecast/study.py)."""
+
+    suite: str = "shared"  # the data sets studied unless input=PATH names a file
+    steps: list[int] = field(default_factory=lambda: [0, 1, 2, 4, 8, 16])  # fixed-steps policy (0 = the starts)
+    selections: list[str] = field(default_factory=lambda: ["verified", "weighted", "resample", "refined"])
+    candidate_counts: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32])  # M, at think.infer_steps
+    groups: list[int] = field(default_factory=lambda: [1, 2, 4])  # G starts per level, at think.infer_steps
+    policy_steps: int = 16  # the budget of the adaptive policies
+    tolerances: list[float] = field(default_factory=lambda: [0.01, 0.001])  # energy_change: stop when |dE| < tol
+    top_fractions: list[float] = field(default_factory=lambda: [0.1, 0.25, 0.5])  # think on the highest-energy windows
+    verifier: bool = True  # the EBT as a verifier over AutoETS / AutoTheta paths (taught, steps 0 and 1)
+    ood: bool = True  # the fixed-steps sweep on another data set and on a level-shifted test split
+    level_shift: float = 3.0  # the shift: this many standard deviations of each window's past
+    withheld: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.2, 0.3, 0.5])  # selective forecasting
+    worst_fraction: float = 0.2  # the windows an uncertainty signal should flag (AUROC)
+    resume: bool = True  # reuse finished cells of the same configuration
+
+
+@dataclass
 class ForecastAppConfig(AppConfig):
     """`ebt-forecast benchmark ...` and `ebt-forecast forecast ...`."""
 
@@ -158,6 +178,7 @@ class ForecastAppConfig(AppConfig):
     suite: str = "default"  # default (embedded statsmodels series), shared (ETTh1, M4 Hourly, exchange_rate) or one of those three
     data: DataConfig = field(default_factory=DataConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    study: StudyConfig = field(default_factory=StudyConfig)
     # forecast
     input: Optional[str] = None
     horizon: int = 0

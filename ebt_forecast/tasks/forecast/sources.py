@@ -61,7 +61,7 @@ def _settings(steps_menu: tuple[int, ...], sources: list[str]) -> list[tuple[int
     return energy + controls
 
 
-def _samples(candidates: np.ndarray, energies: np.ndarray, selection: str, temperature: float | None,
+def source_samples(candidates: np.ndarray, energies: np.ndarray, selection: str, temperature: float | None,
              sources: list[str]) -> np.ndarray:
     """Samples (N, M, H) from every start's candidate (N, M, G, H) and energy (N, M, G)."""
     if selection.startswith("source:"):
@@ -98,7 +98,7 @@ def verifier_rows(ebt: EBTForecaster, dataset: ForecastDataset, fast: list[str],
     for steps, selection, temperature in _settings(steps_menu, sources):
         row = {"steps": steps, "selection": selection, "temperature": temperature}
         for split, windows in sets.items():
-            samples = _samples(*thought[split, steps], selection, temperature, sources)
+            samples = source_samples(*thought[split, steps], selection, temperature, sources)
             row[split] = score_windows(samples, windows, dataset.season_length)
         rows.append(row)
     # does the energy rank the sources? within each (validation window, level), energy vs pinball loss
@@ -236,6 +236,6 @@ class VerifierForecaster(EBTForecaster):
             return super().predict(windows, dataset, **kwargs)
         choice, fast = self.verifier_choice, self.cfg.task.verifier.fast_sources
         out = think_over_sources(self, windows, fast_starts(self.dataset, fast, windows, self.cache), choice["steps"])
-        samples = _samples(out.candidates, out.energies, choice["selection"], choice["temperature"], [*OWN_SOURCES, *fast])
+        samples = source_samples(out.candidates, out.energies, choice["selection"], choice["temperature"], [*OWN_SOURCES, *fast])
         label = choice["selection"] + ("" if choice["temperature"] is None else f"@T={choice['temperature']:g}")
         return replace(out, samples=samples, setting=InferenceSetting(choice["steps"], label))

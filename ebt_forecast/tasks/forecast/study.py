@@ -1,0 +1,501 @@
+"""`ebt-forecast study`: what accuracy thinking buys per pass spent, and whether the energy flags bad forecasts.
+
+One EBT is trained per data set (or loaded from the study's cache), then inference settings are swept,
+each scored on the validation windows and on the test windows, with the forward / backward passes the
+engine counted and the wall time:
+
+- fixed: thinking steps x selection (lowest energy, energy weighting, energy-weighted resampling, the
+  refined set); fixed+uphill: the same with uphill rejection (a step that raises the energy is undone);
+- candidates / group: M level paths and G starts per level;
+- energy_change: stop a candidate when its energy changes by less than a tolerance;
+- top_energy: think only on the windows whose step-0 energy is highest (the others keep step 0);
+- verifier: the energy, taught to rank them, over AutoETS / AutoTheta paths and its own starts.
+
+Out of distribution: the fixed sweep on another data set of the same frequency and horizon (a model
+trained on ETTh1 forecasting M4 Hourly and back) and on the test split shifted in level. Uncertainty:
+per test window, the energy against the window's error (Spearman, AUROC for the worst windows) and
+selective forecasting, beside two signals that need no energy (interval width, spread of the starts).
+
+Every part is a cell written to cells/ as it finishes; a rerun reuses cells of the same configuration.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.stats import spearmanr
+from tqdm.auto import tqdm
+
+from ebt_forecast.baselines import SeasonalNaive
+from ebt_forecast.data.types import ForecastDataset, TestWindow
+from ebt_forecast.data.windows import split_train_val
+from ebt_forecast.io import atomic_write_csv, atomic_write_json, atomic_write_text
+from ebt_forecast.metrics import aggregate, auroc, score_window, score_windows, selective_wql, window_errors
+from ebt_forecast.tasks.base import config_key
+from ebt_forecast.tasks.forecast.benchmark import load_suite, trained_ebt
+from ebt_forecast.tasks.forecast.config import ForecastAppConfig, StudyConfig
+from ebt_forecast.tasks.forecast.forecaster import EBTForecaster, ThoughtForecast
+from ebt_forecast.tasks.forecast.sources import (LEVELS, OWN_SOURCES, fast_forecasts, fast_starts, source_samples,
+                                                 think_over_sources, train_verifier)
+
+METRICS = ("wql", "crps_scaled", "mase")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One inference setting of the sweep."""
+
+    policy: str  # fixed | fixed+uphill | candidates | group | energy_change | top_energy | verifier
+    steps: int
+    selection: str
+    num_candidates: int
+    group: int
+    param: float | None = None  # energy_change: tolerance; top_energy: fraction of windows that think
+
+    @property
+    def label(self) -> str:
+        extra = "" if self.param is None else f",{'tol' if self.policy == 'energy_change' else 'top'}={self.param:g}"
+        return f"{self.policy}[steps={self.steps},{self.selection},M={self.num_candidates},G={self.group}{extra}]"
+
+
+def study_settings(study: StudyConfig, m0: int, g0: int, k0: int) -> list[Setting]:
+    """The sweep: M0 level paths, G0 starts and K0 steps are the forecaster's own defaults."""
+    out = [Setting("fixed", s, sel, m0, 1 if sel == "refined" else g0) for s in study.steps for sel in study.selections]
+    out += [Setting("fixed+uphill", s, "verified", m0, g0) for s in study.steps if s > 0]
+    out += [Setting("candidates", k0, "verified", m, g0) for m in study.candidate_counts]
+    out += [Setting("group", k0, "verified", m0, g) for g in study.groups]
+    out += [Setting("energy_change", study.policy_steps, "verified", m0, g0, tol) for tol in study.tolerances]
+    out += [Setting("top_energy", study.policy_steps, "verified", m0, g0, f) for f in study.top_fractions]
+    if study.verifier:
+        out += [Setting("verifier", s, "verified", LEVELS, len(OWN_SOURCES) + 2) for s in (0, 1)]
+    return list(dict.fromkeys(out))
+
+
+def window_energy(out: ThoughtForecast) -> np.ndarray:
+    """Per window, the mean over levels of the lowest final energy among each level's starts."""
+    return np.nanmean(np.nanmin(out.energies, axis=-1), axis=-1)
+
+
+def run_setting(ebt: EBTForecaster, windows: list[TestWindow], s: Setting, extra: np.ndarray | None = None,
+                sources: list[str] | None = None) -> ThoughtForecast:
+    """Forecast `windows` with one setting; the result's passes are everything the setting spent."""
+    module = ebt.module
+    if s.policy == "verifier":
+        out = think_over_sources(ebt, windows, extra, s.steps)
+        return _with_samples(out, source_samples(out.candidates, out.energies, "verified", None, sources))
+    kw = dict(steps=s.steps, selection=s.selection, num_candidates=s.num_candidates, verify_group=s.group)
+    if s.policy == "fixed+uphill":
+        with module.thinking_with(reject_uphill=True):
+            return ebt.predict(windows, **kw)
+    if s.policy == "energy_change":
+        with module.thinking_with(stop_policy="energy_change", stop_tolerance=s.param):
+            return ebt.predict(windows, **kw)
+    if s.policy == "top_energy":
+        first = ebt.predict(windows, **{**kw, "steps": 0})
+        energy = window_energy(first)
+        chosen = np.argsort(-energy, kind="stable")[:max(1, int(round(s.param * len(windows))))]
+        thought = ebt.predict([windows[i] for i in chosen], **kw)
+        samples = first.samples.copy()
+        samples[chosen] = thought.samples
+        energies = first.energies.copy()
+        energies[chosen] = thought.energies
+        return ThoughtForecast(samples, first.proposals, first.candidates, energies, first.path, first.path_energies,
+                               thought.setting, first.forward_passes + thought.forward_passes,
+                               first.backward_passes + thought.backward_passes, first.nonfinite + thought.nonfinite)
+    return ebt.predict(windows, **kw)
+
+
+def _with_samples(out: ThoughtForecast, samples: np.ndarray) -> ThoughtForecast:
+    from dataclasses import replace
+
+    return replace(out, samples=samples)
+
+
+def scored(out: ThoughtForecast, windows: list[TestWindow], season: int, seconds: float, prefix: str = "") -> dict:
+    """Metrics, passes per window and wall time of one forecast."""
+    metrics = score_windows(out.samples, windows, season)
+    n = max(len(windows), 1)
+    row = {f"{prefix}{k}": metrics[k] for k in METRICS}
+    row.update({f"{prefix}forward_per_window": out.forward_passes / n, f"{prefix}backward_per_window": out.backward_passes / n,
+                f"{prefix}passes_per_window": (out.forward_passes + out.backward_passes) / n,
+                f"{prefix}forward_passes": out.forward_passes, f"{prefix}backward_passes": out.backward_passes,
+                f"{prefix}wall_seconds": seconds})
+    return row
+
+
+def timed(fn, *args, **kwargs) -> tuple[ThoughtForecast, float]:
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - start
+
+
+# ------------------------------------------------------------------------------------------------
+# the parts of a study, each one cell
+
+
+def sweep_cell(ebt: EBTForecaster, dataset: ForecastDataset, s: Setting, fast: list[str], cache: Path) -> dict:
+    """One setting on the validation and the test windows (verifier settings use a taught copy of the energy)."""
+    row = {"dataset": dataset.name, "split": "test", "policy": s.policy, "label": s.label, **asdict(s)}
+    for prefix, windows in (("val_", ebt.val_windows), ("", dataset.test_windows)):
+        extra = fast_starts(dataset, fast, windows, cache) if s.policy == "verifier" else None
+        out, seconds = timed(run_setting, ebt, windows, s, extra, [*OWN_SOURCES, *fast])
+        row.update(scored(out, windows, dataset.season_length, seconds, prefix))
+    return row
+
+
+def reference_cell(dataset: ForecastDataset, app: ForecastAppConfig, fast: list[str], cache: Path) -> list[dict]:
+    """Horizontal references: seasonal naive, the feed-forward twin, and the statistical model best on validation."""
+    rows = []
+    sn = SeasonalNaive(dataset.season_length).fit(dataset)
+    rows.append({"model": "seasonal_naive", **score_windows(sn.predict(dataset.test_windows, dataset),
+                                                             dataset.test_windows, dataset.season_length)})
+    twin = EBTForecaster(app.forecaster(), "feedforward").fit(dataset)
+    rows.append({"model": "transformer_pp", **score_windows(twin.predict(dataset.test_windows).samples,
+                                                             dataset.test_windows, dataset.season_length),
+                 "val_wql": score_windows(twin.predict(twin.val_windows).samples, twin.val_windows,
+                                          dataset.season_length)["wql"]})
+    val = twin.val_windows
+    stats = []
+    for model in fast:
+        val_wql = score_windows(list(fast_forecasts(model, dataset, val, cache)), val, dataset.season_length)["wql"]
+        test = score_windows(list(fast_forecasts(model, dataset, dataset.test_windows, cache)), dataset.test_windows,
+                             dataset.season_length)
+        stats.append({"model": model, **test, "val_wql": val_wql})
+    rows += stats
+    best = min(stats, key=lambda r: r["val_wql"])
+    rows.append({**best, "model": f"best_statistical ({best['model']})"})
+    return [{"dataset": dataset.name, **{k: r[k] for k in ("model", *METRICS) if k in r}, "val_wql": r.get("val_wql")}
+            for r in rows]
+
+
+def uncertainty_cell(ebt: EBTForecaster, dataset: ForecastDataset, study: StudyConfig) -> dict:
+    """Per test window: is the energy a better flag for bad forecasts than signals that need no energy?"""
+    windows, season = dataset.test_windows, dataset.season_length
+    k0 = ebt.cfg.think.infer_steps
+    out = ebt.predict(windows, steps=k0, selection="verified")
+    starts = ebt.predict(windows, steps=0, selection="verified")
+    scores = [score_window(s, w.future, w.past, season) for s, w in zip(out.samples, windows)]
+    errors = window_errors(scores)
+    level = np.array([np.nanmean(np.abs(w.past[-ebt.module.model.cfg.context_length:])) + 1e-8 for w in windows])
+    q10, q90 = np.quantile(out.samples, [0.1, 0.9], axis=1)
+    signals = {"energy": window_energy(out), "energy_step0": window_energy(starts),
+               "interval_width": np.nanmean(q90 - q10, axis=-1) / level,
+               "start_spread": np.nanmean(np.nanstd(starts.candidates, axis=2), axis=(1, 2)) / level}
+    worst = errors >= np.quantile(errors, 1 - study.worst_fraction)
+    crps = np.array([s["crps_sum"] / max(s["abs_target_sum"], 1e-12) for s in scores])
+    row = {"dataset": dataset.name, "setting": f"fixed[steps={k0},verified]", "windows": len(windows),
+           "wql": aggregate(scores)["wql"]}
+    for name, signal in signals.items():
+        row[f"{name}_spearman"] = float(spearmanr(signal, crps).statistic)
+        row[f"{name}_auroc"] = auroc(signal, worst)
+        for x, wql in selective_wql(scores, signal, study.withheld).items():
+            row[f"{name}_wql@{x:g}"] = wql
+    return row
+
+
+def shifted(windows: list[TestWindow], shift: float) -> list[TestWindow]:
+    """The windows moved up by `shift` standard deviations of each window's past (past and future alike)."""
+    out = []
+    for w in windows:
+        d = shift * float(np.nanstd(w.past)) + 1e-6
+        out.append(TestWindow(w.item_id, w.start, (w.past + d).astype(np.float32), (w.future + d).astype(np.float32)))
+    return out
+
+
+def ood_cell(ebt: EBTForecaster, name: str, windows: list[TestWindow], season: int, steps: list[int],
+             dataset_name: str) -> list[dict]:
+    """The fixed sweep (lowest energy; the refined proposals) on windows the model was not trained on."""
+    rows = []
+    for s in steps:
+        for sel in ("verified", "refined"):
+            out, seconds = timed(ebt.predict, windows, steps=s, selection=sel)
+            rows.append({"dataset": dataset_name, "split": name, "policy": "fixed", "steps": s, "selection": sel,
+                         **scored(out, windows, season, seconds)})
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------
+# the driver
+
+
+class Cells:
+    """cells/<name>__<key>.json, written atomically as each part finishes; reused when `resume`."""
+
+    def __init__(self, folder: Path, resume: bool):
+        self.folder, self.resume = folder, resume
+
+    def get(self, name: str, key: str, compute) -> list[dict]:
+        path = self.folder / f"{name}__{key}.json"
+        if self.resume and path.exists():
+            return json.loads(path.read_text())
+        rows = compute()
+        rows = rows if isinstance(rows, list) else [rows]
+        atomic_write_json(path, rows)
+        return rows
+
+
+def study_datasets(app: ForecastAppConfig) -> list[ForecastDataset]:
+    """The shared suite (or study.suite), or the user's file with the last horizon of each series as test."""
+    if app.input:
+        from ebt_forecast.tasks.forecast.cli_forecast import user_dataset
+
+        full = user_dataset(app, "study")
+        train, test = split_train_val(full.train, full.horizon, 1)
+        if not test:
+            from ebt_forecast.data.errors import DataError
+
+            raise DataError(f"{app.input}: every series is too short to hold out its last horizon={app.horizon} "
+                            f"points and keep horizon + 1 to train on")
+        return [ForecastDataset(full.name, full.freq, full.horizon, full.season_length, train, test)]
+    from dataclasses import replace
+
+    return load_suite(replace(app, suite=app.study.suite))
+
+
+def run_study(app: ForecastAppConfig) -> Path:
+    """Train (or load) one EBT per data set, run every part, write study.csv / study.md / plots; return the folder."""
+    study = app.study
+    cfg = app.forecaster()
+    datasets = study_datasets(app)
+    suite = datasets[0].name if app.input else study.suite
+    out = Path(app.runtime.output_dir) / suite
+    cells, cache = Cells(out / "cells", study.resume), out / "cache"
+    fast = list(cfg.task.verifier.fast_sources)
+    k0 = cfg.think.infer_steps
+    settings = study_settings(study, cfg.task.num_candidates, cfg.task.verify_group, k0)
+    sweep, refs, unc, ood = [], [], [], []
+    ebts: dict[str, EBTForecaster] = {}
+    total = len(datasets) * (len(settings) + 2 + (2 if study.ood else 0))
+    bar = tqdm(total=total, unit="cell", desc="study", disable=not app.trainer.progress_bar)
+    for d in datasets:
+        taught: dict[str, EBTForecaster] = {}
+        base = config_key(d.name, d.horizon, [len(s) for s in d.train], len(d.test_windows), cfg.model, cfg.think,
+                          cfg.trainer.settings(), cfg.task.ebt_fields(), cfg.seed)
+        ebt = ebts[d.name] = trained_ebt(d, app, cache)
+        for s in settings:
+            bar.set_postfix_str(f"{d.name} / {s.label}")
+            v, verifier = cfg.task.verifier, s.policy == "verifier"
+            key = config_key(base, asdict(s), (v.fast_sources, v.pool_windows, v.steps) if verifier else None)
+
+            def compute(s=s, verifier=verifier, v=v):
+                if verifier and "ebt" not in taught:  # teach a copy once per data set, only if a cell needs it
+                    taught["ebt"] = _taught(ebt, d, fast, cache, v.pool_windows, v.steps)
+                return sweep_cell(taught["ebt"] if verifier else ebt, d, s, fast, cache)
+
+            sweep += cells.get(f"{d.name}__{s.policy}", key, compute)
+            bar.update()
+        refs += cells.get(f"{d.name}__references", config_key(base, fast), lambda: reference_cell(d, app, fast, cache))
+        unc += cells.get(f"{d.name}__uncertainty", config_key(base, asdict(study)), lambda: uncertainty_cell(ebt, d, study))
+        bar.update(2)
+    if study.ood:
+        for d in datasets:
+            partners = [o for o in datasets if o is not d and (o.freq, o.horizon, o.season_length) ==
+                        (d.freq, d.horizon, d.season_length)]
+            base = config_key(d.name, [len(s) for s in d.train], cfg.model, cfg.think, cfg.trainer.settings(),
+                              cfg.task.ebt_fields(), cfg.seed, study.steps)
+            ebt = ebts[d.name]
+            ood += cells.get(f"{d.name}__ood_in", base, lambda: ood_cell(ebt, "in_distribution", d.test_windows,
+                                                                         d.season_length, study.steps, d.name))
+            ood += cells.get(f"{d.name}__ood_shift", config_key(base, study.level_shift), lambda: ood_cell(
+                ebt, f"level_shift_{study.level_shift:g}sd", shifted(d.test_windows, study.level_shift),
+                d.season_length, study.steps, d.name))
+            for o in partners:
+                ood += cells.get(f"{d.name}__ood_on_{o.name}", config_key(base, o.name, len(o.test_windows)),
+                                 lambda: ood_cell(ebt, f"unseen:{o.name}", o.test_windows, o.season_length,
+                                                  study.steps, d.name))
+            bar.update(2)
+    bar.close()
+    tables = {"sweep": pd.DataFrame(sweep), "references": pd.DataFrame(refs), "uncertainty": pd.DataFrame(unc),
+              "ood": pd.DataFrame(ood)}
+    write_report(out, tables, study, app)
+    return out
+
+
+def _taught(ebt: EBTForecaster, dataset: ForecastDataset, fast: list[str], cache: Path, windows: int,
+            steps: int) -> EBTForecaster:
+    """A copy of the EBT whose energy was taught to rank the sources (the original stays as trained)."""
+    copied = copy.deepcopy(ebt)
+    train_verifier(copied, dataset, fast, cache, windows=windows, steps=steps)
+    return copied
+
+
+# ------------------------------------------------------------------------------------------------
+# the report
+
+
+def best_on_validation(sweep: pd.DataFrame) -> pd.DataFrame:
+    """Per data set: step 0, the fixed 1-step setting and the setting with the lowest validation WQL."""
+    rows = []
+    for name, part in sweep.groupby("dataset", sort=False):
+        zero = part[(part.policy == "fixed") & (part.steps == 0) & (part.selection == "verified")]
+        chosen = part.loc[[part.val_wql.idxmin()]]
+        for tag, r in (("step 0 (verified)", zero), ("best on validation", chosen)):
+            if len(r):
+                rows.append({"dataset": name, "row": tag, "label": r.label.iloc[0], "val_wql": r.val_wql.iloc[0],
+                             **{m: r[m].iloc[0] for m in METRICS}, "passes_per_window": r.passes_per_window.iloc[0]})
+    return pd.DataFrame(rows)
+
+
+def adaptive_savings(sweep: pd.DataFrame, policy_steps: int) -> pd.DataFrame:
+    """For each adaptive setting: its passes and WQL against the fixed-steps budget of the same length."""
+    rows = []
+    for name, part in sweep.groupby("dataset", sort=False):
+        fixed = part[(part.policy == "fixed") & (part.selection == "verified")].set_index("steps")
+        if policy_steps not in fixed.index:
+            continue
+        ref = fixed.loc[policy_steps]
+        for _, r in part[part.policy.isin(["energy_change", "top_energy", "fixed+uphill"])].iterrows():
+            if r.policy == "fixed+uphill" and r.steps != policy_steps:
+                continue
+            rows.append({"dataset": name, "label": r.label, "wql": r.wql, "fixed_wql": ref.wql,
+                         "passes_per_window": r.passes_per_window, "fixed_passes_per_window": ref.passes_per_window,
+                         "pass_saving": 1 - r.passes_per_window / ref.passes_per_window,
+                         "reaches_fixed": bool(r.wql <= ref.wql * 1.0005)})
+    return pd.DataFrame(rows)
+
+
+def candidate_cost(sweep: pd.DataFrame) -> pd.DataFrame:
+    """Wall time of M candidates relative to M = 1 (the same steps and starts)."""
+    part = sweep[sweep.policy == "candidates"]
+    rows = []
+    for name, p in part.groupby("dataset", sort=False):
+        one = p[p.num_candidates == 1].wall_seconds
+        for _, r in p.iterrows():
+            rows.append({"dataset": name, "M": r.num_candidates, "wall_seconds": r.wall_seconds,
+                         "relative_to_M1": r.wall_seconds / one.iloc[0] if len(one) else np.nan, "wql": r.wql})
+    return pd.DataFrame(rows)
+
+
+def ood_change(ood: pd.DataFrame) -> pd.DataFrame:
+    """WQL at 1 and 16 steps (or the largest swept) in and out of distribution, and the relative change."""
+    rows = []
+    for (name, split, sel), p in ood.groupby(["dataset", "split", "selection"], sort=False):
+        p = p.set_index("steps")
+        if 1 not in p.index:
+            continue
+        last = p.index.max()
+        rows.append({"trained_on": name, "tested_on": split, "selection": sel, "wql_step0": p.wql.get(0, np.nan),
+                     "wql_step1": p.wql[1], f"wql_step{last}": p.wql[last],
+                     "change_1_to_last": p.wql[last] / p.wql[1] - 1})
+    return pd.DataFrame(rows)
+
+
+SIGNALS = ("energy", "energy_step0", "interval_width", "start_spread")
+
+
+def uncertainty_table(unc: pd.DataFrame, study: StudyConfig) -> pd.DataFrame:
+    """One row per data set and signal: Spearman with the window's CRPS, AUROC, and the WQL kept at each
+    withheld fraction with its reduction against keeping every window."""
+    rows = []
+    for _, r in unc.iterrows():
+        for signal in SIGNALS:
+            row = {"dataset": r.dataset, "signal": signal, "spearman": r[f"{signal}_spearman"],
+                   "auroc": r[f"{signal}_auroc"]}
+            for x in study.withheld:
+                row[f"wql@{x:g}"] = r[f"{signal}_wql@{x:g}"]
+            cut = f"{signal}_wql@{study.worst_fraction:g}"
+            if cut in r:
+                row[f"cut@{study.worst_fraction:g}"] = 1 - r[cut] / r["wql"]
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def write_report(out: Path, tables: dict[str, pd.DataFrame], study: StudyConfig, app: ForecastAppConfig) -> None:
+    """study.csv (every sweep row), the other tables as CSV, study.md and the plots."""
+    sweep, refs, unc, ood = tables["sweep"], tables["references"], tables["uncertainty"], tables["ood"]
+    atomic_write_csv(sweep, out / "study.csv")
+    for name in ("references", "uncertainty", "ood"):
+        if len(tables[name]):
+            atomic_write_csv(tables[name], out / f"study_{name}.csv")
+    fmt = dict(index=False, floatfmt=".4f")
+    cols = ["dataset", "label", "val_wql", *METRICS, "forward_per_window", "backward_per_window", "wall_seconds"]
+    parts = [f"# Study: {out.name}\n", "Every setting scored on validation windows (`val_wql`) and test windows; "
+             "passes are the engine's counts per test window.\n", "## Sweep\n", sweep[cols].to_markdown(**fmt),
+             "\n## References (test)\n", refs.to_markdown(**fmt),
+             "\n## Step 0 beside the setting chosen on validation\n", best_on_validation(sweep).to_markdown(**fmt)]
+    savings = adaptive_savings(sweep, study.policy_steps)
+    if len(savings):
+        parts += [f"\n## Adaptive policies against fixed {study.policy_steps} steps\n", savings.to_markdown(**fmt)]
+    cost = candidate_cost(sweep)
+    if len(cost):
+        parts += ["\n## Cost of candidates (batched): wall time relative to M = 1\n", cost.to_markdown(**fmt)]
+    if len(ood):
+        parts += ["\n## Out of distribution: change from 1 step to the most\n", ood_change(ood).to_markdown(**fmt)]
+    if len(unc):
+        parts += [f"\n## Energy as uncertainty (test windows; AUROC for the worst {study.worst_fraction:.0%})\n",
+                  uncertainty_table(unc, study).to_markdown(**fmt)]
+    atomic_write_text(out / "study.md", "\n".join(parts) + "\n")
+    plot_compute(sweep, refs, out / "plots")
+    plot_selective(unc, study, out / "plots")
+
+
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def plot_compute(sweep: pd.DataFrame, refs: pd.DataFrame, folder: Path) -> None:
+    """Test WQL against passes per window (log axis), one line per policy, references as horizontal lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for name, part in sweep.groupby("dataset", sort=False):
+        fig, ax = plt.subplots(figsize=(8, 5))
+        lines = {f"fixed ({sel})": part[(part.policy == "fixed") & (part.selection == sel)] for sel in part.selection.unique()}
+        for policy in ("fixed+uphill", "candidates", "group", "energy_change", "top_energy", "verifier"):
+            lines[policy] = part[part.policy == policy]
+        for label, p in lines.items():
+            if len(p):
+                p = p.sort_values("passes_per_window")
+                ax.plot(p.passes_per_window.clip(lower=1), p.wql, marker="o", ms=3, lw=1, label=label)
+        for _, r in refs[refs.dataset == name].iterrows():
+            if r.model in ("seasonal_naive", "transformer_pp") or str(r.model).startswith("best_statistical"):
+                ax.axhline(r.wql, ls="--", lw=1, color="grey")
+                ax.annotate(r.model, (ax.get_xlim()[0], r.wql), fontsize=7, color="grey", va="bottom")
+        ax.set_xscale("log")
+        ax.set_xlabel("forward + backward passes per window (step 0 without energy plotted at 1)")
+        ax.set_ylabel("test WQL")
+        ax.set_title(f"{name}: accuracy against compute")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        _save(fig, folder / f"{name}__compute.png")
+
+
+def plot_selective(unc: pd.DataFrame, study: StudyConfig, folder: Path) -> None:
+    """WQL of the kept windows against the fraction withheld, one line per signal."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for _, r in unc.iterrows():
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for signal in SIGNALS:
+            ax.plot(study.withheld, [r[f"{signal}_wql@{x:g}"] for x in study.withheld], marker="o", label=signal)
+        ax.set_xlabel("fraction of windows withheld (highest signal first)")
+        ax.set_ylabel("WQL of the kept windows")
+        ax.set_title(f"{r.dataset}: selective forecasting")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        _save(fig, folder / f"{r.dataset}__selective.png")
+
+
+def run_study_command(app: ForecastAppConfig) -> int:
+    """`ebt-forecast study`: validate, run, say where the results are."""
+    app.forecaster()
+    out = run_study(app)
+    print((out / "study.md").read_text())
+    print(f"results: {out / 'study.csv'}, {out / 'study.md'}, plots in {out / 'plots'}")
+    return 0
