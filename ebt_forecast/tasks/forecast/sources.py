@@ -70,9 +70,14 @@ def source_samples(candidates: np.ndarray, energies: np.ndarray, selection: str,
     return select_candidates(selection, grouped[:, :, 0], grouped, energy, temperature or 1.0).numpy()
 
 
-def fast_starts(dataset: ForecastDataset, fast: list[str], windows: list[TestWindow], cache: Path | None) -> np.ndarray:
-    """Every fast forecaster's level paths for `windows`: (N, 21, S, H)."""
-    return np.stack([fast_forecasts(m, dataset, windows, cache) for m in fast], axis=2)
+def fast_starts(dataset: ForecastDataset, fast: list[str], windows: list[TestWindow], cache: Path | None,
+                twin: EBTForecaster | None = None) -> np.ndarray:
+    """Every fast forecaster's level paths for `windows`: (N, 21, S, H); with `twin`, the feed-forward
+    twin's 21 level paths are one more source (last)."""
+    paths = [fast_forecasts(m, dataset, windows, cache) for m in fast]
+    if twin is not None:
+        paths.append(twin.predict(windows, num_candidates=LEVELS).samples)
+    return np.stack(paths, axis=2)
 
 
 def think_over_sources(ebt: EBTForecaster, windows: list[TestWindow], extra: np.ndarray, steps: int):
@@ -182,10 +187,11 @@ class SourceRanking(L.LightningModule):
 
 
 def train_verifier(ebt: EBTForecaster, dataset: ForecastDataset, fast: list[str], cache: Path, *, windows: int = 256,
-                   steps: int = 200, batch_size: int = 32, lr: float = 1e-3) -> dict[str, float]:
+                   steps: int = 200, batch_size: int = 32, lr: float = 1e-3,
+                   twin: EBTForecaster | None = None) -> dict[str, float]:
     """Fine-tune the energy of `ebt` (in place) to rank the sources of pool windows by error; return what it did."""
     pool = pool_windows(ebt, dataset, windows)
-    extra = fast_starts(dataset, fast, pool, cache)
+    extra = fast_starts(dataset, fast, pool, cache, twin)
     starts = ebt.predict(pool, steps=0, selection="verified", verify_group=len(OWN_SOURCES), num_candidates=LEVELS,
                          extra_starts=extra).candidates  # (N, M, G, H), data units
     batch = make_inference_batch([w.past for w in pool], ebt.module.model.cfg.context_length)

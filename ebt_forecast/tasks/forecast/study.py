@@ -9,7 +9,7 @@ engine counted and the wall time:
 - candidates / group: M level paths and G starts per level;
 - energy_change: stop a candidate when its energy changes by less than a tolerance;
 - top_energy: think only on the windows whose step-0 energy is highest (the others keep step 0);
-- verifier: the energy, taught to rank them, over AutoETS / AutoTheta paths and its own starts.
+- verifier: the energy, taught to rank them, over its own starts and the AutoETS, AutoTheta and twin paths.
 
 Out of distribution: the fixed sweep on another data set of the same frequency and horizon (a model
 trained on ETTh1 forecasting M4 Hourly and back) and on the test split shifted in level. Uncertainty:
@@ -71,8 +71,8 @@ def study_settings(study: StudyConfig, m0: int, g0: int, k0: int) -> list[Settin
     out += [Setting("group", k0, "verified", m0, g) for g in study.groups]
     out += [Setting("energy_change", study.policy_steps, "verified", m0, g0, tol) for tol in study.tolerances]
     out += [Setting("top_energy", study.policy_steps, "verified", m0, g0, f) for f in study.top_fractions]
-    if study.verifier:
-        out += [Setting("verifier", s, "verified", LEVELS, len(OWN_SOURCES) + 2) for s in (0, 1)]
+    if study.verifier:  # own starts, AutoETS, AutoTheta and the twin
+        out += [Setting("verifier", s, "verified", LEVELS, len(OWN_SOURCES) + 3) for s in (0, 1)]
     return list(dict.fromkeys(out))
 
 
@@ -138,23 +138,24 @@ def timed(fn, *args, **kwargs) -> tuple[ThoughtForecast, float]:
 # the parts of a study, each one cell
 
 
-def sweep_cell(ebt: EBTForecaster, dataset: ForecastDataset, s: Setting, fast: list[str], cache: Path) -> dict:
-    """One setting on the validation and the test windows (verifier settings use a taught copy of the energy)."""
+def sweep_cell(ebt: EBTForecaster, dataset: ForecastDataset, s: Setting, fast: list[str], cache: Path,
+               twin: EBTForecaster | None = None) -> dict:
+    """One setting on the validation and the test windows (verifier settings: a taught copy of the energy over
+    its own starts, the fast forecasters' and the `twin`'s paths)."""
     row = {"dataset": dataset.name, "split": "test", "policy": s.policy, "label": s.label, **asdict(s)}
     for prefix, windows in (("val_", ebt.val_windows), ("", dataset.test_windows)):
-        extra = fast_starts(dataset, fast, windows, cache) if s.policy == "verifier" else None
-        out, seconds = timed(run_setting, ebt, windows, s, extra, [*OWN_SOURCES, *fast])
+        extra = fast_starts(dataset, fast, windows, cache, twin) if s.policy == "verifier" else None
+        out, seconds = timed(run_setting, ebt, windows, s, extra, [*OWN_SOURCES, *fast, "transformer_pp"])
         row.update(scored(out, windows, dataset.season_length, seconds, prefix))
     return row
 
 
-def reference_cell(dataset: ForecastDataset, app: ForecastAppConfig, fast: list[str], cache: Path) -> list[dict]:
+def reference_cell(dataset: ForecastDataset, twin: EBTForecaster, fast: list[str], cache: Path) -> list[dict]:
     """Horizontal references: seasonal naive, the feed-forward twin, and the statistical model best on validation."""
     rows = []
     sn = SeasonalNaive(dataset.season_length).fit(dataset)
     rows.append({"model": "seasonal_naive", **score_windows(sn.predict(dataset.test_windows, dataset),
                                                              dataset.test_windows, dataset.season_length)})
-    twin = EBTForecaster(app.forecaster(), "feedforward").fit(dataset)
     rows.append({"model": "transformer_pp", **score_windows(twin.predict(dataset.test_windows).samples,
                                                              dataset.test_windows, dataset.season_length),
                  "val_wql": score_windows(twin.predict(twin.val_windows).samples, twin.val_windows,
@@ -274,6 +275,12 @@ def run_study(app: ForecastAppConfig) -> Path:
     bar = tqdm(total=total, unit="cell", desc="study", disable=not app.trainer.progress_bar)
     for d in datasets:
         taught: dict[str, EBTForecaster] = {}
+
+        def twin(d=d) -> EBTForecaster:  # trained once per data set, only if a cell needs it
+            if "twin" not in taught:
+                taught["twin"] = EBTForecaster(app.forecaster(), "feedforward").fit(d)
+            return taught["twin"]
+
         base = config_key(d.name, d.horizon, [len(s) for s in d.train], len(d.test_windows), cfg.model, cfg.think,
                           cfg.trainer.settings(), cfg.task.ebt_fields(), cfg.seed)
         ebt = ebts[d.name] = trained_ebt(d, app, cache)
@@ -284,12 +291,12 @@ def run_study(app: ForecastAppConfig) -> Path:
 
             def compute(s=s, verifier=verifier, v=v):
                 if verifier and "ebt" not in taught:  # teach a copy once per data set, only if a cell needs it
-                    taught["ebt"] = _taught(ebt, d, fast, cache, v.pool_windows, v.steps)
-                return sweep_cell(taught["ebt"] if verifier else ebt, d, s, fast, cache)
+                    taught["ebt"] = _taught(ebt, d, fast, cache, v.pool_windows, v.steps, twin())
+                return sweep_cell(taught["ebt"] if verifier else ebt, d, s, fast, cache, twin() if verifier else None)
 
             sweep += cells.get(f"{d.name}__{s.policy}", key, compute)
             bar.update()
-        refs += cells.get(f"{d.name}__references", config_key(base, fast), lambda: reference_cell(d, app, fast, cache))
+        refs += cells.get(f"{d.name}__references", config_key(base, fast), lambda: reference_cell(d, twin(), fast, cache))
         unc += cells.get(f"{d.name}__uncertainty", config_key(base, asdict(study)), lambda: uncertainty_cell(ebt, d, study))
         bar.update(2)
     if study.ood:
@@ -317,10 +324,10 @@ def run_study(app: ForecastAppConfig) -> Path:
 
 
 def _taught(ebt: EBTForecaster, dataset: ForecastDataset, fast: list[str], cache: Path, windows: int,
-            steps: int) -> EBTForecaster:
+            steps: int, twin: EBTForecaster) -> EBTForecaster:
     """A copy of the EBT whose energy was taught to rank the sources (the original stays as trained)."""
     copied = copy.deepcopy(ebt)
-    train_verifier(copied, dataset, fast, cache, windows=windows, steps=steps)
+    train_verifier(copied, dataset, fast, cache, windows=windows, steps=steps, twin=twin)
     return copied
 
 
