@@ -12,7 +12,7 @@ from tests.test_forecast import make_task, seasonal_series, small_config
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
-def fake_fast(model, dataset, windows, cache):
+def fake_fast(model, dataset, windows, cache, context=None):
     """Two fake fast forecasters: `good` is the truth plus small noise at every level, `bad` is biased."""
     rng = np.random.default_rng(len(windows))
     futures = np.stack([w.future for w in windows])[:, None, :]  # (N, 1, H)

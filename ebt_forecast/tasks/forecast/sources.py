@@ -35,15 +35,18 @@ OWN_SOURCES = ("ebt_proposal", "seasonal_naive")  # the EBT's own starts 0 and 1
 TEMPERATURES = (0.03, 0.1, 0.3, 1.0, 3.0)
 
 
-def fast_forecasts(model: str, dataset: ForecastDataset, windows: list[TestWindow], cache: Path | None) -> np.ndarray:
-    """statsforecast level paths (N, 21, H) for `windows`; with a `cache` folder computed once (they have no seed)."""
+def fast_forecasts(model: str, dataset: ForecastDataset, windows: list[TestWindow], cache: Path | None,
+                   context: int | None = None) -> np.ndarray:
+    """statsforecast level paths (N, 21, H) for `windows`; with a `cache` folder computed once (they have no seed).
+    `context`: the past points each window's model is fitted on (None: the baseline's own default, 1000)."""
     key = config_key(model, dataset.name, dataset.horizon, dataset.season_length,
-                     [(w.item_id, len(w.past), float(np.nansum(w.past[-50:]))) for w in windows])
+                     [(w.item_id, len(w.past), float(np.nansum(w.past[-50:]))) for w in windows],
+                     *([context] if context else []))
     path = cache / f"{dataset.name}__{model}__{key}.npy" if cache else None
     if path is not None and path.exists():
         return np.load(path)
     # one process per torch thread: runtime.threads is the share of the machine this run may take
-    forecaster = StatsForecastBaseline(model, n_jobs=torch.get_num_threads()).fit(dataset)
+    forecaster = StatsForecastBaseline(model, context_length=context, n_jobs=torch.get_num_threads()).fit(dataset)
     paths = np.stack(forecaster.predict(windows, dataset))
     if path is None:
         return paths
@@ -71,10 +74,10 @@ def source_samples(candidates: np.ndarray, energies: np.ndarray, selection: str,
 
 
 def fast_starts(dataset: ForecastDataset, fast: list[str], windows: list[TestWindow], cache: Path | None,
-                twin: EBTForecaster | None = None) -> np.ndarray:
+                twin: EBTForecaster | None = None, context: int | None = None) -> np.ndarray:
     """Every fast forecaster's level paths for `windows`: (N, 21, S, H); with `twin`, the feed-forward
     twin's 21 level paths are one more source (last)."""
-    paths = [fast_forecasts(m, dataset, windows, cache) for m in fast]
+    paths = [fast_forecasts(m, dataset, windows, cache, context) for m in fast]
     if twin is not None:
         paths.append(twin.predict(windows, num_candidates=LEVELS).samples)
     return np.stack(paths, axis=2)
@@ -188,10 +191,10 @@ class SourceRanking(L.LightningModule):
 
 def train_verifier(ebt: EBTForecaster, dataset: ForecastDataset, fast: list[str], cache: Path, *, windows: int = 256,
                    steps: int = 200, batch_size: int = 32, lr: float = 1e-3,
-                   twin: EBTForecaster | None = None) -> dict[str, float]:
+                   twin: EBTForecaster | None = None, context: int | None = None) -> dict[str, float]:
     """Fine-tune the energy of `ebt` (in place) to rank the sources of pool windows by error; return what it did."""
     pool = pool_windows(ebt, dataset, windows)
-    extra = fast_starts(dataset, fast, pool, cache, twin)
+    extra = fast_starts(dataset, fast, pool, cache, twin, context)
     starts = ebt.predict(pool, steps=0, selection="verified", verify_group=len(OWN_SOURCES), num_candidates=LEVELS,
                          extra_starts=extra).candidates  # (N, M, G, H), data units
     batch = make_inference_batch([w.past for w in pool], ebt.module.model.cfg.context_length)

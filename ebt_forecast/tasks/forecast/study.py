@@ -139,18 +139,19 @@ def timed(fn, *args, **kwargs) -> tuple[ThoughtForecast, float]:
 
 
 def sweep_cell(ebt: EBTForecaster, dataset: ForecastDataset, s: Setting, fast: list[str], cache: Path,
-               twin: EBTForecaster | None = None) -> dict:
+               twin: EBTForecaster | None = None, context: int | None = None) -> dict:
     """One setting on the validation and the test windows (verifier settings: a taught copy of the energy over
     its own starts, the fast forecasters' and the `twin`'s paths)."""
     row = {"dataset": dataset.name, "split": "test", "policy": s.policy, "label": s.label, **asdict(s)}
     for prefix, windows in (("val_", ebt.val_windows), ("", dataset.test_windows)):
-        extra = fast_starts(dataset, fast, windows, cache, twin) if s.policy == "verifier" else None
+        extra = fast_starts(dataset, fast, windows, cache, twin, context) if s.policy == "verifier" else None
         out, seconds = timed(run_setting, ebt, windows, s, extra, [*OWN_SOURCES, *fast, "transformer_pp"])
         row.update(scored(out, windows, dataset.season_length, seconds, prefix))
     return row
 
 
-def reference_cell(dataset: ForecastDataset, twin: EBTForecaster, fast: list[str], cache: Path) -> list[dict]:
+def reference_cell(dataset: ForecastDataset, twin: EBTForecaster, fast: list[str], cache: Path,
+                   context: int | None = None) -> list[dict]:
     """Horizontal references: seasonal naive, the feed-forward twin, and the statistical model best on validation."""
     rows = []
     sn = SeasonalNaive(dataset.season_length).fit(dataset)
@@ -163,8 +164,9 @@ def reference_cell(dataset: ForecastDataset, twin: EBTForecaster, fast: list[str
     val = twin.val_windows
     stats = []
     for model in fast:
-        val_wql = score_windows(list(fast_forecasts(model, dataset, val, cache)), val, dataset.season_length)["wql"]
-        test = score_windows(list(fast_forecasts(model, dataset, dataset.test_windows, cache)), dataset.test_windows,
+        val_wql = score_windows(list(fast_forecasts(model, dataset, val, cache, context)), val,
+                                dataset.season_length)["wql"]
+        test = score_windows(list(fast_forecasts(model, dataset, dataset.test_windows, cache, context)), dataset.test_windows,
                              dataset.season_length)
         stats.append({"model": model, **test, "val_wql": val_wql})
     rows += stats
@@ -287,16 +289,19 @@ def run_study(app: ForecastAppConfig) -> Path:
         for s in settings:
             bar.set_postfix_str(f"{d.name} / {s.label}")
             v, verifier = cfg.task.verifier, s.policy == "verifier"
-            key = config_key(base, asdict(s), (v.fast_sources, v.pool_windows, v.steps) if verifier else None)
+            key = config_key(base, asdict(s), (v.fast_sources, v.pool_windows, v.steps, study.fast_context)
+                             if verifier else None)
 
             def compute(s=s, verifier=verifier, v=v):
                 if verifier and "ebt" not in taught:  # teach a copy once per data set, only if a cell needs it
-                    taught["ebt"] = _taught(ebt, d, fast, cache, v.pool_windows, v.steps, twin())
-                return sweep_cell(taught["ebt"] if verifier else ebt, d, s, fast, cache, twin() if verifier else None)
+                    taught["ebt"] = _taught(ebt, d, fast, cache, v.pool_windows, v.steps, twin(), study.fast_context)
+                return sweep_cell(taught["ebt"] if verifier else ebt, d, s, fast, cache, twin() if verifier else None,
+                                  study.fast_context)
 
             sweep += cells.get(f"{d.name}__{s.policy}", key, compute)
             bar.update()
-        refs += cells.get(f"{d.name}__references", config_key(base, fast), lambda: reference_cell(d, twin(), fast, cache))
+        refs += cells.get(f"{d.name}__references", config_key(base, fast, study.fast_context),
+                          lambda: reference_cell(d, twin(), fast, cache, study.fast_context))
         unc += cells.get(f"{d.name}__uncertainty", config_key(base, asdict(study)), lambda: uncertainty_cell(ebt, d, study))
         bar.update(2)
     if study.ood:
@@ -324,10 +329,10 @@ def run_study(app: ForecastAppConfig) -> Path:
 
 
 def _taught(ebt: EBTForecaster, dataset: ForecastDataset, fast: list[str], cache: Path, windows: int,
-            steps: int, twin: EBTForecaster) -> EBTForecaster:
+            steps: int, twin: EBTForecaster, context: int | None) -> EBTForecaster:
     """A copy of the EBT whose energy was taught to rank the sources (the original stays as trained)."""
     copied = copy.deepcopy(ebt)
-    train_verifier(copied, dataset, fast, cache, windows=windows, steps=steps, twin=twin)
+    train_verifier(copied, dataset, fast, cache, windows=windows, steps=steps, twin=twin, context=context)
     return copied
 
 
