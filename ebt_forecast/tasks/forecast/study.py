@@ -66,7 +66,7 @@ class Setting:
 def study_settings(study: StudyConfig, m0: int, g0: int, k0: int) -> list[Setting]:
     """The sweep: M0 level paths, G0 starts and K0 steps are the forecaster's own defaults."""
     out = [Setting("fixed", s, sel, m0, 1 if sel == "refined" else g0) for s in study.steps for sel in study.selections]
-    out += [Setting("fixed+uphill", s, "verified", m0, g0) for s in study.steps if s > 0]
+    out += [Setting("fixed+uphill", s, "verified", m0, g0) for s in dict.fromkeys((k0, 4, study.policy_steps))]
     out += [Setting("candidates", k0, "verified", m, g0) for m in study.candidate_counts]
     out += [Setting("group", k0, "verified", m0, g) for g in study.groups]
     out += [Setting("energy_change", study.policy_steps, "verified", m0, g0, tol) for tol in study.tolerances]
@@ -148,6 +148,39 @@ def sweep_cell(ebt: EBTForecaster, dataset: ForecastDataset, s: Setting, fast: l
         out, seconds = timed(run_setting, ebt, windows, s, extra, [*OWN_SOURCES, *fast, "transformer_pp"])
         row.update(scored(out, windows, dataset.season_length, seconds, prefix))
     return row
+
+
+SHARED_SELECTIONS = ("verified", "weighted", "resample")  # read from one thinking run: the same starts and steps
+
+
+def reselect(out: ThoughtForecast, selection: str, temperature: float, seed: int) -> np.ndarray:
+    """Samples of another selection from the same thought candidates (data units) and energies."""
+    import torch
+
+    from ebt_forecast.think import select_candidates
+
+    grouped, energies = torch.from_numpy(out.candidates), torch.from_numpy(out.energies)
+    return select_candidates(selection, torch.from_numpy(out.proposals), grouped, energies, temperature,
+                             torch.Generator().manual_seed(seed)).numpy()
+
+
+def shared_fixed_cell(ebt: EBTForecaster, dataset: ForecastDataset, settings: list[Setting]) -> list[dict]:
+    """Fixed-steps settings that differ only in their selection among the same starts: think once (lowest-energy
+    selection), read the others from the same candidates. Each row carries the passes of that thinking run (what
+    the setting alone spends) and its wall time plus the time of its own selection."""
+    rows = {s: {"dataset": dataset.name, "split": "test", "policy": s.policy, "label": s.label, **asdict(s)}
+            for s in settings}
+    first = settings[0]
+    for prefix, windows in (("val_", ebt.val_windows), ("", dataset.test_windows)):
+        out, seconds = timed(ebt.predict, windows, steps=first.steps, selection="verified",
+                             num_candidates=first.num_candidates, verify_group=first.group)
+        for s in settings:
+            start = time.perf_counter()
+            samples = out.samples if s.selection == "verified" else reselect(out, s.selection, ebt.cfg.think.temperature,
+                                                                             ebt.cfg.seed)
+            spent = seconds + time.perf_counter() - start
+            rows[s].update(scored(_with_samples(out, samples), windows, dataset.season_length, spent, prefix))
+    return list(rows.values())
 
 
 def reference_cell(dataset: ForecastDataset, twin: EBTForecaster, fast: list[str], cache: Path,
@@ -286,7 +319,16 @@ def run_study(app: ForecastAppConfig) -> Path:
         base = config_key(d.name, d.horizon, [len(s) for s in d.train], len(d.test_windows), cfg.model, cfg.think,
                           cfg.trainer.settings(), cfg.task.ebt_fields(), cfg.seed)
         ebt = ebts[d.name] = trained_ebt(d, app, cache)
+        shared = [s for s in settings if s.policy == "fixed" and s.selection in SHARED_SELECTIONS]
+        for steps in dict.fromkeys(s.steps for s in shared):
+            group = [s for s in shared if s.steps == steps]
+            bar.set_postfix_str(f"{d.name} / fixed[steps={steps}]")
+            sweep += cells.get(f"{d.name}__fixed_steps{steps}", config_key(base, [asdict(s) for s in group]),
+                               lambda: shared_fixed_cell(ebt, d, group))
+            bar.update(len(group))
         for s in settings:
+            if s in shared:
+                continue
             bar.set_postfix_str(f"{d.name} / {s.label}")
             v, verifier = cfg.task.verifier, s.policy == "verifier"
             key = config_key(base, asdict(s), (v.fast_sources, v.pool_windows, v.steps, study.fast_context)
