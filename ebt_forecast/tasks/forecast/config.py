@@ -163,6 +163,7 @@ class StudyConfig:
     fast_context: int = 336  # past points statsforecast fits per window here (the benchmark: 1000; 3-7x faster)
     ood: bool = True  # the fixed-steps sweep on another data set and on a level-shifted test split
     level_shift: float = 3.0  # the shift: this many standard deviations of each window's past
+    ood_selections: list[str] = field(default_factory=lambda: ["verified"])  # add "refined" for the proposals' descent
     withheld: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.2, 0.3, 0.5])  # selective forecasting
     worst_fraction: float = 0.2  # the windows an uncertainty signal should flag (AUROC)
     resume: bool = True  # reuse finished cells of the same configuration

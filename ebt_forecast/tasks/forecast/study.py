@@ -244,11 +244,11 @@ def shifted(windows: list[TestWindow], shift: float) -> list[TestWindow]:
 
 
 def ood_cell(ebt: EBTForecaster, name: str, windows: list[TestWindow], season: int, steps: list[int],
-             dataset_name: str) -> list[dict]:
-    """The fixed sweep (lowest energy; the refined proposals) on windows the model was not trained on."""
+             dataset_name: str, selections: list[str]) -> list[dict]:
+    """The fixed sweep (lowest energy; optionally the refined proposals) on windows the model was not trained on."""
     rows = []
     for s in steps:
-        for sel in ("verified", "refined"):
+        for sel in selections:
             out, seconds = timed(ebt.predict, windows, steps=s, selection=sel)
             rows.append({"dataset": dataset_name, "split": name, "policy": "fixed", "steps": s, "selection": sel,
                          **scored(out, windows, season, seconds)})
@@ -351,17 +351,18 @@ def run_study(app: ForecastAppConfig) -> Path:
             partners = [o for o in datasets if o is not d and (o.freq, o.horizon, o.season_length) ==
                         (d.freq, d.horizon, d.season_length)]
             base = config_key(d.name, [len(s) for s in d.train], cfg.model, cfg.think, cfg.trainer.settings(),
-                              cfg.task.ebt_fields(), cfg.seed, study.steps)
+                              cfg.task.ebt_fields(), cfg.seed, study.steps, study.ood_selections)
             ebt = ebts[d.name]
             ood += cells.get(f"{d.name}__ood_in", base, lambda: ood_cell(ebt, "in_distribution", d.test_windows,
-                                                                         d.season_length, study.steps, d.name))
+                                                                         d.season_length, study.steps, d.name,
+                                                                         study.ood_selections))
             ood += cells.get(f"{d.name}__ood_shift", config_key(base, study.level_shift), lambda: ood_cell(
                 ebt, f"level_shift_{study.level_shift:g}sd", shifted(d.test_windows, study.level_shift),
-                d.season_length, study.steps, d.name))
+                d.season_length, study.steps, d.name, study.ood_selections))
             for o in partners:
                 ood += cells.get(f"{d.name}__ood_on_{o.name}", config_key(base, o.name, len(o.test_windows)),
                                  lambda: ood_cell(ebt, f"unseen:{o.name}", o.test_windows, o.season_length,
-                                                  study.steps, d.name))
+                                                  study.steps, d.name, study.ood_selections))
             bar.update(2)
     bar.close()
     tables = {"sweep": pd.DataFrame(sweep), "references": pd.DataFrame(refs), "uncertainty": pd.DataFrame(unc),
