@@ -212,19 +212,20 @@ def reference_cell(dataset: ForecastDataset, twin: EBTForecaster, fast: list[str
 def uncertainty_cell(ebt: EBTForecaster, dataset: ForecastDataset, study: StudyConfig) -> dict:
     """Per test window: is the energy a better flag for bad forecasts than signals that need no energy?"""
     windows, season = dataset.test_windows, dataset.season_length
-    k0 = ebt.cfg.think.infer_steps
-    out = ebt.predict(windows, steps=k0, selection="verified")
+    out = ebt.predict(windows)  # the forecast the EBT serves: its setting chosen on validation (task.selection=auto)
     starts = ebt.predict(windows, steps=0, selection="verified")
     scores = [score_window(s, w.future, w.past, season) for s, w in zip(out.samples, windows)]
     errors = window_errors(scores)
     level = np.array([np.nanmean(np.abs(w.past[-ebt.module.model.cfg.context_length:])) + 1e-8 for w in windows])
     q10, q90 = np.quantile(out.samples, [0.1, 0.9], axis=1)
-    signals = {"energy": window_energy(out), "energy_step0": window_energy(starts),
+    served = window_energy(out)  # NaN where the served setting reads no energy (the proposals alone)
+    signals = {"energy": served if np.isfinite(served).all() else window_energy(starts), "energy_step0": window_energy(starts),
                "interval_width": np.nanmean(q90 - q10, axis=-1) / level,
                "start_spread": np.nanmean(np.nanstd(starts.candidates, axis=2), axis=(1, 2)) / level}
     worst = errors >= np.quantile(errors, 1 - study.worst_fraction)
     crps = np.array([s["crps_sum"] / max(s["abs_target_sum"], 1e-12) for s in scores])
-    row = {"dataset": dataset.name, "setting": f"fixed[steps={k0},verified]", "windows": len(windows),
+    row = {"dataset": dataset.name, "setting": f"served: steps={out.setting.steps},{out.setting.selection}",
+           "windows": len(windows),
            "wql": aggregate(scores)["wql"]}
     for name, signal in signals.items():
         row[f"{name}_spearman"] = float(spearmanr(signal, crps).statistic)
@@ -344,7 +345,8 @@ def run_study(app: ForecastAppConfig) -> Path:
             bar.update()
         refs += cells.get(f"{d.name}__references", config_key(base, fast, study.fast_context),
                           lambda: reference_cell(d, twin(), fast, cache, study.fast_context))
-        unc += cells.get(f"{d.name}__uncertainty", config_key(base, asdict(study)), lambda: uncertainty_cell(ebt, d, study))
+        unc += cells.get(f"{d.name}__uncertainty", config_key(base, asdict(study), "served"),
+                         lambda: uncertainty_cell(ebt, d, study))
         bar.update(2)
     if study.ood:
         for d in datasets:
@@ -449,7 +451,7 @@ def uncertainty_table(unc: pd.DataFrame, study: StudyConfig) -> pd.DataFrame:
     rows = []
     for _, r in unc.iterrows():
         for signal in SIGNALS:
-            row = {"dataset": r.dataset, "signal": signal, "spearman": r[f"{signal}_spearman"],
+            row = {"dataset": r.dataset, "forecast": r.setting, "signal": signal, "spearman": r[f"{signal}_spearman"],
                    "auroc": r[f"{signal}_auroc"]}
             for x in study.withheld:
                 row[f"wql@{x:g}"] = r[f"{signal}_wql@{x:g}"]
@@ -518,7 +520,7 @@ def plot_compute(sweep: pd.DataFrame, refs: pd.DataFrame, folder: Path) -> None:
         for _, r in refs[refs.dataset == name].iterrows():
             if r.model in ("seasonal_naive", "transformer_pp") or str(r.model).startswith("best_statistical"):
                 ax.axhline(r.wql, ls="--", lw=1, color="grey")
-                ax.annotate(r.model, (ax.get_xlim()[0], r.wql), fontsize=7, color="grey", va="bottom")
+                ax.text(0.01, r.wql, r.model, transform=ax.get_yaxis_transform(), fontsize=7, color="grey", va="bottom")
         ax.set_xscale("log")
         ax.set_xlabel("forward + backward passes per window (step 0 without energy plotted at 1)")
         ax.set_ylabel("test WQL")
