@@ -33,3 +33,16 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
 def atomic_write_csv(frame: pd.DataFrame, path: str | Path) -> Path:
     """Write a frame as CSV (no index) atomically."""
     return atomic_write_text(path, frame.to_csv(index=False))
+
+
+def atomic_save_figure(fig, path: str | Path, dpi: int = 90) -> Path:
+    """Save a matplotlib figure atomically (PNG) and close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
+    tmp.replace(path)
+    return path

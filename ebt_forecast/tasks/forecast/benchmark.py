@@ -20,7 +20,7 @@ from ebt_forecast.baselines import (
 )
 from ebt_forecast.data.loaders import load_default_suite, load_etth1, load_exchange_rate, load_m4_hourly
 from ebt_forecast.data.types import ForecastDataset
-from ebt_forecast.io import atomic_write_csv, atomic_write_json, atomic_write_text
+from ebt_forecast.io import atomic_save_figure, atomic_write_csv, atomic_write_json, atomic_write_text
 from ebt_forecast.metrics import geometric_mean_relative, score_windows
 from ebt_forecast.tasks.base import config_key
 from ebt_forecast.tasks.forecast.config import ForecastAppConfig
@@ -225,11 +225,7 @@ def plot_fans(dataset: ForecastDataset, forecasts: dict[str, list[np.ndarray]], 
         ax.set_title(f"{dataset.name} / {w.item_id}", fontsize=9)
         ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    tmp.replace(path)
+    atomic_save_figure(fig, path)
 
 
 def relative_over_seeds(table: pd.DataFrame) -> pd.DataFrame:

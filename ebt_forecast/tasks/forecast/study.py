@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from ebt_forecast.baselines import SeasonalNaive
 from ebt_forecast.data.types import ForecastDataset, TestWindow
 from ebt_forecast.data.windows import split_train_val
-from ebt_forecast.io import atomic_write_csv, atomic_write_json, atomic_write_text
+from ebt_forecast.io import atomic_save_figure, atomic_write_csv, atomic_write_json, atomic_write_text
 from ebt_forecast.metrics import aggregate, auroc, score_window, score_windows, selective_wql, window_errors
 from ebt_forecast.tasks.base import config_key
 from ebt_forecast.tasks.forecast.benchmark import load_suite, trained_ebt
@@ -491,14 +491,14 @@ def write_report(out: Path, tables: dict[str, pd.DataFrame], study: StudyConfig,
     plot_selective(unc, study, out / "plots")
 
 
-def _save(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    tmp.replace(path)
+def _save(fig, ax, xlabel: str, ylabel: str, title: str, path: Path) -> None:
+    """Label the axes, add the legend and write the figure atomically."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    atomic_save_figure(fig, path)
 
 
 def plot_compute(sweep: pd.DataFrame, refs: pd.DataFrame, folder: Path) -> None:
@@ -522,12 +522,8 @@ def plot_compute(sweep: pd.DataFrame, refs: pd.DataFrame, folder: Path) -> None:
                 ax.axhline(r.wql, ls="--", lw=1, color="grey")
                 ax.text(0.01, r.wql, r.model, transform=ax.get_yaxis_transform(), fontsize=7, color="grey", va="bottom")
         ax.set_xscale("log")
-        ax.set_xlabel("forward + backward passes per window (step 0 without energy plotted at 1)")
-        ax.set_ylabel("test WQL")
-        ax.set_title(f"{name}: accuracy against compute")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        _save(fig, folder / f"{name}__compute.png")
+        _save(fig, ax, "forward + backward passes per window (step 0 without energy plotted at 1)", "test WQL",
+              f"{name}: accuracy against compute", folder / f"{name}__compute.png")
 
 
 def plot_selective(unc: pd.DataFrame, study: StudyConfig, folder: Path) -> None:
@@ -541,12 +537,8 @@ def plot_selective(unc: pd.DataFrame, study: StudyConfig, folder: Path) -> None:
         fig, ax = plt.subplots(figsize=(6, 4))
         for signal in SIGNALS:
             ax.plot(study.withheld, [r[f"{signal}_wql@{x:g}"] for x in study.withheld], marker="o", label=signal)
-        ax.set_xlabel("fraction of windows withheld (highest signal first)")
-        ax.set_ylabel("WQL of the kept windows")
-        ax.set_title(f"{r.dataset}: selective forecasting")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        _save(fig, folder / f"{r.dataset}__selective.png")
+        _save(fig, ax, "fraction of windows withheld (highest signal first)", "WQL of the kept windows",
+              f"{r.dataset}: selective forecasting", folder / f"{r.dataset}__selective.png")
 
 
 def run_study_command(app: ForecastAppConfig) -> int:
