@@ -153,7 +153,7 @@ class StudyConfig:
 
     suite: str = "shared"  # the data sets studied unless input=PATH names a file
     steps: list[int] = field(default_factory=lambda: [0, 1, 2, 4, 8, 16])  # fixed-steps policy (0 = the starts)
-    selections: list[str] = field(default_factory=lambda: ["verified", "weighted", "resample", "refined"])
+    selections: list[str] = field(default_factory=lambda: ["verified", "weighted", "resample", "average", "refined"])
     candidate_counts: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32])  # M, at think.infer_steps
     groups: list[int] = field(default_factory=lambda: [1, 2, 4])  # G starts per level, at think.infer_steps
     policy_steps: int = 16  # the budget of the adaptive policies

@@ -150,7 +150,8 @@ def sweep_cell(ebt: EBTForecaster, dataset: ForecastDataset, s: Setting, fast: l
     return row
 
 
-SHARED_SELECTIONS = ("verified", "weighted", "resample")  # read from one thinking run: the same starts and steps
+# read from one thinking run (the same starts and steps); average = the energy-free control of those starts
+SHARED_SELECTIONS = ("verified", "weighted", "resample", "average")
 
 
 def reselect(out: ThoughtForecast, selection: str, temperature: float, seed: int) -> np.ndarray:
