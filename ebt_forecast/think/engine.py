@@ -135,7 +135,7 @@ def think(
     if not training:
         alpha = alpha.detach().clone()  # its own memory: uphill rejection halves it per sample
 
-    energies = torch.full((steps + 1, n), float("nan"), device=x.device)
+    energies = torch.full((steps + 1, n), float("nan"), device=x.device, dtype=x.dtype)
     steps_taken = torch.zeros(n, dtype=torch.long, device=x.device)
     nonfinite = torch.zeros(n, dtype=torch.bool, device=x.device)
     forward_passes = backward_passes = 0
@@ -230,7 +230,7 @@ class UphillRejection:
 
     def __init__(self, x: Tensor):
         self.x, self.g = x.detach().clone(), torch.zeros_like(x)
-        self.e = torch.full((len(x),), float("inf"), device=x.device)
+        self.e = torch.full((len(x),), float("inf"), device=x.device, dtype=x.dtype)
 
     def accept(self, idx: Tensor, x: Tensor, e: Tensor, g: Tensor, finite: Tensor, alpha: Tensor) -> tuple[Tensor, Tensor]:
         """The candidate and gradient to step from for rows `idx`; halves `alpha` in place where rejected."""
