@@ -82,7 +82,8 @@ class ControlRunConfig:
                                                           "true_rs", "zero", "random"])
     budget: int = 100  # model evaluations per control step in the main table
     budgets: list[int] = field(default_factory=lambda: [10, 30, 100, 300, 1000])  # the evaluations sweep
-    budget_planners: list[str] = field(default_factory=lambda: ["ebt", "ebt_cem", "ensemble_cem", "ensemble_mppi"])
+    budget_planners: list[str] = field(default_factory=lambda: ["ebt", "ebt_cem", "ensemble_cem", "ensemble_mppi",
+                                                                 "true_cem"])
     budget_starts: int = 10  # held-out starts (seed 0 only) in the sweep
     cem_iterations: int = 4  # CEM / MPPI iterations per control step (samples = budget / iterations)
     ensemble_members: int = 5

@@ -397,9 +397,6 @@ def write_report(root: Path, env: ControlEnv, app: ControlAppConfig, weight: flo
     fig, ax = plt.subplots(figsize=(6, 4))
     for kind, rows in sweep_frame.groupby("planner", sort=False) if len(sweep_frame) else []:
         ax.plot(rows["evaluations_per_step"], rows["return_mean"], marker="o", label=kind)
-    for r in table:
-        if r["planner"] == "true_cem":
-            ax.axhline(r["return_mean"], color="k", ls="--", label=f"true_cem @ {app.control.budget}")
     ax.set_xscale("log")
     ax.set_xlabel("model evaluations per control step")
     ax.set_ylabel("return")
