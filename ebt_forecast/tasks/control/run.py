@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -20,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ebt_forecast.io import atomic_save_figure, atomic_write_csv, atomic_write_json, atomic_write_text
+from ebt_forecast.io import atomic_save_figure, atomic_torch_save, atomic_write_csv, atomic_write_json, atomic_write_text
 from ebt_forecast.metrics import auroc
 from ebt_forecast.tasks.base import config_key, fit_module
 from ebt_forecast.tasks.control.config import PLANNERS, ControlAppConfig
@@ -100,19 +98,6 @@ def world_stats(frame: pd.DataFrame, env: ControlEnv) -> dict[str, torch.Tensor]
 
 # ------------------------------------------------------------------------------------------------
 # models (cached)
-
-
-def atomic_torch_save(obj, path: Path) -> None:
-    """torch.save to a temp file, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def train_world_model(app: ControlAppConfig, env: ControlEnv, train_frame: pd.DataFrame, episodes, seed: int,
