@@ -1,0 +1,138 @@
+"""The text task's modules: the EBT language model behind the task interface, and its Transformer++ twin.
+
+Contract (the engine's): a candidate is a window's next-token logits (S, V); `propose(encoding, batch, M, G)`
+returns B x M x G starts and `energy_fn(x (N, S, V), index)` -> (N,) energies, where row n belongs to
+window (n if index is None else index[n]) // (M * G). Each window's context is encoded once.
+
+Training (`TextModule.training_step`): starts from random logits (or the head, `task.init`), optionally
+mixed with replayed final predictions (`think.replay_size`), are refined by `self.think` (second order);
+the loss is the cross-entropy of the refined logits after every step, averaged (System 1,
+`task.loss_steps=all`), or after the last step (System 2, `last`). The twin trains on plain next-token
+cross-entropy and is System 1 only (`think.enabled=False`: it has no energy).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ebt_forecast.nn import TransformerConfig, TransformerPP
+from ebt_forecast.tasks.base import OptimConfig, TaskModule
+from ebt_forecast.tasks.text.config import TextTaskConfig
+from ebt_forecast.tasks.text.model import TextContext, TextEBT, TransformerPlusPlusLM
+from ebt_forecast.think import ReplayBuffer, Starts, ThinkConfig, mix_replay
+
+
+def token_cross_entropy(logits: Tensor, targets: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Mean cross-entropy of logits (..., S, V) against targets broadcastable to (..., S) over scored tokens."""
+    targets = targets.expand(logits.shape[:-1])
+    ce = F.cross_entropy(logits.flatten(0, -2), targets.flatten(), reduction="none").view(targets.shape)
+    if mask is None:
+        return ce.mean()
+    mask = mask.expand(ce.shape)
+    return (ce * mask).sum() / mask.sum().clamp_min(1)
+
+
+class TextModule(TaskModule):
+    """Windows of tokens in, refined next-token logits out; the energy scores next-token distributions."""
+
+    def __init__(self, model_cfg: TransformerConfig, think_cfg: ThinkConfig, optim_cfg: OptimConfig,
+                 task_cfg: TextTaskConfig, vocab_size: int, context_length: int):
+        super().__init__(think_cfg, optim_cfg)
+        self.task_cfg = task_cfg.validate()
+        self.model = TextEBT(model_cfg, vocab_size, context_length)
+        self.replay = ReplayBuffer(think_cfg.replay_size)
+
+    # -- the task interface --------------------------------------------------------------------
+    def encode(self, batch: dict[str, Tensor]) -> TextContext:
+        return self.model.encode(batch["x"])
+
+    def initial_logits(self, encoding: TextContext, shape: tuple[int, ...],
+                       generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """Proposals (B, S, V) and starts (B, *shape, S, V): random N(0, init_std) logits, or the head's logits
+        (start 0) plus N(0, init_std) noise (the other starts)."""
+        b, s = encoding.hidden.shape[:2]
+        v = self.model.vocab_size
+        noise = torch.randn((b, *shape, s, v), generator=generator, device=encoding.hidden.device) * self.task_cfg.init_std
+        if self.task_cfg.init == "random":
+            return noise[(slice(None), *[0] * len(shape))], noise
+        head = self.model.head_logits(encoding)
+        starts = head.view(b, *[1] * len(shape), s, v) + noise
+        starts.view(b, -1, s, v)[:, 0] = head
+        return head, starts
+
+    def propose(self, encoding: TextContext, batch: dict[str, Tensor], num_candidates: int, group: int,
+                generator: torch.Generator | None = None) -> Starts:
+        """M proposals x G starts of logits per window (random starts: every start is its own draw)."""
+        proposal, starts = self.initial_logits(encoding, (num_candidates, group), generator)
+        proposals = starts[:, :, 0] if self.task_cfg.init == "random" else proposal.unsqueeze(1).expand(
+            -1, num_candidates, -1, -1)
+        return Starts(proposals, starts, self.energy_fn(encoding, num_candidates * group))
+
+    def energy_fn(self, encoding: TextContext, per_window: int):
+        """energy_fn(logits (N, S, V), index) -> (N,) with `per_window` candidates per window."""
+
+        def fn(logits: Tensor, index: Tensor | None) -> Tensor:
+            if index is None:  # every candidate, window-major: broadcast the cache, no copy
+                grouped = logits.view(-1, per_window, *logits.shape[1:])
+                cache = TransformerPP.expand_cache(encoding.cache, "grouped", candidate_dims=1)
+                return self.model.energy(cache, grouped).flatten()
+            cache = TransformerPP.expand_cache(encoding.cache, "gather", index // per_window)
+            return self.model.energy(cache, logits)
+
+        return fn
+
+    def position_energies(self, encoding: TextContext, logits: Tensor) -> Tensor:
+        """Per-position energies (B, G, S) of grouped candidates (B, G, S, V)."""
+        cache = TransformerPP.expand_cache(encoding.cache, "grouped", candidate_dims=1)
+        return self.model.token_energies(cache, logits)
+
+    # -- training ------------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        b = batch["x"].shape[0]
+        with torch.no_grad():
+            init = torch.randn((b, *batch["x"].shape[1:], self.model.vocab_size), device=batch["x"].device)
+        rows = {"x": batch["x"], "y": batch["y"], "init": init * self.task_cfg.init_std}
+        rows, replayed = mix_replay(self.replay, rows, self.think_cfg.replay_fraction)
+        fresh = b - int(self.think_cfg.replay_fraction * b) if replayed else b  # mix_replay puts old rows last
+        encoding = self.encode(rows)
+        init = rows["init"]
+        losses = {}
+        if self.task_cfg.init == "head":
+            head = self.model.head_logits(encoding)
+            losses["head"] = self.task_cfg.head_weight * token_cross_entropy(head, rows["y"])
+            init = torch.cat([head.detach()[:fresh], init[fresh:]])
+        result = self.think(self.energy_fn(encoding, 1), init.unsqueeze(1), keep_trajectory=True)
+        steps = [x[:, 0] for x in result.trajectory[1:]] or [result.candidates[:, 0]]
+        if self.task_cfg.loss_steps == "last":
+            steps = steps[-1:]
+        losses["ce"] = torch.stack([token_cross_entropy(x, rows["y"]) for x in steps]).mean()
+        self.replay.push({"x": rows["x"][:fresh], "y": rows["y"][:fresh], "init": result.candidates[:fresh, 0]})
+        self.log_dict({f"train/{k}": v for k, v in losses.items()}, prog_bar=True, batch_size=b)
+        self.log_think_record(result.record, "think")
+        return sum(losses.values())
+
+
+class TransformerPPModule(TaskModule):
+    """The Transformer++ twin: next-token cross-entropy; its System 1 logits are the only proposal."""
+
+    def __init__(self, model_cfg: TransformerConfig, optim_cfg: OptimConfig, vocab_size: int, context_length: int):
+        super().__init__(ThinkConfig(enabled=False, learn_alpha=False), optim_cfg)
+        self.model = TransformerPlusPlusLM(model_cfg, vocab_size, context_length)
+
+    def encode(self, batch: dict[str, Tensor]) -> Tensor:
+        return self.model(batch["x"])
+
+    def propose(self, encoding: Tensor, batch: dict[str, Tensor], num_candidates: int, group: int,
+                generator: torch.Generator | None = None) -> Starts:
+        proposals = encoding.unsqueeze(1).expand(-1, num_candidates, -1, -1)
+
+        def no_energy(x: Tensor, index: Tensor | None) -> Tensor:
+            raise RuntimeError("the Transformer++ twin has no energy: it is System 1 only")
+
+        return Starts(proposals, proposals.unsqueeze(2).expand(-1, -1, group, -1, -1), no_energy)
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        loss = token_cross_entropy(self.model(batch["x"]), batch["y"])
+        self.log("train/ce", loss, prog_bar=True, batch_size=batch["x"].shape[0])
+        return loss

@@ -1,0 +1,440 @@
+"""`ebt-forecast text`: corpus -> tokenizer -> the EBT and its Transformer++ twin -> perplexity tables and plots.
+
+Everything is a resumable cell under `<runtime.output_dir>/<corpus folder name>/`: the trained tokenizer
+(`tokenizers/`), every trained model (`models/<model>_<key>.pt`, loaded with weights_only=True, keyed by
+config_key of everything it depends on, with a JSON of its training time and FLOPs beside it), and one
+JSON of metrics per (model, evaluation set) under `cells/<key>/`. Evaluation sets: the validation and test
+works, the out-of-distribution folder (Milton) and the generated Dyck / arithmetic sets (completion tokens
+only). `text.scaling_dims=[...]` (experiment=text_scaling) trains both models at each width instead and
+reports validation perplexity against parameters and training FLOPs with fitted log-log slopes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from ebt_forecast.io import atomic_save_figure, atomic_write_csv, atomic_write_json, atomic_write_text
+from ebt_forecast.nn import TransformerConfig
+from ebt_forecast.tasks.base import TaskModule, config_key, fit_module
+from ebt_forecast.tasks.text.config import TextAppConfig
+from ebt_forecast.tasks.text.data import (
+    TokenWindows,
+    arithmetic_examples,
+    dyck_examples,
+    eval_windows,
+    pack_examples,
+    read_folder,
+    split_works,
+    token_stream,
+)
+from ebt_forecast.tasks.text.module import TextModule, TransformerPPModule, token_cross_entropy
+from ebt_forecast.tasks.text.tokenizer import TextTokenizer, make_tokenizer
+from ebt_forecast.think import ConfigError
+
+GENERATORS = {"dyck": dyck_examples, "arithmetic": arithmetic_examples}
+
+
+# ------------------------------------------------------------------------------------------------
+# data
+
+
+@dataclass
+class TextData:
+    """Token streams of the splits, the evaluation sets as batches, and what they depend on."""
+
+    name: str  # the corpus folder's name
+    tokenizer: TextTokenizer
+    train: np.ndarray  # training token stream
+    sets: dict[str, dict[str, Tensor]]  # evaluation set -> {x, y, mask} (windows, S)
+    key: str  # config_key of the training data: files, split, tokenizer, window length, seed
+    eval_key: str  # config_key of the evaluation sets: the OOD folder, windows, generated examples
+    description: str
+
+
+def load_data(app: TextAppConfig, out: Path | None = None) -> TextData:
+    """Read, split and tokenize the corpus; build the evaluation sets (DataError names a bad path)."""
+    t = app.text
+    folder = Path(t.corpus) if t.corpus else Path(t.root) / "shakespeare"
+    works = read_folder(folder)
+    ood_folder = Path(t.ood) if t.ood else (Path(t.root) / "milton" if t.ood is None else None)
+    ood = read_folder(ood_folder) if ood_folder is not None and (t.ood or ood_folder.is_dir()) else []
+    splits = split_works(works, t.split_every)
+    out = out if out is not None else Path(app.runtime.output_dir) / folder.name
+    tok = make_tokenizer(t.tokenizer, [text for _, text in splits["train"]], t.vocab_size, t.gpt2_path,
+                         out / "tokenizers", app.runtime.threads)
+    streams = {name: token_stream(ws, tok.encode, tok.eot) for name, ws in splits.items()}
+    if ood:
+        streams[ood_folder.name] = token_stream(ood, tok.encode, tok.eot)
+    sets = {name: eval_windows(ids, t.context_length, t.eval_windows) for name, ids in streams.items() if name != "train"}
+    for i, name in enumerate(t.generated):
+        examples = GENERATORS[name](t.generated_examples, app.seed + 1000 + i)
+        packed = pack_examples(examples, tok.encode, tok.eot, t.context_length)
+        sets[name] = {k: v[:t.eval_windows] for k, v in packed.items()}
+    key = config_key([(n, len(s)) for n, s in works], t.split_every, t.tokenizer,
+                     t.vocab_size if t.tokenizer == "bpe" else t.gpt2_path, t.context_length, app.seed)
+    eval_key = config_key(key, [(n, len(s)) for n, s in ood], t.eval_windows, t.generated, t.generated_examples)
+    description = (f"{len(works)} works in {str(folder)!r} ({len(splits['train'])} train / {len(splits['validation'])} "
+                   f"validation / {len(splits['test'])} test), {len(streams['train']):,} training tokens; tokenizer "
+                   f"{tok.name} ({tok.vocab_size:,} ids); out of distribution: "
+                   + (f"{ood_folder.name} ({len(ood)} works)" if ood else "none") + f", {', '.join(t.generated) or 'no'} "
+                   f"generated set(s); {t.context_length} tokens per window")
+    return TextData(folder.name, tok, streams["train"], sets, key, eval_key, description)
+
+
+# ------------------------------------------------------------------------------------------------
+# models (cached)
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    """torch.save to a temp file, then rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def build(kind: str, app: TextAppConfig, model_cfg: TransformerConfig, vocab_size: int) -> TaskModule:
+    s = app.text.context_length
+    if kind == "ebt":
+        return TextModule(model_cfg, app.think, app.trainer, app.task, vocab_size, s)
+    return TransformerPPModule(model_cfg, app.trainer, vocab_size, s)
+
+
+def measure_flops(kind: str, app: TextAppConfig, model_cfg: TransformerConfig, vocab_size: int) -> dict[str, float]:
+    """Matmul FLOPs per token (torch's FlopCounterMode) of one training step (forward, thinking, backward)
+    and of one inference at the default setting (EBT: encode + think.infer_steps steps, one start)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    module = build(kind, app, model_cfg, vocab_size)
+    module.log = module.log_dict = module.log_think_record = lambda *a, **k: None  # no trainer attached
+    s, b = app.text.context_length, 2
+    batch = {"x": torch.randint(0, vocab_size, (b, s)), "y": torch.randint(0, vocab_size, (b, s))}
+    module.train()
+    with FlopCounterMode(display=False) as counter:
+        module.training_step(batch, 0).backward()
+    train = counter.get_total_flops() / (b * s)
+    module.eval()
+    with FlopCounterMode(display=False) as counter:
+        if kind == "ebt":
+            module.infer(batch, num_candidates=1, group=1, steps=app.think.infer_steps, selection="refined")
+        else:
+            with torch.no_grad():
+                module.encode(batch)
+    return {"train_flops_per_token": train, "infer_flops_per_token": counter.get_total_flops() / (b * s)}
+
+
+@dataclass
+class Trained:
+    kind: str
+    module: TaskModule
+    key: str
+    meta: dict  # seconds, steps, tokens, parameters, FLOPs per token
+
+
+def train_model(kind: str, app: TextAppConfig, data: TextData, folder: Path,
+                model_cfg: TransformerConfig | None = None) -> Trained:
+    """One language model (trained once on the shared token windows, then loaded)."""
+    model_cfg = model_cfg or app.model
+    parts = [app.think, app.task] if kind == "ebt" else []
+    key = config_key(kind, model_cfg, *parts, app.trainer.settings(), data.key, app.seed)
+    path, meta_path = folder / f"{kind}_{key}.pt", folder / f"{kind}_{key}.json"
+    L.seed_everything(app.seed, workers=True, verbose=False)
+    module = build(kind, app, model_cfg, data.tokenizer.vocab_size)
+    if path.exists() and meta_path.exists():
+        module.load_state_dict(torch.load(path, weights_only=True))
+        return Trained(kind, module.eval(), key, json.loads(meta_path.read_text()))
+    trainer = app.trainer
+    if trainer.checkpoint_dir:  # one resumable folder per model
+        trainer = dataclasses.replace(trainer, checkpoint_dir=str(Path(trainer.checkpoint_dir) / f"{kind}_{key}"))
+    windows = TokenWindows(data.train, app.text.context_length, trainer.max_steps * trainer.batch_size, app.seed)
+    print(f"training {kind} ({sum(p.numel() for p in module.parameters()):,} parameters, "
+          f"{trainer.max_steps} steps x {trainer.batch_size} windows x {app.text.context_length} tokens)")
+    report = fit_module(module, windows, trainer, seed=None, run_key=key)
+    embedding = module.model.embed.weight.numel()
+    params = sum(p.numel() for n, p in module.named_parameters() if not n.startswith("step_size."))
+    meta = {"seconds": report.seconds, "steps": report.steps,
+            "tokens": report.steps * trainer.batch_size * app.text.context_length,
+            "parameters": params, "non_embedding_parameters": params - embedding, "dim": model_cfg.dim,
+            "alpha": float(module.step_size().detach()) if kind == "ebt" else None,
+            **measure_flops(kind, app, model_cfg, data.tokenizer.vocab_size)}
+    atomic_torch_save(module.state_dict(), path)
+    atomic_write_json(meta_path, meta)
+    return Trained(kind, module.eval(), key, meta)
+
+
+# ------------------------------------------------------------------------------------------------
+# evaluation
+
+
+class Tally:
+    """Cross-entropy, correct argmax and token counts over the scored tokens, per setting."""
+
+    def __init__(self):
+        self.sums: dict[tuple, np.ndarray] = defaultdict(lambda: np.zeros(4))  # ce, correct, tokens, energy
+
+    def add(self, setting: tuple, logits: Tensor, y: Tensor, mask: Tensor, energy: float = float("nan")) -> None:
+        n = float(mask.sum())
+        ce = float(token_cross_entropy(logits, y, mask)) * n
+        correct = float(((logits.argmax(-1) == y) & mask).sum())
+        self.sums[setting] += np.array([ce, correct, n, energy])
+
+    def rows(self, model: str, name: str, positions: int) -> list[dict]:
+        out = []
+        for (kind, steps, candidates), (ce, correct, n, energy) in self.sums.items():
+            out.append({"model": model, "set": name, "kind": kind, "steps": steps, "candidates": candidates,
+                        "tokens": int(n), "ce": ce / n, "perplexity": math.exp(ce / n), "accuracy": correct / n,
+                        "energy_per_position": energy / positions})
+        return out
+
+
+def chunks(batch: dict[str, Tensor], size: int):
+    for i in range(0, len(batch["x"]), size):
+        yield {k: v[i:i + size] for k, v in batch.items()}
+
+
+def evaluate(trained: Trained, name: str, batch: dict[str, Tensor], app: TextAppConfig) -> list[dict]:
+    """Every evaluation row of one model on one set (deterministic: starts drawn from app.seed)."""
+    t, module, tally = app.text, trained.module, Tally()
+    generator = torch.Generator().manual_seed(app.seed)
+    positions = 0
+    for c in chunks(batch, t.eval_batch):
+        y, mask = c["y"], c["mask"]
+        if trained.kind != "ebt":
+            with torch.no_grad():
+                tally.add(("forward", 0, 1), module.encode(c), y, mask)
+            continue
+        b, s, v = *c["x"].shape, module.model.vocab_size
+        positions += b * s
+        with torch.no_grad():
+            encoding = module.encode(c)
+        # perplexity against thinking steps: one start, thought in increments (equal to one run: fixed steps)
+        starts = module.propose(encoding, c, 1, 1, generator)
+        x = starts.starts.reshape(b, 1, s, v)
+        with torch.no_grad():
+            energy = float(starts.energy_fn(x.reshape(b, s, v), None).sum())
+        tally.add(("steps", 0, 1), x[:, 0], y, mask, energy)
+        done = 0
+        for k in sorted(set(t.think_steps) - {0}):
+            result = module.think(starts.energy_fn, x, training=False, steps=k - done)
+            x, done = result.candidates.detach(), k
+            tally.add(("steps", k, 1), x[:, 0], y, mask, float(result.energies.sum()))
+        # self-verification: N independent starts, think.infer_steps each, lowest energy per position
+        n_max = max(t.candidate_counts)
+        starts = module.propose(encoding, c, 1, n_max, generator)
+        result = module.think(starts.energy_fn, starts.starts.reshape(b, n_max, s, v), training=False,
+                              steps=app.think.infer_steps)
+        final = result.candidates.detach()
+        with torch.no_grad():
+            energies = module.position_energies(encoding, final)  # (b, N, S)
+        for n in sorted(set(t.candidate_counts)):
+            best = energies[:, :n].argmin(1)  # (b, S)
+            chosen = final[:, :n].gather(1, best[:, None, :, None].expand(-1, 1, -1, v))[:, 0]
+            picked = energies[:, :n].gather(1, best[:, None])[:, 0]
+            tally.add(("verify", app.think.infer_steps, n), chosen, y, mask, float(picked.sum()))
+    return tally.rows("ebt" if trained.kind == "ebt" else "transformer_pp", name, max(positions, 1))
+
+
+def cell(path: Path, run) -> list[dict]:
+    """A finished cell from disk, or run it and write it atomically."""
+    if path.exists():
+        return json.loads(path.read_text())
+    rows = run()
+    atomic_write_json(path, rows)
+    return rows
+
+
+def evaluation_key(app: TextAppConfig, data: TextData) -> str:
+    t = app.text
+    return config_key(data.eval_key, t.eval_batch, t.think_steps, t.candidate_counts, app.think.infer_steps,
+                      app.think.infer_langevin_std, app.think.stop_policy, app.think.reject_uphill, app.seed)
+
+
+# ------------------------------------------------------------------------------------------------
+# the command
+
+
+def run_text_command(app: TextAppConfig) -> int:
+    """Train (or load) both language models, evaluate every set, write tables and plots."""
+    app.text.validate()
+    app.task.validate()
+    app.think.validate()
+    app.trainer.validate()
+    t = app.text
+    if app.model.dim % app.model.heads or (app.model.dim // app.model.heads) % 2:
+        raise ConfigError(f"model.dim={app.model.dim} / model.heads={app.model.heads}: need an even head width")
+    os.environ.setdefault("RAYON_NUM_THREADS", str(app.runtime.threads))
+    folder = Path(t.corpus) if t.corpus else Path(t.root) / "shakespeare"
+    root = Path(app.runtime.output_dir) / folder.name
+    data = load_data(app, root)
+    print(f"text: {data.description}")
+    if t.scaling_dims:
+        return run_scaling(app, data, root)
+    trained = {kind: train_model(kind, app, data, root / "models") for kind in t.models}
+    rows = []
+    for kind, model in trained.items():
+        cells = root / "cells" / f"{kind}_{model.key}_{evaluation_key(app, data)}"
+        for name, batch in data.sets.items():
+            rows += cell(cells / f"{name}.json", lambda: evaluate(model, name, batch, app))
+    write_report(root, app, data, trained, pd.DataFrame(rows))
+    return 0
+
+
+def headline(frame: pd.DataFrame, model: str, name: str, infer_steps: int) -> pd.Series | None:
+    """The default inference of a model on a set: EBT at think.infer_steps with one start; the twin's forward."""
+    rows = frame[(frame["model"] == model) & (frame["set"] == name)]
+    rows = rows[(rows["kind"] == "forward") | ((rows["kind"] == "verify") & (rows["candidates"] == 1))]
+    return rows.iloc[0] if len(rows) else None
+
+
+def write_report(root: Path, app: TextAppConfig, data: TextData, trained: dict[str, Trained], frame: pd.DataFrame) -> None:
+    """text.csv, text.md and the plots, atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    atomic_write_csv(frame, root / "text.csv")
+    sets = list(data.sets)
+    steps_k = app.think.infer_steps
+    lines = [f"# text: {data.name}", "", data.description + ".", "",
+             "Perplexity = exp(mean cross-entropy of the scored tokens): every token of the text sets, the closing "
+             "brackets (dyck) and the answer digits (arithmetic) of the generated sets. EBT default inference: "
+             f"{steps_k} thinking steps from one start (task.init={app.task.init}). FLOPs: matmul FLOPs counted by torch "
+             "(forward, thinking and backward), per token.", "",
+             "| model | parameters | non-embedding | tokens | train s | train FLOPs / token | infer FLOPs / token | "
+             + " | ".join(f"{s} ppl" for s in sets) + " |", "|---|" + "---:|" * (6 + len(sets))]
+    for kind, m in trained.items():
+        meta = m.meta
+        values = []
+        for name in sets:
+            r = headline(frame, kind, name, steps_k)
+            values.append("" if r is None else f"{r['perplexity']:.2f}")
+        lines.append(f"| {kind} | {meta['parameters']:,} | {meta['non_embedding_parameters']:,} | {meta['tokens']:,} | "
+                     f"{meta['seconds']:.0f} | {meta['train_flops_per_token'] / 1e6:.1f}M | "
+                     f"{meta['infer_flops_per_token'] / 1e6:.1f}M | " + " | ".join(values) + " |")
+    lines += ["", "Accuracy (argmax of the chosen logits = the next token) at the default inference:", "",
+              "| model | " + " | ".join(sets) + " |", "|---|" + "---:|" * len(sets)]
+    for kind in trained:
+        lines.append(f"| {kind} | " + " | ".join(
+            "" if (r := headline(frame, kind, name, steps_k)) is None else f"{r['accuracy']:.3f}" for name in sets) + " |")
+    ebt = frame[frame["model"] == "ebt"]
+    if len(ebt):
+        steps = ebt[ebt["kind"] == "steps"]
+        ks = sorted(steps["steps"].unique())
+        lines += ["", f"## EBT perplexity against thinking steps (one start, task.init={app.task.init})", "",
+                  "| set | " + " | ".join(f"{k} steps" for k in ks) + " |", "|---|" + "---:|" * len(ks)]
+        for name in sets:
+            r = steps[steps["set"] == name].set_index("steps")
+            lines.append(f"| {name} | " + " | ".join(f"{r.loc[k, 'perplexity']:.2f}" for k in ks) + " |")
+        lines += ["", "Mean energy per position after each number of steps:", "",
+                  "| set | " + " | ".join(f"{k} steps" for k in ks) + " |", "|---|" + "---:|" * len(ks)]
+        for name in sets:
+            r = steps[steps["set"] == name].set_index("steps")
+            lines.append(f"| {name} | " + " | ".join(f"{r.loc[k, 'energy_per_position']:.3f}" for k in ks) + " |")
+        verify = ebt[ebt["kind"] == "verify"]
+        ns = sorted(verify["candidates"].unique())
+        lines += ["", f"## EBT self-verification: N starts, {steps_k} steps each, lowest energy per position", "",
+                  "| set | " + " | ".join(f"N={n}" for n in ns) + " |", "|---|" + "---:|" * len(ns)]
+        for name in sets:
+            r = verify[verify["set"] == name].set_index("candidates")
+            lines.append(f"| {name} | " + " | ".join(f"{r.loc[n, 'perplexity']:.2f}" for n in ns) + " |")
+        alpha = trained["ebt"].meta.get("alpha")
+        lines += ["", f"Learned alpha after training: {alpha:.3g}." if alpha is not None else ""]
+    atomic_write_text(root / "text.md", "\n".join(lines) + "\n")
+
+    for kind_name, column, xlabel, fname in [("steps", "steps", "thinking steps", "perplexity_vs_steps.png"),
+                                             ("verify", "candidates", "candidates N (lowest energy per position)",
+                                              "perplexity_vs_candidates.png")]:
+        fig, axes = plt.subplots(1, len(sets), figsize=(3.2 * len(sets), 3.2), squeeze=False)
+        for ax, name in zip(axes[0], sets):
+            rows = ebt[(ebt["kind"] == kind_name) & (ebt["set"] == name)].sort_values(column)
+            if kind_name == "steps":
+                rows = rows[rows["steps"] > 0]
+            ax.plot(rows[column], rows["perplexity"], marker="o", label="EBT")
+            base = headline(frame, "transformer_pp", name, steps_k)
+            if base is not None:
+                ax.axhline(base["perplexity"], color="gray", ls="--", label="Transformer++")
+            ax.set_xscale("log", base=2)
+            ax.set_title(name, fontsize=9)
+            ax.set_xlabel(xlabel, fontsize=8)
+        axes[0][0].set_ylabel("perplexity")
+        axes[0][0].legend(fontsize=7)
+        fig.tight_layout()
+        atomic_save_figure(fig, root / "plots" / fname)
+    print("\n".join(lines))
+    print(f"\nwritten: {root / 'text.md'}, {root / 'text.csv'}, {root / 'plots'}")
+
+
+def run_scaling(app: TextAppConfig, data: TextData, root: Path) -> int:
+    """Both models at each width on the same tokens: validation perplexity against parameters and FLOPs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = app.text
+    rows = []
+    for dim in t.scaling_dims:
+        model_cfg = dataclasses.replace(app.model, dim=dim, heads=dim // t.head_dim)
+        for kind in t.models:
+            m = train_model(kind, app, data, root / "models", model_cfg)
+            cells = root / "cells" / f"{kind}_{m.key}_{evaluation_key(app, data)}"
+            single = dataclasses.replace(app, text=dataclasses.replace(t, think_steps=[app.think.infer_steps],
+                                                                        candidate_counts=[1]))
+            frame = pd.DataFrame(cell(cells / "validation_scaling.json",
+                                      lambda: evaluate(m, "validation", data.sets["validation"], single)))
+            r = headline(frame, kind, "validation", app.think.infer_steps)
+            rows.append({"model": kind, "dim": dim, "parameters": m.meta["parameters"],
+                         "non_embedding_parameters": m.meta["non_embedding_parameters"],
+                         "train_flops": m.meta["train_flops_per_token"] * m.meta["tokens"], "tokens": m.meta["tokens"],
+                         "seconds": m.meta["seconds"], "perplexity": r["perplexity"]})
+    frame = pd.DataFrame(rows)
+    atomic_write_csv(frame, root / "text_scaling.csv")
+    slopes = {}
+    for kind, r in frame.groupby("model", sort=False):
+        fit = lambda col: float(np.polyfit(np.log(r[col]), np.log(r["perplexity"]), 1)[0]) if len(r) > 1 else float("nan")  # noqa: E731
+        slopes[kind] = {"parameters": fit("parameters"), "non_embedding_parameters": fit("non_embedding_parameters"),
+                        "train_flops": fit("train_flops")}
+    lines = [f"# text scaling: {data.name}", "", data.description + ".", "",
+             "Validation perplexity (default inference) of both models at each width, same training tokens.", "",
+             "| model | dim | parameters | non-embedding | training FLOPs | train s | perplexity |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['dim']} | {r['parameters']:,} | {r['non_embedding_parameters']:,} | "
+                     f"{r['train_flops']:.3g} | {r['seconds']:.0f} | {r['perplexity']:.2f} |")
+    lines += ["", "Fitted log-log slopes of perplexity (more negative = scales faster):", "",
+              "| model | vs parameters | vs non-embedding parameters | vs training FLOPs |", "|---|---:|---:|---:|"]
+    for kind, s in slopes.items():
+        lines.append(f"| {kind} | {s['parameters']:.3f} | {s['non_embedding_parameters']:.3f} | {s['train_flops']:.3f} |")
+    atomic_write_text(root / "text_scaling.md", "\n".join(lines) + "\n")
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for kind, r in frame.groupby("model", sort=False):
+        for ax, col in zip(axes, ["parameters", "train_flops"]):
+            ax.loglog(r[col], r["perplexity"], marker="o", label=f"{kind} (slope {slopes[kind][col]:.3f})")
+            ax.set_xlabel(col.replace("_", " "))
+    axes[0].set_ylabel("validation perplexity")
+    for ax in axes:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    atomic_save_figure(fig, root / "plots" / "scaling.png")
+    print("\n".join(lines))
+    print(f"\nwritten: {root / 'text_scaling.md'}, {root / 'text_scaling.csv'}, {root / 'plots' / 'scaling.png'}")
+    return 0

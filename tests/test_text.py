@@ -1,0 +1,166 @@
+"""The text task: no leakage through the doubled sequence, tokenizers, training, thinking, the CLI."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from ebt_forecast.cli import main
+from ebt_forecast.nn import TransformerConfig
+from ebt_forecast.tasks.base import TrainerConfig, fit_module
+from ebt_forecast.tasks.text.config import TextTaskConfig, text_think
+from ebt_forecast.tasks.text.data import TokenWindows, pack_examples, dyck_examples, split_works
+from ebt_forecast.tasks.text.model import TextEBT, TransformerPlusPlusLM
+from ebt_forecast.tasks.text.module import TextModule, TransformerPPModule, token_cross_entropy
+from ebt_forecast.tasks.text.tokenizer import ByteBPETokenizer, GPT2Tokenizer
+
+TINY = TransformerConfig(dim=32, depth=2, heads=2, ffn_multiplier=1.0)
+GPT2 = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "tokenizers" / "gpt2.tiktoken"
+TEXT = ("To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n"
+        "The slings and arrows of outrageous fortune,\nOr to take arms against a sea of troubles\n") * 40
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    torch.set_num_threads(1)
+
+
+def test_no_candidate_sees_a_later_token_or_another_candidate():
+    torch.manual_seed(0)
+    model = TextEBT(TINY, 50, 12).double()
+    x = torch.randint(0, 50, (2, 12))
+    logits = torch.randn(2, 12, 50, dtype=torch.float64, requires_grad=True)
+
+    def energies_and_grad(tokens, z):
+        e = model.token_energies(model.encode(tokens).cache, z)
+        (g,) = torch.autograd.grad(e.sum(), z)
+        return e.detach(), g
+
+    e, g = energies_and_grad(x, logits)
+    assert torch.allclose(e, model.doubled_energies(x, logits).detach(), atol=1e-10)  # cache == doubled sequence
+    j = 7
+    later = x.clone()
+    later[:, j] = (later[:, j] + 1) % 50
+    e2, g2 = energies_and_grad(later, logits)
+    assert torch.allclose(e[:, :j], e2[:, :j]) and torch.allclose(g[:, :j], g2[:, :j])  # candidate i sees x_0..x_i
+    assert not torch.allclose(e[:, j:], e2[:, j:])
+    bumped = logits.detach().clone()
+    bumped[:, j] += torch.randn(2, 50, dtype=torch.float64)
+    e3, g3 = energies_and_grad(x, bumped.requires_grad_(True))
+    others = [i for i in range(12) if i != j]
+    assert torch.allclose(e[:, others], e3[:, others]) and torch.allclose(g[:, others], g3[:, others])
+    twin = TransformerPlusPlusLM(TINY, 50, 12)
+    with torch.no_grad():
+        assert torch.allclose(twin(x)[:, :j], twin(later)[:, :j], atol=1e-6)
+
+
+def test_tokenizers_round_trip_and_gpt2_gives_its_known_ids():
+    text = "Hello  world\n\n  it's 123+456=579\n([{<>}])\n  éü — ok"
+    bpe = ByteBPETokenizer.train([TEXT], 300)
+    assert bpe.vocab_size == 300 and bpe.decode(bpe.encode(text)) == text
+    assert len(bpe.encode(TEXT[:200])) < 200  # merges learned
+    if not GPT2.exists():
+        pytest.skip(f"{GPT2} is not shipped here")
+    gpt2 = GPT2Tokenizer(GPT2)
+    assert gpt2.encode("Hello world") == [15496, 995] and gpt2.eot == 50256 and gpt2.vocab_size == 50257
+    assert gpt2.decode(gpt2.encode(text)) == text
+
+
+def test_generated_sets_score_the_completion_only():
+    bpe = ByteBPETokenizer.train([TEXT + "()[]{}<>"], 300)
+    packed = pack_examples(dyck_examples(20, 0), bpe.encode, bpe.eot, 32)
+    row = packed["y"][0][packed["mask"][0]].tolist()
+    assert packed["mask"].any() and not packed["mask"].all()
+    assert set(bpe.decode(row)) <= set(")]}>\n")
+    assert len(split_works([("a", "x" * 100)])["validation"][0][1]) == 10
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """Both tiny models, their loss on held-out windows before and after 40 steps."""
+    torch.set_num_threads(1)
+    bpe = ByteBPETokenizer.train([TEXT], 300)
+    ids = np.asarray(bpe.encode(TEXT), dtype=np.int64)
+    data = TokenWindows(ids, 16, 40 * 16, seed=0)
+    batch = {k: torch.stack([data[i][k] for i in range(0, 256, 8)]) for k in ("x", "y")}
+    trainer = TrainerConfig(max_steps=40, batch_size=16, lr=3e-3, warmup_steps=5, progress_bar=False)
+    torch.manual_seed(0)
+    ebt = TextModule(TINY, text_think(), trainer, TextTaskConfig(), 300, 16)
+    twin = TransformerPPModule(TINY, trainer, 300, 16)
+
+    def losses() -> tuple[float, float]:
+        thought = ebt.eval().infer(batch, num_candidates=1, group=1, steps=2, selection="refined",
+                                   generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            return (float(token_cross_entropy(thought.samples[:, 0], batch["y"])),
+                    float(token_cross_entropy(twin.eval().encode(batch), batch["y"])))
+
+    before = losses()
+    ebt.train(), twin.train()
+    fit_module(ebt, data, trainer, seed=0)
+    fit_module(twin, data, trainer, seed=0)
+    return ebt, twin, batch, before, losses()
+
+
+def test_a_few_steps_of_training_lower_the_loss_of_both_models(trained):
+    _, _, _, (ebt_before, twin_before), (ebt_after, twin_after) = trained
+    assert twin_after < twin_before - 1.0
+    assert ebt_after < ebt_before - 0.3
+
+
+def test_thinking_lowers_the_energy_of_a_trained_model(trained):
+    ebt, _, batch, _, _ = trained
+    thought = ebt.infer(batch, num_candidates=2, group=2, steps=2, selection="refined",
+                        generator=torch.Generator().manual_seed(1))
+    energies = thought.record.energies  # (T + 1, B, M * G)
+    assert energies[-1].mean() < energies[0].mean()
+
+
+def tiny_corpus(folder: Path) -> Path:
+    folder.mkdir()
+    for i, name in enumerate(["a.txt", "b.txt", "c.txt"]):
+        (folder / name).write_text(TEXT[i * 50:] + TEXT[:i * 50])
+    return folder
+
+
+def test_text_cli_writes_the_tables_and_reuses_its_cells(tmp_path, capsys):
+    corpus = tiny_corpus(tmp_path / "corpus")
+    out = tmp_path / "out"
+    args = ["text", "runtime.threads=1", f"runtime.output_dir={out}", f"text.corpus={corpus}", "text.ood=",
+            "text.vocab_size=300", "text.context_length=16", "model.dim=32", "model.depth=1", "model.heads=2",
+            "trainer.max_steps=4", "trainer.batch_size=4", "trainer.progress_bar=false", "text.eval_windows=3",
+            "text.generated_examples=20", "text.think_steps=[1,2]", "text.candidate_counts=[1,2]"]
+    assert main(args) == 0
+    root = out / "corpus"
+    table = pd.read_csv(root / "text.csv")
+    assert set(table["set"]) == {"validation", "test", "dyck", "arithmetic"}
+    assert set(table["model"]) == {"ebt", "transformer_pp"}
+    assert set(table[table["kind"] == "verify"]["candidates"]) == {1, 2}
+    assert (root / "text.md").exists() and (root / "plots" / "perplexity_vs_steps.png").exists()
+    models = sorted((root / "models").glob("*.pt"))
+    stamps = [p.stat().st_mtime_ns for p in models]
+    capsys.readouterr()
+    assert main(args) == 0  # every model and cell is reused
+    assert "training ebt" not in capsys.readouterr().out
+    assert pd.read_csv(root / "text.csv").equals(table)
+    assert [p.stat().st_mtime_ns for p in models] == stamps
+
+
+@pytest.mark.parametrize("override, message", [
+    ("text.context_length=0", "text.context_length=0 is invalid"),
+    ("text.corpus=/no/such/folder", "/no/such/folder"),
+    ("text.corpus=EMPTY", "holds no non-empty .txt file"),
+    ("text.tokenizer=gpt2 text.gpt2_path=/no/gpt2.tiktoken", "/no/gpt2.tiktoken"),
+    ("text.models=[gpt4]", "text.models"),
+    ("text.nonsense=1", "nonsense"),
+])
+def test_text_cli_rejects_bad_settings(tmp_path, capsys, override, message):
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "out"
+    args = [a.replace("EMPTY", str(tmp_path / "empty")) for a in override.split()]
+    assert main(["text", f"runtime.output_dir={out}", "runtime.threads=1", *args]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()  # nothing written
