@@ -48,8 +48,9 @@ def text_trainer() -> TrainerConfig:
 class TextTaskConfig:
     """The EBT language model: how thinking starts and which steps the loss reads."""
 
-    init: str = "random"  # System 1 start: "random" logits ~ N(0, init_std) (the reference); "head": a tied linear
-    #                       head on the observed stream proposes, further starts add N(0, init_std)
+    init: str = "head"  # System 1 start: "head": a tied linear head on the observed stream proposes, further starts
+    #                     add N(0, init_std); "random": logits ~ N(0, init_std) (the reference). At 150 steps "head"
+    #                     reached validation perplexity 303 where "random" at 400 steps reached 1,710 (RESULTS 10)
     init_std: float = 1.0
     loss_steps: str = "all"  # "all": cross-entropy averaged over the steps (System 1); "last": last step (System 2)
     head_weight: float = 1.0  # init=head: weight of the head's own cross-entropy
