@@ -14,7 +14,6 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from ebt_forecast.io import atomic_save_figure, atomic_write_csv, atomic_write_json, atomic_write_text
+from ebt_forecast.io import atomic_save_figure, atomic_torch_save, atomic_write_csv, atomic_write_json, atomic_write_text
 from ebt_forecast.nn import TransformerConfig
 from ebt_forecast.tasks.base import TaskModule, config_key, fit_module
 from ebt_forecast.tasks.text.config import TextAppConfig
@@ -96,19 +95,6 @@ def load_data(app: TextAppConfig, out: Path | None = None) -> TextData:
 
 # ------------------------------------------------------------------------------------------------
 # models (cached)
-
-
-def atomic_torch_save(obj, path: Path) -> None:
-    """torch.save to a temp file, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def build(kind: str, app: TextAppConfig, model_cfg: TransformerConfig, vocab_size: int) -> TaskModule:
@@ -339,16 +325,16 @@ def write_report(root: Path, app: TextAppConfig, data: TextData, trained: dict[s
     if len(ebt):
         steps = ebt[ebt["kind"] == "steps"]
         ks = sorted(steps["steps"].unique())
+        def step_table(column: str, digits: int) -> list[str]:
+            rows = ["| set | " + " | ".join(f"{k} steps" for k in ks) + " |", "|---|" + "---:|" * len(ks)]
+            for name in sets:
+                r = steps[steps["set"] == name].set_index("steps")
+                rows.append(f"| {name} | " + " | ".join(f"{r.loc[k, column]:.{digits}f}" for k in ks) + " |")
+            return rows
+
         lines += ["", f"## EBT perplexity against thinking steps (one start, task.init={app.task.init})", "",
-                  "| set | " + " | ".join(f"{k} steps" for k in ks) + " |", "|---|" + "---:|" * len(ks)]
-        for name in sets:
-            r = steps[steps["set"] == name].set_index("steps")
-            lines.append(f"| {name} | " + " | ".join(f"{r.loc[k, 'perplexity']:.2f}" for k in ks) + " |")
-        lines += ["", "Mean energy per position after each number of steps:", "",
-                  "| set | " + " | ".join(f"{k} steps" for k in ks) + " |", "|---|" + "---:|" * len(ks)]
-        for name in sets:
-            r = steps[steps["set"] == name].set_index("steps")
-            lines.append(f"| {name} | " + " | ".join(f"{r.loc[k, 'energy_per_position']:.3f}" for k in ks) + " |")
+                  *step_table("perplexity", 2), "", "Mean energy per position after each number of steps:", "",
+                  *step_table("energy_per_position", 3)]
         verify = ebt[ebt["kind"] == "verify"]
         ns = sorted(verify["candidates"].unique())
         lines += ["", f"## EBT self-verification: N starts, {steps_k} steps each, lowest energy per position", "",
