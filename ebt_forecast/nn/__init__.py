@@ -1,4 +1,5 @@
 """Shared building blocks: Transformer++ backbone, attention masks, output heads."""
+from ebt_forecast.nn.doubled import DoubledContext, DoubledSequenceEBT
 from ebt_forecast.nn.heads import EnergyHead, LinearHead
 from ebt_forecast.nn.masks import (
     bidirectional_mask,
@@ -10,7 +11,8 @@ from ebt_forecast.nn.masks import (
 from ebt_forecast.nn.transformer import KVCache, RMSNorm, SwiGLU, TransformerConfig, TransformerPP
 
 __all__ = [
-    "EnergyHead", "LinearHead", "KVCache", "RMSNorm", "SwiGLU", "TransformerConfig", "TransformerPP",
+    "DoubledContext", "DoubledSequenceEBT", "EnergyHead", "LinearHead", "KVCache", "RMSNorm", "SwiGLU",
+    "TransformerConfig", "TransformerPP",
     "bidirectional_mask", "causal_mask", "context_candidate_mask", "doubled_sequence_mask",
     "doubled_sequence_positions",
 ]
