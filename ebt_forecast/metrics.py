@@ -49,6 +49,7 @@ __all__ = [
     "aggregate",
     "relative_to_baseline",
     "geometric_mean_relative",
+    "psnr",
 ]
 
 
@@ -264,6 +265,18 @@ def geometric_mean_relative(
         rows.append(row)
     out = pd.DataFrame(rows)
     return out.sort_values(cols[0], kind="stable").reset_index(drop=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# images
+
+
+def psnr(estimate: np.ndarray, target: np.ndarray, data_range: float = 2.0) -> np.ndarray:
+    """Peak signal-to-noise ratio (dB) per image of (N, ...) arrays: 10 log10(data_range^2 / MSE); inf where equal."""
+    diff = np.asarray(estimate, dtype=np.float64) - np.asarray(target, dtype=np.float64)
+    mse = (diff ** 2).reshape(len(diff), -1).mean(axis=1)
+    with np.errstate(divide="ignore"):
+        return 10.0 * np.log10(data_range ** 2 / mse)
 
 
 # ------------------------------------------------------------------------------------------------
