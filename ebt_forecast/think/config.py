@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 STOP_POLICIES = ("fixed", "energy_change", "energy_threshold")
+GRADIENTS = ("unrolled", "implicit")
 
 
 class ConfigError(ValueError):
@@ -26,6 +27,9 @@ class ThinkConfig:
     infer_langevin_std: float = 0.0  # the same at inference
     max_update: float = 0.0  # >0: clamp each element of the update alpha * grad to [-max_update, max_update]
     truncate: bool = True  # only the last training step builds the second-order graph
+    gradient: str = "unrolled"  # training: backprop through the steps, or "implicit" at the final candidate (implicit.py)
+    implicit_cg_iters: int = 10  # implicit: conjugate-gradient iterations (Hessian-vector products) per training call
+    implicit_damping: float = 1.0  # implicit: solve (H + damping I) v = dL/dy*; keeps indefinite / flat H usable
     detach_init: bool = True  # the refinement loss does not reach whatever produced the initial candidates
     num_candidates: int = 8  # M candidates per prediction
     stop_policy: str = "fixed"
@@ -48,6 +52,9 @@ class ThinkConfig:
             "langevin_std": (self.langevin_std >= 0, ">= 0"),
             "infer_langevin_std": (self.infer_langevin_std >= 0, ">= 0"),
             "max_update": (self.max_update >= 0, ">= 0 (0 = off)"),
+            "gradient": (self.gradient in GRADIENTS, f"one of {', '.join(GRADIENTS)}"),
+            "implicit_cg_iters": (self.implicit_cg_iters >= 1, ">= 1"),
+            "implicit_damping": (self.implicit_damping >= 0, ">= 0 (> 0 unless the energy is strictly convex in y)"),
             "num_candidates": (self.num_candidates >= 1, ">= 1"),
             "stop_policy": (self.stop_policy in STOP_POLICIES, f"one of {', '.join(STOP_POLICIES)}"),
             "stop_tolerance": (self.stop_tolerance >= 0, ">= 0"),

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from ebt_forecast.think.config import ThinkConfig
+from ebt_forecast.think.implicit import attach_implicit_gradient
 from ebt_forecast.think.step_size import StepSize
 
 EnergyFn = Callable[[Tensor, "Tensor | None"], Tensor]
@@ -48,7 +49,8 @@ class ThinkResult:
 
     candidates: Tensor
     energies: Tensor
-    trajectory: list[Tensor] = field(default_factory=list)  # candidates after each step (step 0 = init)
+    trajectory: list[Tensor] = field(default_factory=list)  # candidates after each step (step 0 = init);
+    # training with gradient=implicit: [init, final] (only the final candidate carries a gradient)
     record: ThinkRecord | None = None
 
 
@@ -119,6 +121,8 @@ def think(
 
     Training: randomised steps and alpha, Langevin noise and `create_graph` (second order; only
     the last step when cfg.truncate). Inference: first-order only, with cfg's stopping policy.
+    Training with cfg.gradient="implicit": the steps build no graph; the final candidates get the
+    implicit-function-theorem gradient instead (implicit.py; alpha then gets none).
     """
     batch, num_candidates = init.shape[:2]
     n = batch * num_candidates
@@ -127,12 +131,13 @@ def think(
         steps = draw_train_steps(cfg, generator) if training else cfg.infer_steps
     noise_std = cfg.langevin_std if training else cfg.infer_langevin_std
     policy = StopPolicy() if training else make_stop_policy(cfg)
+    implicit = training and cfg.gradient == "implicit"
 
     x = init.reshape(n, *event)
     if cfg.detach_init or not training:
         x = x.detach()
     alpha = step_size.randomised((n,), cfg.alpha_random_scale if training else 1.0, generator)
-    if not training:
+    if not training or implicit:
         alpha = alpha.detach().clone()  # its own memory: uphill rejection halves it per sample
 
     energies = torch.full((steps + 1, n), float("nan"), device=x.device, dtype=x.dtype)
@@ -156,7 +161,7 @@ def think(
             if idx.numel() == 0:
                 break
             full = idx.numel() == n
-            build_graph = training and (not cfg.truncate or t == steps - 1)
+            build_graph = training and not implicit and (not cfg.truncate or t == steps - 1)
             xa = x if full else x[idx]
             if not build_graph:
                 xa = xa.detach()
@@ -195,7 +200,14 @@ def think(
             if keep_trajectory:
                 trajectory.append(x.reshape(batch, num_candidates, *event))
 
-        if final_energy:
+        if implicit:  # the gradient is taken at the final candidate, so its energy is always read
+            x, final = attach_implicit_gradient(energy_fn, x, cfg.implicit_cg_iters, cfg.implicit_damping)
+            forward_passes += n
+            backward_passes += n
+            energies[steps] = final.detach()
+            if keep_trajectory:
+                trajectory = [trajectory[0], x.reshape(batch, num_candidates, *event)]
+        elif final_energy:
             grad_ctx = torch.enable_grad() if training else torch.no_grad()
             with grad_ctx:
                 e_final = energy_fn(x if training else x.detach(), None)
