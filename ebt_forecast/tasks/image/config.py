@@ -1,0 +1,109 @@
+"""The image task's configuration: its node in Hydra's `task` group and the `image` command's fields.
+
+`ebt-forecast image` reads `task` (the denoising EBT's loss), `image` (photos, crops, noise levels,
+evaluation grid, the DiT's budget and sampling steps) and the shared `model`, `think` and `trainer`
+nodes, whose image defaults are below. Both models get the same backbone (`model`) and the same
+training budget (`trainer`: steps, batch, optimiser).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from ebt_forecast.nn import TransformerConfig
+from ebt_forecast.tasks.base import AppConfig, TrainerConfig
+from ebt_forecast.think import ConfigError, ThinkConfig
+
+LOSS_STEPS = ("all", "last")
+NOISE_KINDS = ("gaussian",)
+MODELS = ("ebt", "dit")
+MAX_SIGMA = 2.0  # pixels live in [-1, 1]: a larger standard deviation leaves no image to recover
+
+
+def image_backbone() -> TransformerConfig:
+    """0.55M-parameter backbone (dim 96, depth 4, 4 heads, FFN 2x) over 64 patches of 4 x 4 on 32 x 32 crops:
+    sized so that both models train in the default run's ~25 minutes on one busy CPU thread."""
+    return TransformerConfig(dim=96, depth=4, heads=4, ffn_multiplier=2.0)
+
+
+def image_think() -> ThinkConfig:
+    """Training thinks 2 steps from the noisy image with second order through both (no truncation),
+    learnable alpha on its own learning rate; inference reads steps 0..image.ebt_steps."""
+    return ThinkConfig(train_steps=2, infer_steps=3, alpha=10.0, learn_alpha=True, alpha_lr_multiplier=30.0,
+                       truncate=False, num_candidates=1)
+
+
+def image_trainer() -> TrainerConfig:
+    """The shared budget of both models: AdamW, batch 32 crops, warm-up then cosine."""
+    return TrainerConfig(max_steps=1500, batch_size=32, lr=1e-3, warmup_steps=50, checkpoint_every=250)
+
+
+@dataclass
+class ImageTaskConfig:
+    """The denoising EBT: which steps the loss reads."""
+
+    loss_steps: str = "all"  # "all": smooth L1 to the clean image averaged over the thinking steps; "last": last step
+    huber_beta: float = 0.05  # smooth L1: quadratic below beta (pixel units, [-1, 1] scale)
+
+    def validate(self) -> "ImageTaskConfig":
+        for key, ok, allowed in [("loss_steps", self.loss_steps in LOSS_STEPS, f"one of {', '.join(LOSS_STEPS)}"),
+                                 ("huber_beta", self.huber_beta > 0, "> 0")]:
+            if not ok:
+                raise ConfigError(f"task.{key}={getattr(self, key)!r} is invalid: must be {allowed}")
+        return self
+
+
+@dataclass
+class ImageRunConfig:
+    """Photos, crops, noise and evaluation of `ebt-forecast image`."""
+
+    photos: Optional[str] = None  # a folder of images (png / jpg / tif / bmp); None = the photos bundled with
+    #                               scikit-image and scikit-learn (data_cards/image_photos.md)
+    crop: int = 32  # crop side in pixels (a multiple of patch)
+    patch: int = 4
+    downscale: int = 2  # each photo is box-averaged by this factor first (more content per crop); 1 = off
+    split_every: int = 6  # photo i (sorted by name) -> test if i % 6 == 0, validation if i % 6 == 1, else training
+    noise: str = "gaussian"
+    train_sigmas: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3])  # pixel std on the [-1, 1] scale
+    test_sigmas: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2, 0.3, 0.5])  # unseen ones = OOD
+    eval_crops: int = 96  # crops per held-out split, fixed by the seed
+    eval_batch: int = 48
+    ebt_steps: int = 6  # the EBT is read after 0..ebt_steps thinking steps
+    dit_steps: list[int] = field(default_factory=lambda: [1, 10, 25, 100])  # DDIM steps (= DiT forward passes)
+    dit_max_steps: Optional[int] = None  # the DiT's training steps; None = trainer.max_steps (the same crops as the EBT)
+    splits: list[str] = field(default_factory=lambda: ["test", "val"])
+    models: list[str] = field(default_factory=lambda: list(MODELS))
+    grid_examples: int = 4  # test crops shown in the example grid (at the largest training and unseen sigma)
+
+    def validate(self) -> "ImageRunConfig":
+        sigmas_ok = lambda s: bool(s) and all(0 < v <= MAX_SIGMA for v in s)  # noqa: E731
+        checks = [("patch", self.patch >= 1, ">= 1"),
+                  ("crop", self.crop >= self.patch and self.crop % self.patch == 0, f"a multiple of image.patch={self.patch}"),
+                  ("downscale", self.downscale >= 1, ">= 1"), ("split_every", self.split_every >= 3, ">= 3"),
+                  ("noise", self.noise in NOISE_KINDS, f"one of {', '.join(NOISE_KINDS)}"),
+                  ("train_sigmas", sigmas_ok(self.train_sigmas), f"a non-empty list of noise levels in (0, {MAX_SIGMA}]"),
+                  ("test_sigmas", sigmas_ok(self.test_sigmas), f"a non-empty list of noise levels in (0, {MAX_SIGMA}]"),
+                  ("eval_crops", self.eval_crops >= 1, ">= 1"), ("eval_batch", self.eval_batch >= 1, ">= 1"),
+                  ("ebt_steps", self.ebt_steps >= 0, ">= 0"),
+                  ("dit_max_steps", self.dit_max_steps is None or self.dit_max_steps >= 1, "None or >= 1"),
+                  ("dit_steps", bool(self.dit_steps) and min(self.dit_steps) >= 1, "a non-empty list of ints >= 1"),
+                  ("splits", bool(self.splits) and all(s in ("test", "val") for s in self.splits),
+                   "a non-empty list of test, val"),
+                  ("models", bool(self.models) and all(m in MODELS for m in self.models),
+                   f"a non-empty list of {', '.join(MODELS)}"),
+                  ("grid_examples", self.grid_examples >= 0, ">= 0")]
+        for key, ok, allowed in checks:
+            if not ok:
+                raise ConfigError(f"image.{key}={getattr(self, key)!r} is invalid: must be {allowed}")
+        return self
+
+
+@dataclass
+class ImageAppConfig(AppConfig):
+    """Root schema of the `image` command."""
+
+    model: TransformerConfig = field(default_factory=image_backbone)
+    think: ThinkConfig = field(default_factory=image_think)
+    trainer: TrainerConfig = field(default_factory=image_trainer)
+    task: ImageTaskConfig = field(default_factory=ImageTaskConfig)
+    image: ImageRunConfig = field(default_factory=ImageRunConfig)

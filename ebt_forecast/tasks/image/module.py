@@ -1,0 +1,108 @@
+"""The image task's modules: the denoising EBT behind the task interface, and its DiT twin.
+
+Contract (the engine's): a candidate is a clean image (C, H, W); `propose(encoding, batch, M, G)` returns
+B x M x G starts, all equal to the noisy image (the identity: step 0 is the noisy input), and
+`energy_fn(x (N, C, H, W), index)` -> (N,) energies, where row n belongs to image
+(n if index is None else index[n]) // (M * G). Each noisy image is encoded once.
+
+Training (`ImageEBTModule.training_step`): the candidate starts at the noisy image and is refined by
+`self.think` (second order through the steps); the loss is the smooth L1 distance of the refined image to
+the clean one after every step, averaged (`task.loss_steps=all`), or after the last (`last`).
+The DiT trains on the DDPM noise-prediction loss at uniform times t in [0, 1] (cosine schedule), on the same
+crops (the noisy image unused; t and the noise come from the seeded dataset).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ebt_forecast.nn import TransformerConfig, TransformerPP
+from ebt_forecast.tasks.base import OptimConfig, TaskModule
+from ebt_forecast.tasks.image.config import ImageTaskConfig
+from ebt_forecast.tasks.image.model import DiT, ImageContext, ImageEBT, ImageShape, alpha_bar, ddim_denoise
+from ebt_forecast.think import Starts, ThinkConfig
+
+
+class ImageEBTModule(TaskModule):
+    """Noisy images in, refined clean images out; the energy scores a clean image given the noisy one."""
+
+    def __init__(self, model_cfg: TransformerConfig, think_cfg: ThinkConfig, optim_cfg: OptimConfig,
+                 task_cfg: ImageTaskConfig, shape: ImageShape):
+        super().__init__(think_cfg, optim_cfg)
+        self.task_cfg = task_cfg.validate()
+        self.model = ImageEBT(model_cfg, shape)
+
+    # -- the task interface --------------------------------------------------------------------
+    def encode(self, batch: dict[str, Tensor]) -> ImageContext:
+        return self.model.encode(batch["noisy"])
+
+    def propose(self, encoding: ImageContext, batch: dict[str, Tensor], num_candidates: int, group: int,
+                generator: torch.Generator | None = None) -> Starts:
+        """Every start is the noisy image itself."""
+        noisy = batch["noisy"]
+        proposals = noisy.unsqueeze(1).expand(-1, num_candidates, *noisy.shape[1:])
+        starts = proposals.unsqueeze(2).expand(-1, -1, group, *noisy.shape[1:])
+        return Starts(proposals, starts, self.energy_fn(encoding, num_candidates * group))
+
+    def energy_fn(self, encoding: ImageContext, per_image: int):
+        """energy_fn(images (N, C, H, W), index) -> (N,) with `per_image` candidates per noisy image."""
+
+        def fn(x: Tensor, index: Tensor | None) -> Tensor:
+            if index is None:  # every candidate, image-major: broadcast the cache, no copy
+                grouped = x.view(-1, per_image, *x.shape[1:])
+                cache = TransformerPP.expand_cache(encoding.cache, "grouped", candidate_dims=1)
+                return self.model.energy(cache, grouped).flatten()
+            cache = TransformerPP.expand_cache(encoding.cache, "gather", index // per_image)
+            return self.model.energy(cache, x)
+
+        return fn
+
+    def denoise(self, noisy: Tensor, steps: int) -> tuple[list[Tensor], list[float]]:
+        """The candidate after each of 0..steps thinking steps (each (B, C, H, W)) and the mean energies."""
+        thought = self.infer({"noisy": noisy}, num_candidates=1, group=1, steps=steps, selection="refined")
+        path = [thought.path[:, t, 0] for t in range(steps + 1)]
+        return path, thought.path_energies[:, :, 0].mean(0).tolist()
+
+    # -- training ------------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        clean, noisy = batch["clean"], batch["noisy"]
+        encoding = self.encode(batch)
+        result = self.think(self.energy_fn(encoding, 1), noisy.unsqueeze(1), keep_trajectory=True)
+        steps = [x[:, 0] for x in result.trajectory[1:]] or [result.candidates[:, 0]]
+        if self.task_cfg.loss_steps == "last":
+            steps = steps[-1:]
+        loss = torch.stack([F.smooth_l1_loss(x, clean, beta=self.task_cfg.huber_beta) for x in steps]).mean()
+        with torch.no_grad():
+            mse = F.mse_loss(steps[-1], clean)
+        self.log_dict({"train/loss": loss, "train/mse": mse}, prog_bar=True, batch_size=clean.shape[0])
+        self.log_think_record(result.record, "think")
+        return loss
+
+
+class DiTModule(TaskModule):
+    """The DiT twin: DDPM noise prediction; denoises by DDIM from the matching time. It has no energy."""
+
+    def __init__(self, model_cfg: TransformerConfig, optim_cfg: OptimConfig, shape: ImageShape):
+        super().__init__(ThinkConfig(enabled=False, learn_alpha=False), optim_cfg)
+        self.model = DiT(model_cfg, shape)
+
+    def encode(self, batch: dict[str, Tensor]) -> Tensor:
+        return batch["noisy"]
+
+    def propose(self, encoding: Tensor, batch: dict[str, Tensor], num_candidates: int, group: int,
+                generator: torch.Generator | None = None) -> Starts:
+        raise RuntimeError("the DiT twin has no energy: denoise with `denoise(noisy, sigma, steps)`")
+
+    def denoise(self, noisy: Tensor, sigma: float, steps: int) -> Tensor:
+        """DDIM with `steps` network passes from the time matching noise level sigma."""
+        return ddim_denoise(self.model, noisy, sigma, steps)
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        clean = batch["clean"]
+        b, t, eps = clean.shape[0], batch["t"], batch["eps"]  # drawn by the seeded dataset
+        ab = alpha_bar(t).view(b, 1, 1, 1)
+        x_t = ab.sqrt() * clean + (1 - ab).sqrt() * eps
+        loss = F.mse_loss(self.model(x_t, t), eps)
+        self.log("train/eps_mse", loss, prog_bar=True, batch_size=b)
+        return loss

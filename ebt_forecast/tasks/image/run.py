@@ -1,0 +1,265 @@
+"""`ebt-forecast image`: photos -> crops -> the denoising EBT and its DiT twin -> PSNR against passes.
+
+Everything is a resumable cell under `<output_dir>`: both trained models (`models/`, loaded with
+weights_only=True; an interrupted training resumes from `checkpoints/`), and one JSON per
+(split, noise level, model, passes) under `cells/<key>/`. Noise levels in `image.train_sigmas` are
+"seen"; the other `image.test_sigmas` are out of distribution. Outputs: image.md / image.csv (PSNR and
+MSE per level against forward passes, with the identity = the noisy input), plots/psnr_vs_passes.png
+and plots/examples.png (a grid of denoised test crops). Estimates are clipped to [-1, 1] before scoring.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+
+from ebt_forecast.io import atomic_save_figure, atomic_torch_save, atomic_write_csv, atomic_write_json, atomic_write_text
+from ebt_forecast.metrics import psnr
+from ebt_forecast.tasks.base import config_key, fit_module
+from ebt_forecast.tasks.image.config import ImageAppConfig
+from ebt_forecast.tasks.image.data import TrainCrops, add_noise, eval_crops, load_photos, split_photos
+from ebt_forecast.tasks.image.model import ImageShape
+from ebt_forecast.tasks.image.module import DiTModule, ImageEBTModule
+
+EVAL_SEED = {"val": 1, "test": 2}  # crop positions and noise of each held-out split
+
+
+def scores(estimate: torch.Tensor, clean: torch.Tensor) -> dict[str, float]:
+    """Mean per-crop PSNR (dB, data range 2) and MSE of estimates clipped to [-1, 1]."""
+    est, ref = estimate.clamp(-1, 1).numpy(), clean.numpy()
+    mse = ((est - ref) ** 2).reshape(len(ref), -1).mean(1)
+    return {"psnr": float(psnr(est, ref, data_range=2.0).mean()), "mse": float(mse.mean())}
+
+
+def trained(module: L.LightningModule, name: str, key: str, data: TrainCrops, trainer_cfg, root: Path) -> tuple[L.LightningModule, float]:
+    """Train once (resuming an interrupted run from its checkpoint), then load; returns the training seconds."""
+    path, info = root / "models" / f"{name}_{key}.pt", root / "models" / f"{name}_{key}.json"
+    if path.exists():
+        module.load_state_dict(torch.load(path, weights_only=True))
+        seconds = json.loads(info.read_text())["seconds"] if info.exists() else float("nan")
+        print(f"{name}: loaded {path} (trained in {seconds:.0f} s)")
+        return module.eval(), seconds
+    cfg = dataclasses.replace(trainer_cfg, checkpoint_dir=str(root / "checkpoints" / f"{name}_{key}"))
+    report = fit_module(module, data, cfg, seed=None, run_key=key)
+    atomic_torch_save(module.state_dict(), path)
+    atomic_write_json(info, {"seconds": report.seconds, "steps": report.steps,
+                             "parameters": sum(p.numel() for p in module.parameters())})
+    print(f"{name}: trained {report.steps} steps in {report.seconds:.0f} s -> {path}")
+    return module.eval(), report.seconds
+
+
+def cell(path: Path, compute) -> list[dict]:
+    """A finished cell from disk, or compute it (-> rows) and write it atomically."""
+    if path.exists():
+        return json.loads(path.read_text())
+    rows = compute()
+    atomic_write_json(path, rows)
+    return rows
+
+
+def in_batches(fn, noisy: torch.Tensor, size: int) -> torch.Tensor:
+    """fn over batches of `size` crops, outputs concatenated."""
+    return torch.cat([fn(chunk) for chunk in noisy.split(size)])
+
+
+def run_image_command(app: ImageAppConfig) -> int:
+    """Load photos, train (or load) both models, score every split x level x passes cell, write the report."""
+    c, task = app.image.validate(), app.task.validate()
+    app.trainer.validate()
+    shape = ImageShape(3, c.crop, c.patch)
+    root = Path(app.runtime.output_dir)
+    start = time.perf_counter()
+    photos = load_photos(c.photos, c.downscale, c.crop)
+    splits = split_photos(list(photos), c.split_every)
+    print(f"image: {len(photos)} photos -> train {len(splits['train'])}, val {splits['val']}, test {splits['test']}; "
+          f"crops {c.crop} x {c.crop}, patch {c.patch}, training noise {c.noise} sigma {list(c.train_sigmas)}")
+    data_key = config_key(c.photos or "bundled", sorted(photos), [photos[n].shape for n in sorted(photos)], c.downscale,
+                          c.crop, c.split_every, c.noise, list(c.train_sigmas), app.seed)
+    train = [photos[n] for n in splits["train"]]
+    models: dict[str, torch.nn.Module] = {}
+    seconds: dict[str, float] = {}
+    data = TrainCrops(train, c.crop, c.train_sigmas, app.trainer.max_steps * app.trainer.batch_size, app.seed)
+    if "ebt" in c.models:
+        L.seed_everything(app.seed, workers=True, verbose=False)
+        key = config_key(app.model, app.think, app.trainer.settings(), task, shape, data_key)
+        module = ImageEBTModule(app.model, app.think, app.trainer, task, shape)
+        models["ebt"], seconds["ebt"] = trained(module, "ebt", key, data, app.trainer, root)
+        ebt_key = key
+    if "dit" in c.models:
+        L.seed_everything(app.seed, workers=True, verbose=False)
+        dit_trainer = dataclasses.replace(app.trainer, max_steps=c.dit_max_steps or app.trainer.max_steps)
+        key = config_key(app.model, dit_trainer.settings(), shape, data_key, "dit")
+        dit_data = TrainCrops(train, c.crop, c.train_sigmas, dit_trainer.max_steps * dit_trainer.batch_size, app.seed)
+        models["dit"], seconds["dit"] = trained(DiTModule(app.model, dit_trainer, shape), "dit", key, dit_data,
+                                                dit_trainer, root)
+        dit_key = key
+    cell_key = config_key(ebt_key if "ebt" in models else "", dit_key if "dit" in models else "", c.eval_crops,
+                          c.ebt_steps, app.think.infer_steps, data_key)
+    cells = root / "cells" / cell_key
+    rows = []
+    seen = set(c.train_sigmas)
+    for split in c.splits:
+        clean = eval_crops([photos[n] for n in splits[split]], c.crop, c.eval_crops, EVAL_SEED[split])
+        for sigma in c.test_sigmas:
+            noisy = add_noise(clean, sigma, EVAL_SEED[split])
+            base = {"split": split, "sigma": sigma, "seen": sigma in seen}
+            rows += [{**base, **r} for r in cell(cells / f"{split}__s{sigma}__identity.json", lambda: [
+                {"model": "identity", "passes": 0, "backward": 0, **scores(noisy, clean), "seconds": 0.0}])]
+            if "ebt" in models:
+                rows += [{**base, **r} for r in cell(cells / f"{split}__s{sigma}__ebt.json",
+                                                     lambda: ebt_rows(models["ebt"], noisy, clean, c.ebt_steps, c.eval_batch))]
+            for k in c.dit_steps if "dit" in models else []:
+                rows += [{**base, **r} for r in cell(cells / f"{split}__s{sigma}__dit{k}.json",
+                                                     lambda: dit_rows(models["dit"], noisy, clean, sigma, k, c.eval_batch))]
+    frame = pd.DataFrame(rows)
+    write_report(root, app, frame, splits, seconds, models, photos)
+    print(f"image: done in {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+def ebt_rows(module: ImageEBTModule, noisy: torch.Tensor, clean: torch.Tensor, steps: int, batch: int) -> list[dict]:
+    """PSNR and MSE after each of 0..steps thinking steps (one think call: the path is read at every step)."""
+    start = time.perf_counter()
+    paths, energies = [], []
+    for chunk in noisy.split(batch):
+        path, energy = module.denoise(chunk, steps)
+        paths.append(path)
+        energies.append(torch.tensor(energy) * len(chunk))
+    energy = (torch.stack(energies).sum(0) / len(noisy)).tolist()
+    elapsed = time.perf_counter() - start
+    return [{"model": "ebt", "passes": t, "backward": t, **scores(torch.cat([p[t] for p in paths]), clean),
+             "seconds": elapsed * t / max(steps, 1), "energy": energy[t]} for t in range(steps + 1)]
+
+
+def dit_rows(module: DiTModule, noisy: torch.Tensor, clean: torch.Tensor, sigma: float, steps: int, batch: int) -> list[dict]:
+    """PSNR and MSE of DDIM with `steps` passes from the time matching sigma."""
+    start = time.perf_counter()
+    est = in_batches(lambda x: module.denoise(x, sigma, steps), noisy, batch)
+    return [{"model": "dit", "passes": steps, "backward": 0, **scores(est, clean), "seconds": time.perf_counter() - start}]
+
+
+# ------------------------------------------------------------------------------------------------
+# the report
+
+
+def write_report(root: Path, app: ImageAppConfig, frame: pd.DataFrame, splits: dict, seconds: dict, models: dict,
+                 photos: dict) -> None:
+    """image.csv, image.md, plots/psnr_vs_passes.png and plots/examples.png, atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    c = app.image
+    atomic_write_csv(frame, root / "image.csv")
+    sigmas = list(c.test_sigmas)
+    label = lambda s: f"{s:g}" + ("" if s in set(c.train_sigmas) else " (unseen)")  # noqa: E731
+    params = {name: sum(p.numel() for p in m.parameters()) for name, m in models.items()}
+    lines = ["# image denoising: EBT against DiT", "",
+             f"{len(photos)} photos (test: {', '.join(splits['test'])}; validation: {', '.join(splits['val'])}); "
+             f"{c.eval_crops} crops of {c.crop} x {c.crop} per split; Gaussian noise, trained at sigma "
+             f"{', '.join(f'{s:g}' for s in c.train_sigmas)} (pixels in [-1, 1]). Backbone dim {app.model.dim}, depth "
+             f"{app.model.depth}, heads {app.model.heads}; parameters "
+             + ", ".join(f"{k} {v:,}" for k, v in params.items()) + "; training "
+             + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()) + f" ({app.trainer.max_steps} steps of "
+             f"{app.trainer.batch_size} crops each). Passes: EBT thinking steps (each one forward and one backward of "
+             "the candidate half, after one encoding of the noisy image), DiT DDIM steps (one forward each). "
+             "PSNR in dB (mean over crops, data range 2), estimates clipped to [-1, 1].", ""]
+    for split in [s for s in ("test", "val") if s in set(frame["split"])]:
+        part = frame[frame["split"] == split]
+        lines += [f"## {split}: PSNR (dB) by noise level", "",
+                  "| model | passes | " + " | ".join(label(s) for s in sigmas) + " |", "|---|---:|" + "---:|" * len(sigmas)]
+        for (model, passes), rows in part.groupby(["model", "passes"], sort=False):
+            values = rows.set_index("sigma")["psnr"]
+            lines.append(f"| {model} | {passes} | " + " | ".join(f"{values.get(s, float('nan')):.2f}" for s in sigmas) + " |")
+        lines += ["", f"## {split}: MSE by noise level", "",
+                  "| model | passes | " + " | ".join(label(s) for s in sigmas) + " |", "|---|---:|" + "---:|" * len(sigmas)]
+        for (model, passes), rows in part.groupby(["model", "passes"], sort=False):
+            values = rows.set_index("sigma")["mse"]
+            lines.append(f"| {model} | {passes} | " + " | ".join(f"{values.get(s, float('nan')):.5f}" for s in sigmas) + " |")
+        lines.append("")
+    lines += headline(frame, sigmas, label)
+    atomic_write_text(root / "image.md", "\n".join(lines) + "\n")
+
+    test = frame[frame["split"] == ("test" if "test" in set(frame["split"]) else frame["split"].iloc[0])]
+    fig, axes = plt.subplots(1, len(sigmas), figsize=(3.2 * len(sigmas), 3.2), squeeze=False)
+    for ax, sigma in zip(axes[0], sigmas):
+        part = test[test["sigma"] == sigma]
+        for model, marker in (("ebt", "o"), ("dit", "s")):
+            rows = part[part["model"] == model].sort_values("passes")
+            if len(rows):
+                ax.plot(rows["passes"], rows["psnr"], marker=marker, label=model.upper())
+        ident = part[part["model"] == "identity"]["psnr"]
+        if len(ident):
+            ax.axhline(float(ident.iloc[0]), color="grey", linestyle="--", label="noisy input")
+        ax.set_xscale("symlog", linthresh=1)
+        ax.set_xlabel("forward passes")
+        ax.set_title(f"sigma {label(sigma)}", fontsize=9)
+    axes[0][0].set_ylabel("PSNR (dB)")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    atomic_save_figure(fig, root / "plots" / "psnr_vs_passes.png")
+    if c.grid_examples > 0 and "test" in splits:
+        example_grid(root, app, models, photos, splits)
+    print("\n".join(lines))
+    print(f"\nwritten: {root / 'image.md'}, {root / 'image.csv'}, {root / 'plots'}")
+
+
+def headline(frame: pd.DataFrame, sigmas: list[float], label) -> list[str]:
+    """The benchmark question: the EBT's best PSNR within 3 steps against the DiT at each of its step counts."""
+    test = frame[frame["split"] == "test"]
+    ebt, dit = test[(test["model"] == "ebt") & (test["passes"] <= 3)], test[test["model"] == "dit"]
+    if not len(ebt) or not len(dit):
+        return []
+    ks = sorted(set(dit["passes"]))
+    lines = ["## test: EBT (best of <= 3 steps) minus DiT, PSNR (dB)", "",
+             "| sigma | EBT <= 3 steps | " + " | ".join(f"DiT {k}" for k in ks) + " | " +
+             " | ".join(f"EBT - DiT {k}" for k in ks) + " |", "|---|---:|" + "---:|" * (2 * len(ks))]
+    for sigma in sigmas:
+        best = ebt[ebt["sigma"] == sigma].sort_values("psnr").iloc[-1]
+        d = dit[dit["sigma"] == sigma].set_index("passes")["psnr"]
+        lines.append(f"| {label(sigma)} | {best['psnr']:.2f} ({int(best['passes'])} steps) | "
+                     + " | ".join(f"{d.get(k, float('nan')):.2f}" for k in ks) + " | "
+                     + " | ".join(f"{best['psnr'] - d.get(k, float('nan')):+.2f}" for k in ks) + " |")
+    return lines + [""]
+
+
+def example_grid(root: Path, app: ImageAppConfig, models: dict, photos: dict, splits: dict) -> None:
+    """Rows: test crops at the largest seen and the largest unseen level; columns: clean, noisy, EBT, DiT."""
+    import matplotlib.pyplot as plt
+
+    c = app.image
+    clean = eval_crops([photos[n] for n in splits["test"]], c.crop, c.eval_crops, EVAL_SEED["test"])
+    pick = clean[torch.linspace(0, len(clean) - 1, c.grid_examples).long()]
+    unseen = [s for s in c.test_sigmas if s not in set(c.train_sigmas)]
+    levels = [max(c.train_sigmas)] + ([max(unseen)] if unseen else [])
+    ebt_steps, dit_steps = min(3, c.ebt_steps), max(c.dit_steps)
+    columns = ["clean", "noisy"] + ([f"EBT {ebt_steps} steps"] if "ebt" in models else []) + (
+        [f"DiT {dit_steps} steps"] if "dit" in models else [])
+    fig, axes = plt.subplots(len(levels) * len(pick), len(columns), figsize=(1.6 * len(columns), 1.6 * len(levels) * len(pick)),
+                             squeeze=False)
+    for li, sigma in enumerate(levels):
+        noisy = add_noise(pick, sigma, EVAL_SEED["test"] + 7)
+        shown = [pick, noisy]
+        if "ebt" in models:
+            shown.append(models["ebt"].denoise(noisy, ebt_steps)[0][-1])
+        if "dit" in models:
+            shown.append(models["dit"].denoise(noisy, sigma, dit_steps))
+        for i in range(len(pick)):
+            for j, images in enumerate(shown):
+                ax = axes[li * len(pick) + i][j]
+                ax.imshow(((images[i].clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy())
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if li * len(pick) + i == 0:
+                    ax.set_title(columns[j], fontsize=7)
+                if j == 0:
+                    ax.set_ylabel(f"sigma {sigma:g}", fontsize=7)
+    fig.tight_layout()
+    atomic_save_figure(fig, root / "plots" / "examples.png")
