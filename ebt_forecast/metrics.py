@@ -307,3 +307,14 @@ def selective_wql(window_scores: list[dict], signal: np.ndarray, withheld: Seque
 def window_errors(window_scores: list[dict]) -> np.ndarray:
     """Each window's own scale-free error: its WQL (mean quantile loss over levels / sum |y|)."""
     return np.array([aggregate([w])["wql"] for w in window_scores])
+
+
+def rowwise_spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Spearman correlation of each row of two (..., K) arrays (ties get average ranks); NaN where a row is constant."""
+    from scipy.stats import rankdata
+
+    ra, rb = rankdata(a, axis=-1), rankdata(b, axis=-1)
+    ra, rb = ra - ra.mean(-1, keepdims=True), rb - rb.mean(-1, keepdims=True)
+    denominator = np.sqrt((ra ** 2).sum(-1) * (rb ** 2).sum(-1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denominator > 0, (ra * rb).sum(-1) / np.where(denominator > 0, denominator, 1), np.nan)

@@ -14,7 +14,8 @@ from ebt_forecast.tasks.base import TrainerConfig, fit_module
 from ebt_forecast.tasks.text.config import TextTaskConfig, text_think
 from ebt_forecast.tasks.text.data import TokenWindows, pack_examples, dyck_examples, split_works
 from ebt_forecast.tasks.text.model import TextEBT, TransformerPlusPlusLM
-from ebt_forecast.tasks.text.module import TextModule, TransformerPPModule, token_cross_entropy
+from ebt_forecast.metrics import rowwise_spearman
+from ebt_forecast.tasks.text.module import TextModule, TransformerPPModule, position_cross_entropy, token_cross_entropy
 from ebt_forecast.tasks.text.tokenizer import ByteBPETokenizer, GPT2Tokenizer
 
 TINY = TransformerConfig(dim=32, depth=2, heads=2, ffn_multiplier=1.0)
@@ -119,6 +120,33 @@ def test_thinking_lowers_the_energy_of_a_trained_model(trained):
     assert energies[-1].mean() < energies[0].mean()
 
 
+def test_the_ranking_loss_teaches_the_energy_to_rank_candidates_by_cross_entropy():
+    torch.manual_seed(0)
+    bpe = ByteBPETokenizer.train([TEXT], 300)
+    data = TokenWindows(np.asarray(bpe.encode(TEXT), dtype=np.int64), 16, 16, seed=0)
+    batch = {k: torch.stack([data[i][k] for i in range(16)]) for k in ("x", "y")}
+    ebt = TextModule(TINY, text_think(), TrainerConfig(), TextTaskConfig(rank_weight=1.0), 300, 16)
+    with torch.no_grad():  # four candidates per position: the head's logits and three noisy copies
+        head = ebt.model.head_logits(ebt.encode(batch))
+        group = head.unsqueeze(1) + torch.randn((16, 4, 16, 300), generator=torch.Generator().manual_seed(0))
+    errors = position_cross_entropy(group, batch["y"].unsqueeze(1)).transpose(1, 2).flatten(0, 1).numpy()
+
+    def spearman() -> float:
+        with torch.no_grad():
+            energies = ebt.position_energies(ebt.encode(batch), group).transpose(1, 2).flatten(0, 1).numpy()
+        return float(np.nanmean(rowwise_spearman(energies, errors)))
+
+    before = spearman()
+    optimizer = torch.optim.AdamW(ebt.parameters(), lr=3e-3)
+    for _ in range(60):
+        loss = ebt.ranking_loss(ebt.encode(batch), group, batch["y"])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    after = spearman()
+    assert abs(before) < 0.3 and after > 0.6, (before, after)
+
+
 def tiny_corpus(folder: Path) -> Path:
     folder.mkdir()
     for i, name in enumerate(["a.txt", "b.txt", "c.txt"]):
@@ -139,6 +167,8 @@ def test_text_cli_writes_the_tables_and_reuses_its_cells(tmp_path, capsys):
     assert set(table["set"]) == {"validation", "test", "dyck", "arithmetic"}
     assert set(table["model"]) == {"ebt", "transformer_pp"}
     assert set(table[table["kind"] == "verify"]["candidates"]) == {1, 2}
+    assert set(table[table["kind"] == "average"]["candidates"]) == {1, 2}  # the energy-free control
+    assert np.isfinite(table[(table["kind"] == "verify") & (table["candidates"] == 2)]["spearman"]).all()
     assert (root / "text.md").exists() and (root / "plots" / "perplexity_vs_steps.png").exists()
     models = sorted((root / "models").glob("*.pt"))
     stamps = [p.stat().st_mtime_ns for p in models]

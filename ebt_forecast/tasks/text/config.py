@@ -54,12 +54,18 @@ class TextTaskConfig:
     init_std: float = 1.0
     loss_steps: str = "all"  # "all": cross-entropy averaged over the steps (System 1); "last": last step (System 2)
     head_weight: float = 1.0  # init=head: weight of the head's own cross-entropy
+    rank_weight: float = 0.0  # >0: teach the energy to verify: `rank_starts` noisy starts (head + N(0, init_std)) think
+    #                           beside the head start (all under the cross-entropy loss, so (1 + K)x the thinking cost),
+    #                           and a listwise loss ranks the refined candidates of each position by cross-entropy
+    rank_starts: int = 3
 
     def validate(self) -> "TextTaskConfig":
         for key, ok, allowed in [("init", self.init in INITS, f"one of {', '.join(INITS)}"),
                                  ("init_std", self.init_std >= 0, ">= 0"),
                                  ("loss_steps", self.loss_steps in LOSS_STEPS, f"one of {', '.join(LOSS_STEPS)}"),
-                                 ("head_weight", self.head_weight >= 0, ">= 0")]:
+                                 ("head_weight", self.head_weight >= 0, ">= 0"),
+                                 ("rank_weight", self.rank_weight >= 0, ">= 0"),
+                                 ("rank_starts", self.rank_starts >= 1, ">= 1")]:
             if not ok:
                 raise ConfigError(f"task.{key}={getattr(self, key)!r} is invalid: must be {allowed}")
         return self

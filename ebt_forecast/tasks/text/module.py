@@ -7,7 +7,10 @@ window (n if index is None else index[n]) // (M * G). Each window's context is e
 Training (`TextModule.training_step`): starts from random logits (or the head, `task.init`), optionally
 mixed with replayed final predictions (`think.replay_size`), are refined by `self.think` (second order);
 the loss is the cross-entropy of the refined logits after every step, averaged (System 1,
-`task.loss_steps=all`), or after the last step (System 2, `last`). The twin trains on plain next-token
+`task.loss_steps=all`), or after the last step (System 2, `last`). With `task.rank_weight > 0` the energy is also
+taught to verify (`think.listwise_ranking_loss`): per position, the refined head start and `task.rank_starts`
+noisy starts (head + N(0, init_std)), refined beside it with the same loss, are ranked by their cross-entropy:
+the candidates self-verification compares. The twin trains on plain next-token
 cross-entropy and is System 1 only (`think.enabled=False`: it has no energy).
 """
 from __future__ import annotations
@@ -20,13 +23,18 @@ from ebt_forecast.nn import TransformerConfig, TransformerPP
 from ebt_forecast.tasks.base import OptimConfig, TaskModule
 from ebt_forecast.tasks.text.config import TextTaskConfig
 from ebt_forecast.tasks.text.model import TextContext, TextEBT, TransformerPlusPlusLM
-from ebt_forecast.think import ReplayBuffer, Starts, ThinkConfig, mix_replay
+from ebt_forecast.think import ReplayBuffer, Starts, ThinkConfig, listwise_ranking_loss, mix_replay
+
+
+def position_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+    """Cross-entropy per position (...) of logits (..., V) against targets broadcastable to (...)."""
+    targets = targets.expand(logits.shape[:-1])
+    return F.cross_entropy(logits.flatten(0, -2), targets.flatten(), reduction="none").view(targets.shape)
 
 
 def token_cross_entropy(logits: Tensor, targets: Tensor, mask: Tensor | None = None) -> Tensor:
     """Mean cross-entropy of logits (..., S, V) against targets broadcastable to (..., S) over scored tokens."""
-    targets = targets.expand(logits.shape[:-1])
-    ce = F.cross_entropy(logits.flatten(0, -2), targets.flatten(), reduction="none").view(targets.shape)
+    ce = position_cross_entropy(logits, targets)
     if mask is None:
         return ce.mean()
     mask = mask.expand(ce.shape)
@@ -102,15 +110,32 @@ class TextModule(TaskModule):
             head = self.model.head_logits(encoding)
             losses["head"] = self.task_cfg.head_weight * token_cross_entropy(head, rows["y"])
             init = torch.cat([head.detach()[:fresh], init[fresh:]])
-        result = self.think(self.energy_fn(encoding, 1), init.unsqueeze(1), keep_trajectory=True)
-        steps = [x[:, 0] for x in result.trajectory[1:]] or [result.candidates[:, 0]]
+        k = self.task_cfg.rank_starts if self.task_cfg.rank_weight > 0 else 0
+        group = init.unsqueeze(1)
+        if k:  # the head start and K noisy ones: the candidates self-verification compares
+            with torch.no_grad():
+                noise = torch.randn((b, k, *init.shape[1:]), device=init.device) * self.task_cfg.init_std
+            group = torch.cat([group, group + noise], dim=1)
+        result = self.think(self.energy_fn(encoding, 1 + k), group, keep_trajectory=True)
+        steps = result.trajectory[1:] or [result.candidates]
         if self.task_cfg.loss_steps == "last":
             steps = steps[-1:]
-        losses["ce"] = torch.stack([token_cross_entropy(x, rows["y"]) for x in steps]).mean()
+        losses["ce"] = torch.stack([token_cross_entropy(x, rows["y"].unsqueeze(1)) for x in steps]).mean()
+        if k:
+            losses["rank"] = self.task_cfg.rank_weight * self.ranking_loss(encoding, result.candidates, rows["y"])
         self.replay.push({"x": rows["x"][:fresh], "y": rows["y"][:fresh], "init": result.candidates[:fresh, 0]})
         self.log_dict({f"train/{k}": v for k, v in losses.items()}, prog_bar=True, batch_size=b)
         self.log_think_record(result.record, "think")
         return sum(losses.values())
+
+    def ranking_loss(self, encoding: TextContext, refined: Tensor, targets: Tensor) -> Tensor:
+        """Listwise ranking, per position, of refined candidates (B, G, S, V) by their cross-entropy."""
+        group = refined.detach()
+        energies = self.position_energies(encoding, group).transpose(1, 2)  # (B, S, G), through the model
+        errors = position_cross_entropy(group, targets.unsqueeze(1)).transpose(1, 2)
+        # regret, not raw cross-entropy: the loss's temperature is relative to the group's mean error, and
+        # cross-entropies of ~5 nats that differ by tenths would make near-uniform targets
+        return listwise_ranking_loss(energies, errors - errors.min(-1, keepdim=True).values)
 
 
 class TransformerPPModule(TaskModule):

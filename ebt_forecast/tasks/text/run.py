@@ -39,7 +39,8 @@ from ebt_forecast.tasks.text.data import (
     split_works,
     token_stream,
 )
-from ebt_forecast.tasks.text.module import TextModule, TransformerPPModule, token_cross_entropy
+from ebt_forecast.metrics import rowwise_spearman
+from ebt_forecast.tasks.text.module import TextModule, TransformerPPModule, position_cross_entropy, token_cross_entropy
 from ebt_forecast.tasks.text.tokenizer import TextTokenizer, make_tokenizer
 from ebt_forecast.think import ConfigError
 
@@ -199,6 +200,8 @@ def chunks(batch: dict[str, Tensor], size: int):
 def evaluate(trained: Trained, name: str, batch: dict[str, Tensor], app: TextAppConfig) -> list[dict]:
     """Every evaluation row of one model on one set (deterministic: starts drawn from app.seed)."""
     t, module, tally = app.text, trained.module, Tally()
+    n_max = max(t.candidate_counts)
+    ranking = defaultdict(float)  # within-position Spearman of energy vs cross-entropy over the N_max candidates
     generator = torch.Generator().manual_seed(app.seed)
     positions = 0
     for c in chunks(batch, t.eval_batch):
@@ -223,19 +226,37 @@ def evaluate(trained: Trained, name: str, batch: dict[str, Tensor], app: TextApp
             x, done = result.candidates.detach(), k
             tally.add(("steps", k, 1), x[:, 0], y, mask, float(result.energies.sum()))
         # self-verification: N independent starts, think.infer_steps each, lowest energy per position
-        n_max = max(t.candidate_counts)
         starts = module.propose(encoding, c, 1, n_max, generator)
         result = module.think(starts.energy_fn, starts.starts.reshape(b, n_max, s, v), training=False,
                               steps=app.think.infer_steps)
         final = result.candidates.detach()
         with torch.no_grad():
             energies = module.position_energies(encoding, final)  # (b, N, S)
+        errors = position_cross_entropy(final, y.unsqueeze(1))  # (b, N, S)
         for n in sorted(set(t.candidate_counts)):
             best = energies[:, :n].argmin(1)  # (b, S)
             chosen = final[:, :n].gather(1, best[:, None, :, None].expand(-1, 1, -1, v))[:, 0]
             picked = energies[:, :n].gather(1, best[:, None])[:, 0]
             tally.add(("verify", app.think.infer_steps, n), chosen, y, mask, float(picked.sum()))
-    return tally.rows("ebt" if trained.kind == "ebt" else "transformer_pp", name, max(positions, 1))
+            # the energy-free control of the same candidates: their plain average (a mixture of the N distributions)
+            mixture = torch.logsumexp(final[:, :n].log_softmax(-1), dim=1) - math.log(n)
+            tally.add(("average", app.think.infer_steps, n), mixture, y, mask)
+        # does the energy rank the N candidates of a position by their cross-entropy? (scored positions only)
+        scored = mask.bool().numpy()
+        e_np, err_np = energies.transpose(1, 2).numpy()[scored], errors.transpose(1, 2).numpy()[scored]  # (P, N)
+        rho = rowwise_spearman(e_np, err_np)
+        picks = np.take_along_axis(err_np, e_np.argmin(-1)[:, None], -1)[:, 0] <= err_np.min(-1) + 1e-9
+        ranking["spearman"] += float(np.nansum(rho))
+        ranking["ranked"] += int(np.isfinite(rho).sum())
+        ranking["picked_best"] += int(picks.sum())
+        ranking["positions"] += len(picks)
+    rows = tally.rows("ebt" if trained.kind == "ebt" else "transformer_pp", name, max(positions, 1))
+    if ranking["positions"]:
+        for row in rows:  # the ranking diagnostics over the N_max candidates, on the self-verification rows
+            if row["kind"] == "verify" and row["candidates"] == n_max:
+                row["spearman"] = ranking["spearman"] / max(ranking["ranked"], 1)
+                row["pick_best"] = ranking["picked_best"] / ranking["positions"]
+    return rows
 
 
 def cell(path: Path, run) -> list[dict]:
@@ -249,7 +270,7 @@ def cell(path: Path, run) -> list[dict]:
 
 def evaluation_key(app: TextAppConfig, data: TextData) -> str:
     t = app.text
-    return config_key(data.eval_key, t.eval_batch, t.think_steps, t.candidate_counts, app.think.infer_steps,
+    return config_key("rows-v2", data.eval_key, t.eval_batch, t.think_steps, t.candidate_counts, app.think.infer_steps,
                       app.think.infer_langevin_std, app.think.stop_policy, app.think.reject_uphill, app.seed)
 
 
@@ -342,6 +363,22 @@ def write_report(root: Path, app: TextAppConfig, data: TextData, trained: dict[s
         for name in sets:
             r = verify[verify["set"] == name].set_index("candidates")
             lines.append(f"| {name} | " + " | ".join(f"{r.loc[n, 'perplexity']:.2f}" for n in ns) + " |")
+        average = ebt[ebt["kind"] == "average"]
+        if len(average):
+            lines += ["", "The energy-free control of the same candidates: their plain average (the mixture of the N "
+                      "next-token distributions):", "", "| set | " + " | ".join(f"N={n}" for n in ns) + " |",
+                      "|---|" + "---:|" * len(ns)]
+            for name in sets:
+                r = average[average["set"] == name].set_index("candidates")
+                lines.append(f"| {name} | " + " | ".join(f"{r.loc[n, 'perplexity']:.2f}" for n in ns) + " |")
+        if "spearman" in verify:
+            top = verify[verify["candidates"] == max(ns)]
+            lines += ["", f"Does the energy rank the N={max(ns)} candidates of a position by their cross-entropy? Mean "
+                      "within-position Spearman correlation of energy against cross-entropy (1 = perfect), and how "
+                      f"often the lowest energy is the lowest cross-entropy (chance {1 / max(ns):.3f}):", "",
+                      "| set | Spearman | lowest energy = best |", "|---|---:|---:|"]
+            for _, r in top.iterrows():
+                lines.append(f"| {r['set']} | {r['spearman']:.3f} | {r['pick_best']:.3f} |")
         alpha = trained["ebt"].meta.get("alpha")
         lines += ["", f"Learned alpha after training: {alpha:.3g}." if alpha is not None else ""]
     atomic_write_text(root / "text.md", "\n".join(lines) + "\n")
