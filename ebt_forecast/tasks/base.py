@@ -26,10 +26,10 @@ from typing import Any, Optional
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from omegaconf import MISSING
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset
 
 from ebt_forecast.nn import TransformerConfig
 from ebt_forecast.think import (
@@ -63,7 +63,12 @@ class OptimConfig:
 
 @dataclass
 class TrainerConfig(OptimConfig):
-    """Training budget and optimiser (shared by an EBT and its feed-forward twin)."""
+    """Training budget and optimiser (shared by an EBT and its feed-forward twin), and where training runs.
+
+    `batch_size` is the global batch: under a data-parallel strategy (`strategy=ddp`, `devices=N`,
+    `num_nodes=K`) each of the N x K processes takes `batch_size / (N x K)` rows of the same steps, so the
+    processes change the speed, not the run (up to float rounding and each process's noise stream).
+    """
 
     max_steps: int = 300
     batch_size: int = 64
@@ -71,19 +76,59 @@ class TrainerConfig(OptimConfig):
     progress_bar: bool = True
     checkpoint_dir: Optional[str] = None  # set: save `last.ckpt` there every checkpoint_every steps and resume from it
     checkpoint_every: int = 100
+    # where and how training runs (Lightning's Trainer arguments); only precision changes what is computed
+    accelerator: str = "cpu"  # cpu | gpu (cuda) | mps | auto
+    devices: str = "1"  # processes per node: a count, -1 or auto (all), or GPU ids "0,1"
+    num_nodes: int = 1
+    strategy: str = "auto"  # auto | ddp (a process per device, the command runs in each) | ddp_spawn | ddp_fork | fsdp ...
+    precision: str = "32-true"  # 32-true | bf16-mixed | 16-mixed | bf16-true | 16-true | 64-true
 
     def settings(self) -> dict[str, Any]:
-        """The fields a run's result depends on (not the progress bar or where checkpoints go)."""
-        return {k: v for k, v in asdict(self).items() if k not in ("progress_bar", "checkpoint_dir", "checkpoint_every")}
+        """The fields a run's result depends on: not the progress bar, where checkpoints go or where training
+        runs (accelerator, devices, num_nodes, strategy); precision only when not the default 32-true."""
+        skip = {"progress_bar", "checkpoint_dir", "checkpoint_every", *EXECUTION_FIELDS}
+        if self.precision == "32-true":  # so results cached before the field existed keep their keys
+            skip.add("precision")
+        return {k: v for k, v in asdict(self).items() if k not in skip}
 
     def validate(self) -> "TrainerConfig":
         """Raise ConfigError naming the first invalid key."""
         for key, ok, allowed in [("max_steps", self.max_steps >= 1, ">= 1"), ("batch_size", self.batch_size >= 1, ">= 1"),
                                  ("lr", self.lr > 0, "> 0"), ("warmup_steps", self.warmup_steps >= 0, ">= 0"),
-                                 ("checkpoint_every", self.checkpoint_every >= 1, ">= 1")]:
+                                 ("checkpoint_every", self.checkpoint_every >= 1, ">= 1"),
+                                 ("num_nodes", self.num_nodes >= 1, ">= 1"),
+                                 ("accelerator", self.accelerator in ACCELERATORS, f"one of {', '.join(ACCELERATORS)}"),
+                                 ("precision", self.precision in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
+                                 ("strategy", self.strategy in strategies(), f"one of {', '.join(strategies())}"),
+                                 ("devices", _devices(self.devices) is not None,
+                                  "a count >= 1, -1, auto, or comma-separated device ids like 0,1")]:
             if not ok:
                 raise ConfigError(f"trainer.{key}={getattr(self, key)!r} is invalid: must be {allowed}")
         return self
+
+
+EXECUTION_FIELDS = ("accelerator", "devices", "num_nodes", "strategy")
+ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")
+
+
+def strategies() -> list[str]:
+    """Lightning's registered strategy names, and auto."""
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    return ["auto", *StrategyRegistry.available_strategies()]
+
+
+def _devices(value: Any) -> int | str | list[int] | None:
+    """`trainer.devices` as Lightning takes it (an int, auto, or a list of ids); None if invalid."""
+    text = str(value).strip()
+    if text == "auto":
+        return text
+    if text.lstrip("-").isdigit():
+        n = int(text)
+        return n if n >= 1 or n == -1 else None
+    ids = [part.strip() for part in text.strip("[]").split(",") if part.strip()]
+    return [int(i) for i in ids] if ids and all(i.isdigit() for i in ids) else None
 
 
 @dataclass
@@ -277,11 +322,17 @@ def fit_module(module: L.LightningModule, data: Dataset, trainer_cfg: TrainerCon
     With `trainer_cfg.checkpoint_dir`, `last.ckpt` is saved every `checkpoint_every` steps and a later
     call resumes from it, but only for the same configuration: the directory records `run_key`, and a
     checkpoint written by another configuration is refused (ConfigError) rather than silently mixed in.
+
+    Under a data-parallel strategy with W processes, process r reads rows r, r + W, r + 2W, ... in
+    batches of batch_size / W (`RankRows`), so step s of all processes together reads exactly rows
+    [s * batch_size, (s + 1) * batch_size), the batch one process would read, and DDP averages the
+    gradients. (Lightning's own sampler would shuffle: it turns shuffling on for every training loader.)
+    Only global rank 0 writes the key and the checkpoints.
     """
     if seed is not None:
         L.seed_everything(seed, workers=True, verbose=False)
     t = trainer_cfg.validate()
-    callbacks, resume = [], None
+    callbacks, resume = [_StepCount()], None
     if t.checkpoint_dir:
         folder = Path(t.checkpoint_dir)
         key_file = folder / "run_key.txt"
@@ -292,16 +343,69 @@ def fit_module(module: L.LightningModule, data: Dataset, trainer_cfg: TrainerCon
                 raise ConfigError(f"trainer.checkpoint_dir={t.checkpoint_dir!r} holds a checkpoint of another "
                                   f"configuration (key {written_by}, this run {run_key}): use a new directory")
             resume = str(last)
-        folder.mkdir(parents=True, exist_ok=True)
-        key_file.write_text(run_key)
         callbacks.append(ModelCheckpoint(dirpath=t.checkpoint_dir, save_last=True, save_top_k=0,
                                          every_n_train_steps=t.checkpoint_every))
     trainer = L.Trainer(
-        max_steps=t.max_steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=bool(callbacks),
+        max_steps=t.max_steps, accelerator=t.accelerator, devices=_devices(t.devices), num_nodes=t.num_nodes,
+        strategy=_strategy(t.strategy), precision=t.precision, logger=False, enable_checkpointing=bool(t.checkpoint_dir),
         callbacks=callbacks, enable_model_summary=False, enable_progress_bar=t.progress_bar,
-        gradient_clip_val=t.gradient_clip, num_sanity_val_steps=0,
+        gradient_clip_val=t.gradient_clip, num_sanity_val_steps=0, use_distributed_sampler=False,
     )
+    world = trainer.world_size
+    if t.batch_size % world:
+        raise ConfigError(f"trainer.batch_size={t.batch_size} is invalid: the global batch must divide evenly "
+                          f"among the {world} training processes (devices x num_nodes)")
+    if world > 1 and isinstance(data, IterableDataset):
+        raise ConfigError(f"trainer.strategy={t.strategy!r} runs {world} processes, but an IterableDataset cannot "
+                          "be split among them (every process would read the same rows): use a map-style Dataset")
+    if t.checkpoint_dir and trainer.is_global_zero:
+        Path(t.checkpoint_dir).mkdir(parents=True, exist_ok=True)
+        (Path(t.checkpoint_dir) / "run_key.txt").write_text(run_key)
     start = time.perf_counter()
-    trainer.fit(module, DataLoader(data, batch_size=t.batch_size, shuffle=False), ckpt_path=resume, weights_only=True)
+    trainer.fit(module, datamodule=RankRows(data, t.batch_size), ckpt_path=resume, weights_only=True)
     module.eval()
-    return FitReport(time.perf_counter() - start, int(trainer.global_step))
+    return FitReport(time.perf_counter() - start, _steps_done(trainer))
+
+
+class RankRows(L.LightningDataModule):
+    """The training loader of one process: in order on one process; under W processes, process r's
+    share of each global batch (rows r, r + W, ...). Built inside each process, where its rank is known
+    (under ddp_spawn the loader made before the launch would give every process rank 0's rows)."""
+
+    def __init__(self, data: Dataset, global_batch: int):
+        super().__init__()
+        self.data, self.global_batch = data, global_batch
+
+    def train_dataloader(self) -> DataLoader:
+        world, rank = self.trainer.world_size, self.trainer.global_rank
+        if world == 1:
+            return DataLoader(self.data, batch_size=self.global_batch, shuffle=False)
+        sampler = DistributedSampler(self.data, num_replicas=world, rank=rank, shuffle=False, drop_last=False)
+        return DataLoader(self.data, batch_size=self.global_batch // world, sampler=sampler)
+
+
+class _StepCount(Callback):
+    """Puts the step count among the metrics, which ddp_spawn's workers send back to the main process."""
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        trainer.callback_metrics[STEPS_METRIC] = torch.tensor(float(trainer.global_step))
+
+
+def _strategy(name: str) -> Any:
+    """Lightning's strategy for a name; the plain DDP launchers look for parameters a step did not use,
+    since some training steps leave some parameters out (the feed-forward twin never touches the energy head)."""
+    if name in ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook"):
+        from lightning.pytorch.strategies import DDPStrategy
+
+        return DDPStrategy(start_method={"ddp": "popen", "ddp_spawn": "spawn"}.get(name, "fork"),
+                           find_unused_parameters=True)
+    return name
+
+
+def _steps_done(trainer: L.Trainer) -> int:
+    """Optimizer steps made (under ddp_spawn the main process's loop did not run: the workers sent the count)."""
+    sent = trainer.callback_metrics.get(STEPS_METRIC)
+    return int(sent) if sent is not None and trainer.global_step == 0 else int(trainer.global_step)
+
+
+STEPS_METRIC = "_fit_module/steps"

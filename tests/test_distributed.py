@@ -1,0 +1,134 @@
+"""Data-parallel training through `fit_module`: two CPU processes (gloo) split every global batch, end with
+the same weights as each other and as one process would, and the trainer settings are checked up front."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+from ebt_forecast.data.windows import TrainWindowDataset
+from ebt_forecast.tasks.base import TrainerConfig, config_key, fit_module
+from ebt_forecast.tasks.forecast.module import ForecastModule
+from tests.test_forecast import HORIZON, SEASON, seasonal_series, small_config
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+STEPS, BATCH = 3, 8
+
+
+class Numbered(Dataset):
+    """The forecast training windows, each with its row number (to see which process read which rows)."""
+
+    def __init__(self, windows: Dataset):
+        self.windows = windows
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {**self.windows[i], "row": torch.tensor(i)}
+
+
+class RecordingForecastModule(ForecastModule):
+    """The forecast EBT, saving the rows each process trained on and its final weights to `folder`."""
+
+    def __init__(self, *args, folder: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.folder, self.rows = folder, []
+
+    def training_step(self, batch, batch_idx):
+        self.rows.append(batch["row"].tolist())
+        return super().training_step(batch, batch_idx)
+
+    def on_train_end(self) -> None:
+        torch.save({"rows": self.rows, "weights": self.state_dict()}, f"{self.folder}/rank{self.global_rank}.pt")
+
+
+def tiny_forecast_training(folder: str) -> tuple[RecordingForecastModule, Numbered]:
+    cfg = small_config(max_steps=STEPS)
+    forecaster_cfg = replace(cfg, trainer=replace(cfg.trainer, batch_size=BATCH, warmup_steps=1))
+    from ebt_forecast.tasks.forecast.forecaster import EBTForecaster
+
+    model_cfg = EBTForecaster(forecaster_cfg).model_config(HORIZON, SEASON)
+    L.seed_everything(0, verbose=False)
+    module = RecordingForecastModule(model_cfg, forecaster_cfg.think, forecaster_cfg.trainer, forecaster_cfg.task,
+                                     folder=folder)
+    data = TrainWindowDataset(seasonal_series(2, 300), model_cfg.context_length, HORIZON,
+                              num_samples=STEPS * BATCH, seed=0)
+    return module, Numbered(data)
+
+
+def test_two_gloo_processes_split_each_global_batch_and_end_with_equal_weights(tmp_path):
+    module, data = tiny_forecast_training(str(tmp_path))
+    trainer = TrainerConfig(max_steps=STEPS, batch_size=BATCH, warmup_steps=1, progress_bar=False,
+                            strategy="ddp_spawn", devices="2")
+    report = fit_module(module, data, trainer, seed=None)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    rows = [np.array(r["rows"]) for r in ranks]
+    assert report.steps == STEPS and all(r.shape == (STEPS, BATCH // 2) for r in rows)
+    # different data: the processes' rows never overlap, and each step's two halves are the one-process batch
+    assert not set(rows[0].ravel()) & set(rows[1].ravel())
+    for step in range(STEPS):
+        assert sorted(np.r_[rows[0][step], rows[1][step]]) == list(range(step * BATCH, (step + 1) * BATCH))
+    # equal weights on both processes, and in the main process that called fit_module
+    trained = {k: v for k, v in module.state_dict().items()}
+    initial = tiny_forecast_training(str(tmp_path))[0].state_dict()
+    moved = [k for k in trained if not torch.equal(trained[k], initial[k])]
+    assert len(moved) > 10  # training changed the weights (so "equal" compares trained weights)
+    for key, value in trained.items():
+        assert torch.equal(ranks[0]["weights"][key], ranks[1]["weights"][key]), key
+        assert torch.equal(ranks[0]["weights"][key], value), key
+
+
+class Line(Dataset):
+    def __len__(self) -> int:
+        return 16
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"x": torch.tensor([float(i)])}
+
+
+class LineFit(L.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def training_step(self, batch, batch_idx):
+        return (batch["x"] * self.w - 1).pow(2).mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.001)
+
+
+@pytest.mark.parametrize("change, key", [(dict(strategy="ddpp"), "trainer.strategy"),
+                                         (dict(precision="8-bit"), "trainer.precision"),
+                                         (dict(accelerator="tpu-v9"), "trainer.accelerator"),
+                                         (dict(devices="two"), "trainer.devices"),
+                                         (dict(num_nodes=0), "trainer.num_nodes"),
+                                         (dict(strategy="ddp_spawn", devices="2", batch_size=5), "trainer.batch_size")])
+def test_bad_trainer_settings_are_refused_naming_the_key(change, key):
+    from ebt_forecast.think import ConfigError
+
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        fit_module(LineFit(), Line(), TrainerConfig(**{"max_steps": 1, "batch_size": 4, "progress_bar": False, **change}),
+                   seed=0)
+
+
+def test_where_training_runs_does_not_change_result_keys_but_precision_does():
+    default = TrainerConfig()
+    # the key of the default settings is the one results cached before these fields existed were stored under
+    assert config_key(default.settings()) == "a31a23c876c9"
+    moved = replace(default, accelerator="gpu", devices="4", num_nodes=2, strategy="ddp")
+    assert moved.settings() == default.settings()
+    assert replace(default, precision="bf16-mixed").settings()["precision"] == "bf16-mixed"
+
+
+def test_bf16_mixed_precision_trains_on_cpu():
+    module = LineFit()
+    report = fit_module(module, Line(), TrainerConfig(max_steps=4, batch_size=4, warmup_steps=1, progress_bar=False,
+                                                      precision="bf16-mixed"), seed=0)
+    assert report.steps == 4 and module.w.item() > 0
