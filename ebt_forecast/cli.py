@@ -1,4 +1,11 @@
-"""`ebt-forecast <command> key=value ...`: commands registered by tasks, Hydra-composed, clean errors (exit 2)."""
+"""`ebt-forecast <command> key=value ...`: commands registered by tasks, Hydra-composed, clean errors (exit 2).
+
+`ebt-forecast <command> -m key=a,b ...` is a Hydra multirun: one job per combination of the swept values,
+run by Hydra's launcher (the basic one in turn; `hydra/launcher=joblib` in parallel processes;
+`hydra/launcher=submitit_slurm` as SLURM jobs where hydra-submitit-launcher is installed). Each job writes
+under `<runtime.output_dir>/<its overrides>/` (e.g. `results/benchmark/seed=1/`), a folder named by the
+swept values alone, so the same sweep run again finds each job's finished cells and resumes.
+"""
 from __future__ import annotations
 
 import logging
@@ -8,7 +15,7 @@ import warnings
 # gluonts suggests optional JSON speed-ups on import; not actionable for a CLI user
 warnings.filterwarnings("ignore", message=".*json.*-module for json-handling")
 
-from ebt_forecast.config import commands, compose  # noqa: E402
+from ebt_forecast.config import CONFIG_DIR, commands, compose, register_configs  # noqa: E402
 from ebt_forecast.data.errors import DataError  # noqa: E402
 from ebt_forecast.tasks.base import AppConfig, task_of_command  # noqa: E402
 from ebt_forecast.think import ConfigError  # noqa: E402
@@ -21,7 +28,7 @@ class UsageError(ValueError):
 def usage() -> str:
     """The command list, from the registered tasks."""
     table = commands()
-    return f"usage: ebt-forecast {{{','.join(table)}}} [key=value ...]\n" + "\n".join(
+    return f"usage: ebt-forecast {{{','.join(table)}}} [-m] [key=value ...]\n" + "\n".join(
         f"  {name:<10} {text}" for name, text in table.items())
 
 
@@ -32,9 +39,13 @@ def main(argv: list[str] | None = None) -> int:
         print(usage())
         return 0 if argv else 2
     command, overrides = argv[0], argv[1:]
+    sweep = [a for a in overrides if a in MULTIRUN_FLAGS]
+    overrides = [a for a in overrides if a not in MULTIRUN_FLAGS]
     try:
         if command not in commands():
             raise UsageError(f"unknown command {command!r}\n{usage()}")
+        if sweep:
+            return multirun(command, overrides)
         return run(compose(command, overrides))
     except (UsageError, ConfigError, DataError) as err:
         print(f"ebt-forecast {command}: error: {err}", file=sys.stderr)
@@ -73,6 +84,80 @@ def run(app: AppConfig) -> int:
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
     return task_of_command(app.command).commands[app.command].run(app)
+
+
+# ------------------------------------------------------------------------------------------------
+# multirun: Hydra's sweeper and launcher, one folder per job
+
+MULTIRUN_FLAGS = ("-m", "--multirun")
+# keys that say how a job runs, not what it computes: never part of a job's folder name
+NOT_IN_FOLDER_NAME = ("command", "task", "runtime.threads", "runtime.output_dir", "trainer.progress_bar",
+                      "trainer.accelerator", "trainer.devices", "trainer.num_nodes", "trainer.strategy",
+                      "benchmark.resume", "benchmark.compute", "study.resume")
+
+
+def sweep_settings(overrides: list[str]) -> list[str]:
+    """Hydra settings of a resumable sweep (each kept unless the command line sets it): jobs write under
+    runtime.output_dir, each in a folder named by its swept values (`seed=1`), not by the date or its number."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides([o for o in overrides if not o.startswith("hydra")])
+    fixed = {o.key_or_group for o in parsed if not o.is_sweep_override()}
+    defaults = {
+        "hydra.sweep.dir": "${runtime.output_dir}",
+        "hydra.sweep.subdir": "${hydra.job.override_dirname}",
+        "hydra.job.config.override_dirname.exclude_keys": f"[{','.join(sorted({*NOT_IN_FOLDER_NAME, *fixed}))}]",
+    }
+    given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+    return [f"{key}={value}" for key, value in defaults.items() if key not in given]
+
+
+def multirun(command: str, overrides: list[str]) -> int:
+    """Run the command once per combination of swept values (Hydra multirun); the worst exit code of the jobs."""
+    from hydra import initialize, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from ebt_forecast.tasks import discover_tasks
+
+    discover_tasks()
+    spec = task_of_command(command)
+    register_configs(spec)
+    GlobalHydra.instance().clear()
+    if (CONFIG_DIR / "config.yaml").exists():
+        context = initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name="ebt-forecast")
+        config_name, first = "config", [f"command={command}", f"task={spec.name}"]
+    else:
+        context = initialize(config_path=None, version_base="1.3", job_name="ebt-forecast")
+        config_name, first = "base_config", [f"command={command}"]
+    with context:
+        batches = GlobalHydra.instance().hydra.multirun(
+            config_name=config_name, task_function=run_job, overrides=[*first, *sweep_settings(overrides), *overrides])
+    jobs = [job for batch in batches for job in batch]
+    codes = [job.return_value for job in jobs]  # a job's unexpected exception is raised here
+    for job, code in zip(jobs, codes):
+        print(f"job {job.hydra_cfg.hydra.job.num} ({job.hydra_cfg.hydra.job.override_dirname or 'nothing swept'}): "
+              f"exit code {code}, output in {job.hydra_cfg.hydra.runtime.output_dir}")
+    return max(codes, default=0)
+
+
+def run_job(cfg) -> int:
+    """One job of a multirun, in whichever process the launcher gave it: its config, written under its folder."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from ebt_forecast.tasks import discover_tasks
+
+    discover_tasks()  # a launcher's worker process starts with no task registered
+    app = OmegaConf.to_object(cfg)
+    app.runtime.output_dir = HydraConfig.get().runtime.output_dir
+    try:
+        if app.trainer.strategy in ("ddp", "ddp_find_unused_parameters_false", "ddp_find_unused_parameters_true"):
+            raise ConfigError(f"trainer.strategy={app.trainer.strategy!r} relaunches the command line in each "
+                              "process, which a multirun job cannot do: use trainer.strategy=ddp_spawn in a sweep")
+        return run(app)
+    except (UsageError, ConfigError, DataError) as err:
+        print(f"ebt-forecast {app.command}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
