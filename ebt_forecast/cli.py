@@ -9,8 +9,12 @@ swept values alone, so the same sweep run again finds each job's finished cells 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import sys
+import tempfile
 import warnings
+from pathlib import Path
 
 # gluonts suggests optional JSON speed-ups on import; not actionable for a CLI user
 warnings.filterwarnings("ignore", message=".*json.*-module for json-handling")
@@ -83,7 +87,40 @@ def run(app: AppConfig) -> int:
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
-    return task_of_command(app.command).commands[app.command].run(app)
+    command = task_of_command(app.command).commands[app.command].run
+    rank = other_rank()
+    return command(app) if rank is None else run_as_other_rank(app, command, rank)
+
+
+def other_rank() -> str | None:
+    """None in the process that owns the results; a label like `node0-local1` in a process that a launcher
+    started to run the same command line for data-parallel training (Lightning's `trainer.strategy=ddp`,
+    torchrun, SLURM's srun), which must train beside rank 0 but write nothing of its own."""
+    env = os.environ
+    if "RANK" in env:  # torchrun
+        return None if int(env["RANK"]) == 0 else f"rank{env['RANK']}"
+    if int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in env:
+        return None if int(env["SLURM_PROCID"]) == 0 else f"rank{env['SLURM_PROCID']}"
+    node, local = int(env.get("NODE_RANK", "0") or 0), int(env.get("LOCAL_RANK", "0") or 0)
+    return None if node == local == 0 else f"node{node}-local{local}"
+
+
+def run_as_other_rank(app: AppConfig, command, rank: str) -> int:
+    """Run the command as a rank other than 0: it reads a private copy of the output folder as it is when
+    the rank starts (so it finds the cells and caches rank 0 finds, and trains exactly when rank 0 trains),
+    writes there, and the copy is deleted at the end: only rank 0's files and printout remain."""
+    private = Path(tempfile.mkdtemp(prefix=f"ebt-forecast-{rank}-"))
+    source, copy = Path(app.runtime.output_dir), private / "output"
+    if source.is_dir():
+        shutil.copytree(source, copy)
+    app.runtime.output_dir = str(copy)
+    stdout, sys.stdout = sys.stdout, open(os.devnull, "w")
+    try:
+        return command(app)
+    finally:
+        sys.stdout.close()
+        sys.stdout = stdout
+        shutil.rmtree(private, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------------------------
