@@ -1,0 +1,405 @@
+"""`ebt-forecast video`: clips -> the frame autoencoder -> the next-frame EBT and its Transformer++ twin -> tables.
+
+Everything is a resumable cell under `<runtime.output_dir>/`: the trained autoencoder and each sequence model
+(`models/<name>_<key>.pt`, loaded with weights_only=True, keyed by config_key of everything they depend on,
+with a JSON of training time and parameters beside them; with `trainer.checkpoint_dir` an interrupted
+training resumes from its last Lightning checkpoint), and one JSON of metrics per (model, evaluation set)
+under `cells/<key>/`. Metrics of predicted next frames (frames 1..L-1 of every clip, teacher-forced): latent
+MSE (standardised latents) and pixel PSNR (the decoded prediction against the true frame), against thinking
+steps and self-verification candidates N; beside them the copy-last-frame baseline and the autoencoder's
+ceiling (the true next latent, decoded). Outputs: video.md, video.csv, plots/*.png and strip.png (true
+against predicted frames).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from ebt_forecast.io import atomic_save_figure, atomic_torch_save, atomic_write_csv, atomic_write_json, atomic_write_text
+from ebt_forecast.metrics import psnr
+from ebt_forecast.tasks.base import TaskModule, TrainerConfig, config_key, fit_module
+from ebt_forecast.tasks.video.autoencoder import AutoencoderModule, FrameAutoencoder
+from ebt_forecast.tasks.video.config import VideoAppConfig
+from ebt_forecast.tasks.video.data import VideoSets, WeightedDraws, load_sets
+from ebt_forecast.tasks.video.module import TransformerPPVideoModule, VideoModule
+from ebt_forecast.think import ConfigError
+
+# ------------------------------------------------------------------------------------------------
+# the autoencoder and the latents (cached)
+
+
+def source_weights(app: VideoAppConfig, sets: VideoSets) -> list[float]:
+    """Training draws per source: real clips get `video.clip_weight` of them when digits are also used."""
+    names = list(sets.train)
+    if len(names) == 1:
+        return [1.0]
+    return [app.video.clip_weight if n == "clips" else 1 - app.video.clip_weight for n in names]
+
+
+def load_or_train_autoencoder(app: VideoAppConfig, sets: VideoSets, folder: Path) -> tuple[FrameAutoencoder, str, dict]:
+    """The frame autoencoder, trained once on the training frames (weighted by source) and then loaded."""
+    v = app.video
+    key = config_key("autoencoder", v.frame_size, v.latent_dim, v.ae_width, v.ae_steps, v.ae_batch, v.ae_lr,
+                     v.clip_weight, sets.key, app.seed)
+    path, meta_path = folder / f"autoencoder_{key}.pt", folder / f"autoencoder_{key}.json"
+    L.seed_everything(app.seed, workers=True, verbose=False)
+    module = AutoencoderModule(v.frame_size, v.latent_dim, v.ae_width, v.ae_lr)
+    if path.exists() and meta_path.exists():
+        module.model.load_state_dict(torch.load(path, weights_only=True))
+        return module.model.eval(), key, json.loads(meta_path.read_text())
+    frames = [torch.from_numpy(c.reshape(-1, *c.shape[2:])) for c in sets.train.values()]
+    trainer = TrainerConfig(max_steps=v.ae_steps, batch_size=v.ae_batch, lr=v.ae_lr, progress_bar=app.trainer.progress_bar,
+                            checkpoint_every=app.trainer.checkpoint_every,
+                            checkpoint_dir=str(Path(app.trainer.checkpoint_dir) / f"autoencoder_{key}")
+                            if app.trainer.checkpoint_dir else None)
+    print(f"training the frame autoencoder ({sum(p.numel() for p in module.parameters()):,} parameters, "
+          f"{v.ae_steps} steps x {v.ae_batch} frames)")
+    report = fit_module(module, WeightedDraws(frames, source_weights(app, sets), v.ae_steps * v.ae_batch, app.seed,
+                                              key="frame"), trainer, seed=None, run_key=key)
+    model = module.model.eval()
+    g = torch.Generator().manual_seed(app.seed)
+    sample = torch.cat([f[torch.randperm(len(f), generator=g)[:4096]] for f in frames])
+    model.fit_standardisation(sample)
+    meta = {"seconds": report.seconds, "steps": report.steps,
+            "parameters": sum(p.numel() for p in model.parameters())}
+    atomic_torch_save(model.state_dict(), path)
+    atomic_write_json(meta_path, meta)
+    return model, key, meta
+
+
+@torch.no_grad()
+def encode_clips(ae: FrameAutoencoder, clips: np.ndarray, batch: int = 256) -> Tensor:
+    """Pixel clips (N, L, 1, H, W) -> standardised latents (N, L, d)."""
+    x = torch.from_numpy(clips)
+    return torch.cat([ae.encode(x[i:i + batch]) for i in range(0, len(x), batch)])
+
+
+# ------------------------------------------------------------------------------------------------
+# the sequence models (cached)
+
+
+@dataclasses.dataclass
+class Trained:
+    kind: str
+    module: TaskModule
+    key: str
+    meta: dict  # seconds, steps, clips, parameters
+
+
+def build(kind: str, app: VideoAppConfig) -> TaskModule:
+    v = app.video
+    if kind == "ebt":
+        return VideoModule(app.model, app.think, app.trainer, app.task, v.latent_dim, v.clip_length)
+    return TransformerPPVideoModule(app.model, app.trainer, v.latent_dim, v.clip_length)
+
+
+def train_model(kind: str, app: VideoAppConfig, latents: list[Tensor], weights: list[float], data_key: str,
+                folder: Path) -> Trained:
+    """One sequence model, trained once on the shared latent clips, then loaded."""
+    parts = [app.think, app.task] if kind == "ebt" else []
+    key = config_key(kind, app.model, *parts, app.trainer.settings(), data_key, app.seed)
+    path, meta_path = folder / f"{kind}_{key}.pt", folder / f"{kind}_{key}.json"
+    L.seed_everything(app.seed, workers=True, verbose=False)
+    module = build(kind, app)
+    if path.exists() and meta_path.exists():
+        module.load_state_dict(torch.load(path, weights_only=True))
+        return Trained(kind, module.eval(), key, json.loads(meta_path.read_text()))
+    trainer = app.trainer
+    if trainer.checkpoint_dir:  # one resumable folder per model
+        trainer = dataclasses.replace(trainer, checkpoint_dir=str(Path(trainer.checkpoint_dir) / f"{kind}_{key}"))
+    params = sum(p.numel() for n, p in module.named_parameters() if not n.startswith("step_size."))
+    print(f"training {kind} ({params:,} parameters, {trainer.max_steps} steps x {trainer.batch_size} clips)")
+    draws = WeightedDraws(latents, weights, trainer.max_steps * trainer.batch_size, app.seed + 7)
+    report = fit_module(module, draws, trainer, seed=None, run_key=key)
+    meta = {"seconds": report.seconds, "steps": report.steps, "clips": report.steps * trainer.batch_size,
+            "parameters": params, "alpha": float(module.step_size().detach()) if kind == "ebt" else None}
+    atomic_torch_save(module.state_dict(), path)
+    atomic_write_json(meta_path, meta)
+    return Trained(kind, module.eval(), key, meta)
+
+
+# ------------------------------------------------------------------------------------------------
+# evaluation
+
+
+class Tally:
+    """Latent squared error, per-frame PSNR and counts, per setting."""
+
+    def __init__(self, ae: FrameAutoencoder):
+        self.ae = ae
+        self.sums: dict[tuple, np.ndarray] = defaultdict(lambda: np.zeros(4))  # latent se, psnr, frames, energy
+
+    @torch.no_grad()
+    def add(self, setting: tuple, latents: Tensor, target: Tensor, frames: Tensor, energy: float = float("nan"),
+            pixels: Tensor | None = None) -> None:
+        """Predicted latents (B, S, d) against true latents (B, S, d) and true frames (B, S, 1, H, W); `pixels`
+        overrides the decoded prediction (the copy-last baseline copies the true frame)."""
+        pixels = self.ae.decode(latents) if pixels is None else pixels
+        n = latents.shape[0] * latents.shape[1]
+        se = float(((latents - target) ** 2).mean(-1).sum())
+        p = psnr(pixels.clamp(0, 1).flatten(0, 1).numpy(), frames.flatten(0, 1).numpy(), data_range=1.0)
+        self.sums[setting] += np.array([se, float(np.minimum(p, 100.0).sum()), n, energy])
+
+    def rows(self, model: str, name: str) -> list[dict]:
+        return [{"model": model, "set": name, "kind": kind, "steps": steps, "candidates": candidates, "frames": int(n),
+                 "latent_mse": se / n, "psnr": ps / n, "energy_per_frame": energy / n}
+                for (kind, steps, candidates), (se, ps, n, energy) in self.sums.items()]
+
+
+def chunks(n: int, size: int):
+    for i in range(0, n, size):
+        yield slice(i, i + size)
+
+
+def evaluate_baselines(ae: FrameAutoencoder, name: str, latents: Tensor, clips: np.ndarray, app: VideoAppConfig) -> list[dict]:
+    """Copy the last frame (latent and pixels), and the autoencoder's ceiling (the true next latent, decoded)."""
+    tally, frames = Tally(ae), torch.from_numpy(clips)
+    for c in chunks(len(latents), app.video.eval_batch):
+        z, f = latents[c], frames[c]
+        tally.add(("copy_last", 0, 1), z[:, :-1], z[:, 1:], f[:, 1:], pixels=f[:, :-1])
+        tally.add(("autoencoder", 0, 1), z[:, 1:], z[:, 1:], f[:, 1:])
+    rows = tally.rows("copy_last", name)
+    for r in rows:
+        r["model"] = r["kind"]
+    return rows
+
+
+def evaluate(trained: Trained, ae: FrameAutoencoder, name: str, latents: Tensor, clips: np.ndarray,
+             app: VideoAppConfig) -> list[dict]:
+    """Every evaluation row of one model on one set (deterministic: starts drawn from app.seed)."""
+    v, module, tally = app.video, trained.module, Tally(ae)
+    frames = torch.from_numpy(clips)
+    generator = torch.Generator().manual_seed(app.seed)
+    for c in chunks(len(latents), v.eval_batch):
+        batch, target, true_frames = {"x": latents[c]}, latents[c][:, 1:], frames[c][:, 1:]
+        if trained.kind != "ebt":
+            with torch.no_grad():
+                tally.add(("forward", 0, 1), module.encode(batch), target, true_frames)
+            continue
+        b, s, d = target.shape
+        with torch.no_grad():
+            encoding = module.encode(batch)
+        # against thinking steps: one start, thought in increments (equal to one run: fixed steps)
+        starts = module.propose(encoding, batch, 1, 1, generator)
+        x = starts.starts.reshape(b, 1, s, d)
+        done = 0
+        for k in sorted(set(v.think_steps) | {0}):
+            if k > done:
+                x, done = module.think(starts.energy_fn, x, training=False, steps=k - done).candidates.detach(), k
+            if k in v.think_steps:
+                with torch.no_grad():
+                    energy = float(starts.energy_fn(x.reshape(b, s, d), None).sum())
+                tally.add(("steps", k, 1), x[:, 0], target, true_frames, energy)
+        # self-verification: N independent starts, think.infer_steps each, lowest energy per position
+        n_max = max(v.candidate_counts)
+        starts = module.propose(encoding, batch, 1, n_max, generator)
+        result = module.think(starts.energy_fn, starts.starts.reshape(b, n_max, s, d), training=False,
+                              steps=app.think.infer_steps)
+        final = result.candidates.detach()
+        with torch.no_grad():
+            energies = module.position_energies(encoding, final)  # (b, N, S)
+        for n in sorted(set(v.candidate_counts)):
+            best = energies[:, :n].argmin(1)  # (b, S)
+            chosen = final[:, :n].gather(1, best[:, None, :, None].expand(-1, 1, -1, d))[:, 0]
+            picked = energies[:, :n].gather(1, best[:, None])[:, 0]
+            tally.add(("verify", app.think.infer_steps, n), chosen, target, true_frames, float(picked.sum()))
+            if n > 1:  # the energy-free control: the mean of the same N refined candidates
+                tally.add(("mean_of_n", app.think.infer_steps, n), final[:, :n].mean(1), target, true_frames)
+    return tally.rows(trained.kind, name)
+
+
+def cell(path: Path, run) -> list[dict]:
+    """A finished cell from disk, or run it and write it atomically."""
+    if path.exists():
+        return json.loads(path.read_text())
+    rows = run()
+    atomic_write_json(path, rows)
+    return rows
+
+
+def evaluation_key(app: VideoAppConfig, ae_key: str, data_key: str) -> str:
+    v = app.video
+    return config_key(ae_key, data_key, v.eval_batch, v.think_steps, v.candidate_counts, app.think.infer_steps,
+                      app.think.infer_langevin_std, app.think.stop_policy, app.think.reject_uphill, app.seed)
+
+
+# ------------------------------------------------------------------------------------------------
+# the command
+
+
+def run_video_command(app: VideoAppConfig) -> int:
+    """Train (or load) the autoencoder and both sequence models, evaluate every set, write tables and plots."""
+    for node in (app.video, app.task, app.think, app.trainer):
+        node.validate()
+    if app.model.dim % app.model.heads or (app.model.dim // app.model.heads) % 2:
+        raise ConfigError(f"model.dim={app.model.dim} / model.heads={app.model.heads}: need an even head width")
+    root = Path(app.runtime.output_dir)
+    sets = load_sets(app.video, app.seed)
+    print(f"video: {sets.description}")
+    ae, ae_key, ae_meta = load_or_train_autoencoder(app, sets, root / "models")
+    train_latents = [encode_clips(ae, c) for c in sets.train.values()]
+    eval_latents = {name: encode_clips(ae, c) for name, c in sets.evaluation.items()}
+    data_key = config_key(ae_key, sets.key)
+    weights = source_weights(app, sets)
+    trained = {kind: train_model(kind, app, train_latents, weights, data_key, root / "models") for kind in app.video.models}
+    rows = []
+    folder = root / "cells" / evaluation_key(app, ae_key, data_key)
+    for name, clips in sets.evaluation.items():
+        rows += cell(folder / f"baselines_{name}.json",
+                     lambda: evaluate_baselines(ae, name, eval_latents[name], clips, app))
+        for kind, model in trained.items():
+            rows += cell(folder / f"{kind}_{model.key}_{name}.json",
+                         lambda: evaluate(model, ae, name, eval_latents[name], clips, app))
+    frame = pd.DataFrame(rows)
+    write_report(root, app, sets, ae_meta, trained, frame)
+    write_strip(root, app, sets, ae, eval_latents, trained)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------
+# tables, plots and the strip
+
+
+def headline(frame: pd.DataFrame, model: str, name: str, app: VideoAppConfig) -> pd.Series | None:
+    """A model's default prediction on a set: EBT at think.infer_steps from one start; the twin's forward;
+    the copy-last baseline; the autoencoder ceiling."""
+    rows = frame[(frame["model"] == model) & (frame["set"] == name)]
+    if model == "ebt":
+        rows = rows[(rows["kind"] == "verify") & (rows["candidates"] == 1)]
+    return rows.iloc[0] if len(rows) else None
+
+
+def write_report(root: Path, app: VideoAppConfig, sets: VideoSets, ae_meta: dict, trained: dict[str, Trained],
+                 frame: pd.DataFrame) -> None:
+    """video.md, video.csv and the plots, atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    atomic_write_csv(frame, root / "video.csv")
+    names = list(sets.evaluation)
+    tag = {n: f"{n} (OOD)" if n in sets.ood else n for n in names}
+    k = app.think.infer_steps
+    models = [*trained, "copy_last", "autoencoder"]
+    lines = [f"# video: next-frame prediction", "", sets.description + ".", "",
+             f"Frame autoencoder: {ae_meta['parameters']:,} parameters, {ae_meta['steps']} steps, "
+             f"{ae_meta['seconds']:.0f} s; latent dim {app.video.latent_dim}. Scored: frames 1..{app.video.clip_length - 1} "
+             "of every clip from the true frames before it. Latent MSE in standardised latents; PSNR (dB) of the "
+             f"decoded prediction against the true frame, per frame. EBT default inference: {k} thinking steps from one "
+             f"start (task.init={app.task.init}). copy_last: the previous true frame; autoencoder: the true next "
+             "latent decoded (the ceiling of any latent predictor).", "",
+             "| model | parameters | train s | " + " | ".join(f"{tag[n]} MSE / PSNR" for n in names) + " |",
+             "|---|---:|---:|" + "---:|" * len(names)]
+    for model in models:
+        meta = trained[model].meta if model in trained else {}
+        cells = []
+        for name in names:
+            r = headline(frame, model, name, app)
+            cells.append("" if r is None else f"{r['latent_mse']:.4f} / {r['psnr']:.2f}")
+        params = f"{meta['parameters']:,}" if meta else ""
+        seconds = f"{meta['seconds']:.0f}" if meta else ""
+        lines.append(f"| {model} | {params} | {seconds} | " + " | ".join(cells) + " |")
+    ebt = frame[frame["model"] == "ebt"]
+    if len(ebt):
+        steps = ebt[ebt["kind"] == "steps"]
+        ks = sorted(steps["steps"].unique())
+
+        def table(rows: pd.DataFrame, column: str, key: str, values: list, label, digits: int) -> list[str]:
+            out = ["| set | " + " | ".join(label(x) for x in values) + " |", "|---|" + "---:|" * len(values)]
+            for name in names:
+                r = rows[rows["set"] == name].set_index(key)
+                out.append(f"| {tag[name]} | " + " | ".join(f"{r.loc[x, column]:.{digits}f}" for x in values) + " |")
+            return out
+
+        steps_label = lambda x: f"{x} steps"  # noqa: E731
+        lines += ["", f"## EBT against thinking steps (one start, task.init={app.task.init})", "", "Latent MSE:", "",
+                  *table(steps, "latent_mse", "steps", ks, steps_label, 4), "", "PSNR (dB):", "",
+                  *table(steps, "psnr", "steps", ks, steps_label, 2), "", "Mean energy per frame:", "",
+                  *table(steps, "energy_per_frame", "steps", ks, steps_label, 3)]
+        verify = ebt[ebt["kind"] == "verify"]
+        ns = sorted(verify["candidates"].unique())
+        n_label = lambda x: f"N={x}"  # noqa: E731
+        lines += ["", f"## EBT self-verification: N starts, {k} steps each, lowest energy per frame", "",
+                  "Latent MSE:", "", *table(verify, "latent_mse", "candidates", ns, n_label, 4), "", "PSNR (dB):", "",
+                  *table(verify, "psnr", "candidates", ns, n_label, 2)]
+        mean = ebt[ebt["kind"] == "mean_of_n"]
+        if len(mean):
+            nm = sorted(mean["candidates"].unique())
+            lines += ["", "Energy-free control, the mean of the same N refined candidates (latent MSE):", "",
+                      *table(mean, "latent_mse", "candidates", nm, n_label, 4)]
+        alpha = trained["ebt"].meta.get("alpha") if "ebt" in trained else None
+        if alpha is not None:
+            lines += ["", f"Learned alpha after training: {alpha:.3g}."]
+    atomic_write_text(root / "video.md", "\n".join(lines) + "\n")
+
+    for kind, column, xlabel, fname in [("steps", "steps", "thinking steps", "latent_mse_vs_steps.png"),
+                                        ("verify", "candidates", "candidates N (lowest energy per frame)",
+                                         "latent_mse_vs_candidates.png")]:
+        fig, axes = plt.subplots(1, len(names), figsize=(3.0 * len(names), 3.0), squeeze=False)
+        for ax, name in zip(axes[0], names):
+            rows = ebt[(ebt["kind"] == kind) & (ebt["set"] == name)].sort_values(column)
+            at = np.arange(len(rows))  # evenly spaced settings (0, 1, 2, 4, 8): no log axis, no mathtext
+            ax.plot(at, rows["latent_mse"], marker="o", label="EBT")
+            ax.set_xticks(at, [str(x) for x in rows[column]])
+            for model, style in [("transformer_pp", "--"), ("copy_last", ":")]:
+                r = headline(frame, model, name, app)
+                if r is not None:
+                    ax.axhline(r["latent_mse"], color="gray", ls=style, label=model)
+            ax.set_title(tag[name], fontsize=9)
+            ax.set_xlabel(xlabel, fontsize=8)
+        axes[0][0].set_ylabel("latent MSE")
+        axes[0][0].legend(fontsize=7)
+        fig.subplots_adjust(left=0.06, right=0.99, bottom=0.17, top=0.9, wspace=0.3)
+        atomic_save_figure(fig, root / "plots" / fname)
+    print("\n".join(lines))
+    print(f"\nwritten: {root / 'video.md'}, {root / 'video.csv'}, {root / 'plots'}, {root / 'strip.png'}")
+
+
+@torch.no_grad()
+def write_strip(root: Path, app: VideoAppConfig, sets: VideoSets, ae: FrameAutoencoder, latents: dict[str, Tensor],
+                trained: dict[str, Trained]) -> None:
+    """strip.png: for the first `video.strip_clips` clips of each set, the true frames 1..L-1 and each model's
+    prediction of them (default inference, from the true frames before each), one row each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = app.video.strip_clips
+    if n == 0:
+        return
+    generator = torch.Generator().manual_seed(app.seed)
+    labels, rows = [], []  # rows: (S, H, W) frames
+    for name, clips in sets.evaluation.items():
+        z = latents[name][:n]
+        predicted = {kind: ae.decode(model.module.infer({"x": z}, num_candidates=1, group=1, steps=app.think.infer_steps,
+                                                        selection="refined", generator=generator).samples[:, 0])
+                     for kind, model in trained.items()}
+        for c in range(len(z)):
+            labels.append(f"{name} #{c}: true")
+            rows.append(torch.from_numpy(clips[c, 1:, 0]))
+            for kind, frames in predicted.items():
+                labels.append(kind)
+                rows.append(frames[c, :, 0].clamp(0, 1))
+    s, size = rows[0].shape[0], rows[0].shape[-1]
+    gap = 2
+    grid = np.ones((len(rows) * (size + gap), s * (size + gap)), dtype=np.float32)  # white gaps
+    for r, frames in enumerate(rows):
+        for t in range(s):
+            grid[r * (size + gap):r * (size + gap) + size, t * (size + gap):t * (size + gap) + size] = frames[t].numpy()
+    fig, ax = plt.subplots(figsize=(2.2 + 0.45 * s, 0.45 * len(rows) + 0.4))
+    ax.imshow(grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_yticks([r * (size + gap) + size / 2 for r in range(len(rows))], labels, fontsize=6)
+    ax.set_xticks([t * (size + gap) + size / 2 for t in range(s)], [f"t+{t + 1}" for t in range(s)], fontsize=6)
+    ax.set_title("true next frames; predictions", fontsize=7)
+    fig.subplots_adjust(left=0.3, right=0.99, bottom=0.02, top=0.97)
+    atomic_save_figure(fig, root / "strip.png")
