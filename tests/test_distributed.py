@@ -104,6 +104,16 @@ class LineFit(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.001)
 
 
+def test_forked_processes_reach_the_one_process_weights_on_a_deterministic_loss():
+    """With no random draw in the step, splitting each global batch between 2 processes changes nothing
+    (unclipped SGD: each step's update depends on which rows the step read)."""
+    trainer = TrainerConfig(max_steps=4, batch_size=8, warmup_steps=1, progress_bar=False, gradient_clip=1e6)
+    one, two = LineFit(), LineFit()
+    assert fit_module(one, Line(), trainer, seed=0).steps == 4
+    assert fit_module(two, Line(), replace(trainer, strategy="ddp_fork", devices="2"), seed=0).steps == 4
+    assert one.w.item() > 0.01 and torch.allclose(one.w, two.w, rtol=1e-6, atol=0)
+
+
 @pytest.mark.parametrize("change, key", [(dict(strategy="ddpp"), "trainer.strategy"),
                                          (dict(precision="8-bit"), "trainer.precision"),
                                          (dict(accelerator="tpu-v9"), "trainer.accelerator"),

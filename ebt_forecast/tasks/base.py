@@ -8,7 +8,8 @@ A task is an adapter. It supplies
   (System 1 proposals, G thinking starts per proposal, and `energy_fn` over the (B, M * G) starts),
   its `training_step` (its loss) and its metrics.
 Everything else is written once: Lightning wiring (`fit_module`: checkpoints that resume only the
-same configuration, progress bars, gradient clipping, alpha's optimizer group and the schedule),
+same configuration, progress bars, gradient clipping, alpha's optimizer group and the schedule, and
+Lightning's accelerators, precisions and data-parallel strategies with each global batch split by rank),
 and `TaskModule.infer`: encode -> starts -> think -> select (`think.pipeline`).
 """
 from __future__ import annotations
