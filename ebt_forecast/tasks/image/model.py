@@ -48,12 +48,16 @@ class ImageShape:
         return self.channels * self.patch * self.patch
 
 
+def _permute_last5(x: Tensor, order: list[int]) -> Tensor:
+    lead = list(range(x.dim() - 5))
+    return x.permute(*lead, *[len(lead) + i for i in order])
+
+
 def patchify(images: Tensor, patch: int) -> Tensor:
     """(..., C, H, W) -> (..., H/p * W/p, C * p * p), patches in raster order."""
     *lead, c, h, w = images.shape
-    x = images.reshape(*lead, c, h // patch, patch, w // patch, patch)
-    x = x.movedim(-4, -2)  # (..., C, H/p, W/p, p, p)
-    x = x.movedim(-5, -3)  # (..., H/p, W/p, C, p, p)
+    x = images.reshape(*lead, c, h // patch, patch, w // patch, patch)  # (..., C, gh, p, gw, p)
+    x = _permute_last5(x, [1, 3, 0, 2, 4])  # (..., gh, gw, C, p, p)
     return x.reshape(*lead, (h // patch) * (w // patch), c * patch * patch)
 
 
@@ -61,9 +65,7 @@ def unpatchify(tokens: Tensor, shape: ImageShape) -> Tensor:
     """The inverse of `patchify`: (..., P, C * p * p) -> (..., C, H, W)."""
     *lead, _, _ = tokens.shape
     g, p, c = shape.size // shape.patch, shape.patch, shape.channels
-    x = tokens.reshape(*lead, g, g, c, p, p)
-    x = x.movedim(-3, -5)  # (..., C, g, g, p, p)
-    x = x.movedim(-2, -3)  # (..., C, g, p, g, p)
+    x = _permute_last5(tokens.reshape(*lead, g, g, c, p, p), [2, 0, 3, 1, 4])  # (..., C, gh, p, gw, p)
     return x.reshape(*lead, c, g * p, g * p)
 
 

@@ -199,6 +199,7 @@ def write_report(root: Path, app: ImageAppConfig, frame: pd.DataFrame, splits: d
         if len(ident):
             ax.axhline(float(ident.iloc[0]), color="grey", linestyle="--", label="noisy input")
         ax.set_xscale("symlog", linthresh=1)
+        ax.set_xlim(-0.2, 1.5 * max(part["passes"].max(), 1))
         ax.set_xlabel("forward passes")
         ax.set_title(f"sigma {label(sigma)}", fontsize=9)
     axes[0][0].set_ylabel("PSNR (dB)")
@@ -231,12 +232,13 @@ def headline(frame: pd.DataFrame, sigmas: list[float], label) -> list[str]:
 
 
 def example_grid(root: Path, app: ImageAppConfig, models: dict, photos: dict, splits: dict) -> None:
-    """Rows: test crops at the largest seen and the largest unseen level; columns: clean, noisy, EBT, DiT."""
+    """Rows: test crops (one per photo) at the largest seen and the largest unseen level; columns: clean, noisy,
+    EBT, DiT."""
     import matplotlib.pyplot as plt
 
     c = app.image
     clean = eval_crops([photos[n] for n in splits["test"]], c.crop, c.eval_crops, EVAL_SEED["test"])
-    pick = clean[torch.linspace(0, len(clean) - 1, c.grid_examples).long()]
+    pick = clean[:c.grid_examples]  # crops are dealt to the photos in turn: one per photo
     unseen = [s for s in c.test_sigmas if s not in set(c.train_sigmas)]
     levels = [max(c.train_sigmas)] + ([max(unseen)] if unseen else [])
     ebt_steps, dit_steps = min(3, c.ebt_steps), max(c.dit_steps)

@@ -1,0 +1,158 @@
+"""The image task: the denoising EBT's energy and thinking, the DiT's DDIM from the matching time, PSNR, the CLI."""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+from ebt_forecast.cli import main
+from ebt_forecast.metrics import psnr
+from ebt_forecast.nn import TransformerConfig
+from ebt_forecast.tasks.base import TrainerConfig, fit_module
+from ebt_forecast.tasks.image.config import ImageTaskConfig, image_think
+from ebt_forecast.tasks.image.data import TrainCrops, add_noise, eval_crops, load_photos, split_photos
+from ebt_forecast.tasks.image.model import ImageEBT, ImageShape, alpha_bar, patchify, time_of_sigma, unpatchify
+from ebt_forecast.tasks.image.module import DiTModule, ImageEBTModule
+
+TINY = TransformerConfig(dim=32, depth=2, heads=2, ffn_multiplier=2.0)
+SHAPE = ImageShape(channels=3, size=8, patch=4)
+SIGMAS = [0.2, 0.3]
+
+
+@pytest.fixture(scope="module")
+def photo_data():
+    """Training and held-out 8 x 8 crops of the bundled photos (downscaled 8x: crops carry edges, not flat sky)."""
+    photos = load_photos(None, downscale=8, crop=8)
+    splits = split_photos(list(photos), 6)
+    train = [photos[n] for n in splits["train"]]
+    held_out = eval_crops([photos[n] for n in splits["val"]], 8, 64, seed=1)
+    return train, held_out
+
+
+def _fit(module, train, steps: int, lr: float):
+    trainer = TrainerConfig(max_steps=steps, batch_size=32, lr=lr, warmup_steps=10, progress_bar=False)
+    fit_module(module, TrainCrops(train, 8, SIGMAS, steps * 32, seed=0), trainer, seed=None)
+    return module.eval()
+
+
+@pytest.fixture(scope="module")
+def trained_ebt(photo_data):
+    L.seed_everything(0, verbose=False)
+    think = dataclasses.replace(image_think(), alpha=10.0)
+    module = ImageEBTModule(TINY, think, TrainerConfig(lr=3e-3), ImageTaskConfig(), SHAPE)
+    return _fit(module, photo_data[0], steps=150, lr=3e-3)
+
+
+@pytest.fixture(scope="module")
+def trained_dit(photo_data):
+    L.seed_everything(0, verbose=False)
+    return _fit(DiTModule(TINY, TrainerConfig(lr=3e-3), SHAPE), photo_data[0], steps=300, lr=3e-3)
+
+
+def test_patchify_round_trip():
+    x = torch.randn(2, 3, 8, 8)
+    tokens = patchify(x, 4)
+    assert tokens.shape == (2, 4, 48)
+    assert torch.equal(tokens[0, 1], x[0, :, 0:4, 4:8].reshape(-1))  # patch 1 = top row, second column
+    assert torch.equal(unpatchify(tokens, SHAPE), x)
+
+
+def test_cached_energy_equals_joint_pass_and_gradient_matches_finite_differences():
+    torch.manual_seed(0)
+    model = ImageEBT(TransformerConfig(dim=16, depth=1, heads=2), SHAPE).double()
+    noisy = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64, requires_grad=True)
+    cache = model.encode(noisy).cache
+    energy = model.energy(cache, x)
+    assert torch.allclose(energy, model.joint_energy(noisy, x), atol=1e-10)
+    (grad,) = torch.autograd.grad(energy.sum(), x)
+    assert torch.isfinite(grad).all() and grad.abs().max() > 0
+    direction = torch.randn_like(x)
+    h = 1e-6
+    with torch.no_grad():
+        numeric = (model.energy(cache, x + h * direction) - model.energy(cache, x - h * direction)).sum() / (2 * h)
+    assert float(numeric) == pytest.approx(float((grad * direction).sum()), rel=1e-5, abs=1e-9)
+
+
+def test_thinking_lowers_energy_and_error_on_a_trained_tiny_model(trained_ebt, photo_data):
+    clean = photo_data[1]
+    noisy = add_noise(clean, 0.2, seed=3)
+    path, energies = trained_ebt.denoise(noisy, 2)
+    mse = [float((x - clean).pow(2).mean()) for x in path]
+    assert energies[2] < energies[0]
+    assert mse[2] < 0.8 * mse[0]  # step 0 is the noisy input itself
+    assert torch.equal(path[0], noisy)
+
+
+def test_psnr_matches_the_formula():
+    target = np.zeros((2, 3, 4, 4))
+    estimate = target.copy()
+    estimate[0] += 0.1  # MSE 0.01
+    estimate[1, 0, 0, 0] = 1.0  # MSE 1 / 48
+    assert psnr(estimate, target, data_range=2.0) == pytest.approx([10 * math.log10(4 / 0.01), 10 * math.log10(4 * 48)])
+    assert psnr(target, target)[0] == np.inf
+
+
+def test_time_of_sigma_matches_the_noise_level():
+    for sigma in (0.05, 0.3, 1.0):
+        ab = alpha_bar(torch.tensor(time_of_sigma(sigma)))
+        assert float((1 - ab) / ab) == pytest.approx(sigma ** 2, rel=1e-4)
+
+
+def test_ddim_from_the_matching_time_beats_the_noisy_input(trained_dit, photo_data):
+    clean = photo_data[1]
+    noisy = add_noise(clean, 0.3, seed=4)
+    identity = float((noisy.clamp(-1, 1) - clean).pow(2).mean())
+    for steps in (1, 5):
+        denoised = trained_dit.denoise(noisy, 0.3, steps)
+        assert float((denoised.clamp(-1, 1) - clean).pow(2).mean()) < 0.8 * identity
+
+
+TINY_CLI = ["runtime.threads=1", "model.dim=16", "model.depth=1", "model.heads=2", "trainer.max_steps=3",
+            "trainer.batch_size=4", "trainer.progress_bar=false", "image.crop=8", "image.downscale=8",
+            "image.eval_crops=4", "image.ebt_steps=2", "image.dit_steps=[1,2]", "image.test_sigmas=[0.1,0.5]",
+            "image.grid_examples=1"]
+
+
+def test_cli_runs_end_to_end_and_a_rerun_resumes(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["image", f"runtime.output_dir={out}", *TINY_CLI]) == 0
+    table = (out / "image.csv").read_text()
+    for part in ("identity", "ebt", "dit"):
+        assert part in table
+    assert (out / "image.md").exists() and (out / "plots" / "psnr_vs_passes.png").exists()
+    assert (out / "plots" / "examples.png").exists()
+    cells = sorted((out / "cells").rglob("*.json"))
+    stamps = [c.stat().st_mtime_ns for c in cells]
+    capsys.readouterr()
+    assert main(["image", f"runtime.output_dir={out}", *TINY_CLI]) == 0
+    printed = capsys.readouterr().out
+    assert "ebt: loaded" in printed and "dit: loaded" in printed
+    assert [c.stat().st_mtime_ns for c in cells] == stamps  # finished cells are read, not recomputed
+    assert (out / "image.csv").read_text() == table
+
+
+def test_bad_input_exits_2_with_a_message(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["image", f"image.photos={empty}", *TINY_CLI]) == 2
+    assert "holds no image files" in capsys.readouterr().err
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "a.png").write_bytes(b"not a png")
+    assert main(["image", f"image.photos={broken}", *TINY_CLI]) == 2
+    err = capsys.readouterr().err
+    assert "cannot read image" in err and "a.png" in err
+    assert main(["image", f"runtime.output_dir={tmp_path / 'x'}", *TINY_CLI, "image.crop=128", "image.downscale=8"]) == 2
+    assert "smaller than image.crop=128" in capsys.readouterr().err
+    assert main(["image", *TINY_CLI, "image.noise=salt_pepper"]) == 2
+    assert "image.noise='salt_pepper'" in capsys.readouterr().err
+    assert main(["image", *TINY_CLI, "image.test_sigmas=[0.1,-0.2]"]) == 2
+    assert "image.test_sigmas" in capsys.readouterr().err
+    assert main(["image", *TINY_CLI, "image.train_sigmas=[low]"]) == 2
+    assert "train_sigmas" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()  # nothing half-written
