@@ -123,7 +123,8 @@ def test_implicit_gradient_matches_unrolling_to_convergence_on_a_network_energy(
     y_implicit, implicit = _net_gradients("implicit", 150)
     torch.testing.assert_close(y_implicit, y_unrolled)
     # every parameter but the energy's constant offset (mlp.2.bias) moves the fixed point
-    assert set(implicit) == set(unrolled) == {"encoder.weight", "encoder.bias", "mlp.0.weight", "mlp.0.bias", "mlp.2.weight"}
+    expected = {"encoder.weight", "encoder.bias", "mlp.0.weight", "mlp.0.bias", "mlp.2.weight"}
+    assert set(implicit) == set(unrolled) == expected
     for name, grad in unrolled.items():
         assert grad.abs().max() > 1e-3, name  # a real gradient, not zero against zero
         torch.testing.assert_close(implicit[name], grad, rtol=1e-7, atol=1e-9, msg=name)

@@ -27,7 +27,7 @@ class ThinkConfig:
     infer_langevin_std: float = 0.0  # the same at inference
     max_update: float = 0.0  # >0: clamp each element of the update alpha * grad to [-max_update, max_update]
     truncate: bool = True  # only the last training step builds the second-order graph
-    gradient: str = "unrolled"  # training: backprop through the steps, or "implicit" at the final candidate (implicit.py)
+    gradient: str = "unrolled"  # training: backprop through the steps, or "implicit": at the final candidate only
     implicit_cg_iters: int = 10  # implicit: conjugate-gradient iterations (Hessian-vector products) per training call
     implicit_damping: float = 1.0  # implicit: solve (H + damping I) v = dL/dy*; keeps indefinite / flat H usable
     detach_init: bool = True  # the refinement loss does not reach whatever produced the initial candidates

@@ -78,7 +78,9 @@ def damped_cg(hvp: Callable[[Tensor], Tensor], rhs: Tensor, damping: float, iter
     return v
 
 
-def attach_implicit_gradient(energy_fn: EnergyFn, x_star: Tensor, cg_iters: int, damping: float) -> tuple[Tensor, Tensor]:
+def attach_implicit_gradient(
+    energy_fn: EnergyFn, x_star: Tensor, cg_iters: int, damping: float,
+) -> tuple[Tensor, Tensor]:
     """Candidates equal to `x_star` (N, *event) whose gradient is the implicit one, and their energies (N,).
 
     The energies carry the graph to whatever the energy reads (dE/dtheta at fixed y*). Rows whose energy
