@@ -44,13 +44,13 @@ def trained_ebt(photo_data):
     L.seed_everything(0, verbose=False)
     think = dataclasses.replace(image_think(), alpha=10.0)
     module = ImageEBTModule(TINY, think, TrainerConfig(lr=3e-3), ImageTaskConfig(), SHAPE)
-    return _fit(module, photo_data[0], steps=150, lr=3e-3)
+    return _fit(module, photo_data[0], steps=100, lr=3e-3)
 
 
 @pytest.fixture(scope="module")
 def trained_dit(photo_data):
     L.seed_everything(0, verbose=False)
-    return _fit(DiTModule(TINY, TrainerConfig(lr=3e-3), SHAPE), photo_data[0], steps=300, lr=3e-3)
+    return _fit(DiTModule(TINY, TrainerConfig(lr=3e-3), SHAPE), photo_data[0], steps=200, lr=3e-3)
 
 
 def test_patchify_round_trip():
