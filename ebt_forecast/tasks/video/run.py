@@ -284,6 +284,7 @@ def write_report(root: Path, app: VideoAppConfig, sets: VideoSets, ae_meta: dict
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
     atomic_write_csv(frame, root / "video.csv")
     names = list(sets.evaluation)
@@ -354,9 +355,12 @@ def write_report(root: Path, app: VideoAppConfig, sets: VideoSets, ae_meta: dict
                 r = headline(frame, model, name, app)
                 if r is not None:
                     ax.axhline(r["latent_mse"], color="gray", ls=style, label=model)
+            ax.set_yscale("log")  # step 0 (a noise start) sits far above the rest
+            ax.yaxis.set_major_formatter(FormatStrFormatter("%.3g"))  # plain numbers: mathtext labels are slow
+            ax.yaxis.set_minor_formatter(NullFormatter())
             ax.set_title(tag[name], fontsize=9)
             ax.set_xlabel(xlabel, fontsize=8)
-        axes[0][0].set_ylabel("latent MSE")
+        axes[0][0].set_ylabel("latent MSE (log scale)")
         axes[0][0].legend(fontsize=7)
         fig.subplots_adjust(left=0.06, right=0.99, bottom=0.17, top=0.9, wspace=0.3)
         atomic_save_figure(fig, root / "plots" / fname)
