@@ -127,10 +127,7 @@ def run_as_other_rank(app: AppConfig, command, rank: str) -> int:
 # multirun: Hydra's sweeper and launcher, one folder per job
 
 MULTIRUN_FLAGS = ("-m", "--multirun")
-# keys that say how a job runs, not what it computes: never part of a job's folder name
-NOT_IN_FOLDER_NAME = ("command", "task", "runtime.threads", "runtime.output_dir", "trainer.progress_bar",
-                      "trainer.accelerator", "trainer.devices", "trainer.num_nodes", "trainer.strategy",
-                      "benchmark.resume", "benchmark.compute", "study.resume")
+NOT_IN_FOLDER_NAME = ("command", "task")  # the same for every job; so are the keys given one value
 
 
 def sweep_settings(overrides: list[str]) -> list[str]:
