@@ -1,8 +1,10 @@
 """Data-parallel training through `fit_module`: two CPU processes (gloo) split every global batch, end with
-the same weights as each other and as one process would, and the trainer settings are checked up front."""
+the same weights as each other and as one process would, the trainer settings are checked up front, and under
+the CLI a process other than rank 0 writes nothing to the output folder."""
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -142,3 +144,33 @@ def test_bf16_mixed_precision_trains_on_cpu():
     report = fit_module(module, Line(), TrainerConfig(max_steps=4, batch_size=4, warmup_steps=1, progress_bar=False,
                                                       precision="bf16-mixed"), seed=0)
     assert report.steps == 4 and module.w.item() > 0
+
+
+def test_a_rank_other_than_0_reads_the_output_folder_but_writes_and_prints_nothing_there(tmp_path, monkeypatch, capsys):
+    """Under `trainer.strategy=ddp` every process runs the command; the others work on a private copy."""
+    from types import SimpleNamespace
+
+    from ebt_forecast.cli import other_rank, run_as_other_rank
+
+    for key in ("RANK", "SLURM_NTASKS", "SLURM_PROCID", "NODE_RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    assert other_rank() is None
+    monkeypatch.setenv("LOCAL_RANK", "1")  # what Lightning's ddp launcher gives its second process
+    assert other_rank() == "node0-local1"
+    (tmp_path / "cells").mkdir()
+    (tmp_path / "cells" / "done.json").write_text("{}")
+    seen = {}
+
+    def command(app) -> int:
+        out = Path(app.runtime.output_dir)
+        seen["cells"] = sorted(p.name for p in (out / "cells").iterdir())  # rank 0's finished cells
+        (out / "cells" / "new.json").write_text("{}")
+        print("a table")
+        return 0
+
+    app = SimpleNamespace(runtime=SimpleNamespace(output_dir=str(tmp_path)))
+    assert run_as_other_rank(app, command, other_rank()) == 0
+    assert seen["cells"] == ["done.json"]
+    assert sorted(p.name for p in (tmp_path / "cells").iterdir()) == ["done.json"]  # nothing written here
+    assert capsys.readouterr().out == ""
+    assert not Path(app.runtime.output_dir).exists()  # the private copy is gone
