@@ -136,6 +136,23 @@ def test_cli_runs_end_to_end_and_a_rerun_resumes(tmp_path, capsys):
     assert (out / "image.csv").read_text() == table
 
 
+def test_cli_reads_a_folder_of_images(tmp_path, capsys):
+    import skimage.data
+    import skimage.io
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("coffee", "camera", "brick"):  # one colour and two grey photos, as PNG and JPEG files
+        image = getattr(skimage.data, name)()[:64, :64]
+        skimage.io.imsave(folder / f"{name}.{'jpg' if name == 'coffee' else 'png'}", image, check_contrast=False)
+    out = tmp_path / "run"
+    assert main(["image", f"image.photos={folder}", f"runtime.output_dir={out}", *TINY_CLI, "image.downscale=2",
+                 "image.models=[ebt]", "image.splits=[test]"]) == 0
+    assert "test ['brick']" in capsys.readouterr().out  # sorted names: brick -> test, camera -> val, coffee -> train
+    table = (out / "image.csv").read_text()
+    assert "ebt" in table and "dit" not in table
+
+
 def test_bad_input_exits_2_with_a_message(tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -147,7 +164,7 @@ def test_bad_input_exits_2_with_a_message(tmp_path, capsys):
     assert main(["image", f"image.photos={broken}", *TINY_CLI]) == 2
     err = capsys.readouterr().err
     assert "cannot read image" in err and "a.png" in err
-    assert main(["image", f"runtime.output_dir={tmp_path / 'x'}", *TINY_CLI, "image.crop=128", "image.downscale=8"]) == 2
+    assert main(["image", f"runtime.output_dir={tmp_path / 'x'}", *TINY_CLI, "image.crop=128"]) == 2
     assert "smaller than image.crop=128" in capsys.readouterr().err
     assert main(["image", *TINY_CLI, "image.noise=salt_pepper"]) == 2
     assert "image.noise='salt_pepper'" in capsys.readouterr().err

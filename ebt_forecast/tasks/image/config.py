@@ -73,7 +73,9 @@ class ImageRunConfig:
     eval_batch: int = 48
     ebt_steps: int = 6  # the EBT is read after 0..ebt_steps thinking steps
     dit_steps: list[int] = field(default_factory=lambda: [1, 10, 25, 100])  # DDIM steps (= DiT forward passes)
-    dit_max_steps: Optional[int] = None  # the DiT's training steps; None = trainer.max_steps (the same crops as the EBT)
+    dit_max_steps: Optional[int] = None  # the DiT's training steps; None = trainer.max_steps (the EBT's crops)
+    dit_max_sigma: Optional[float] = None  # None: DDPM times t ~ U[0, 1] (every noise level, the standard DiT); a
+    #                                        value: t ~ U[0, t(sigma)], so larger levels are unseen by the DiT too
     splits: list[str] = field(default_factory=lambda: ["test", "val"])
     models: list[str] = field(default_factory=lambda: list(MODELS))
     grid_examples: int = 4  # test crops shown in the example grid (at the largest training and unseen sigma)
@@ -81,14 +83,16 @@ class ImageRunConfig:
     def validate(self) -> "ImageRunConfig":
         sigmas_ok = lambda s: bool(s) and all(0 < v <= MAX_SIGMA for v in s)  # noqa: E731
         checks = [("patch", self.patch >= 1, ">= 1"),
-                  ("crop", self.crop >= self.patch and self.crop % self.patch == 0, f"a multiple of image.patch={self.patch}"),
+                  ("crop", self.crop >= self.patch and self.crop % self.patch == 0,
+                   f"a multiple of image.patch={self.patch}"),
                   ("downscale", self.downscale >= 1, ">= 1"), ("split_every", self.split_every >= 3, ">= 3"),
                   ("noise", self.noise in NOISE_KINDS, f"one of {', '.join(NOISE_KINDS)}"),
-                  ("train_sigmas", sigmas_ok(self.train_sigmas), f"a non-empty list of noise levels in (0, {MAX_SIGMA}]"),
-                  ("test_sigmas", sigmas_ok(self.test_sigmas), f"a non-empty list of noise levels in (0, {MAX_SIGMA}]"),
+                  ("train_sigmas", sigmas_ok(self.train_sigmas), f"a non-empty list of levels in (0, {MAX_SIGMA}]"),
+                  ("test_sigmas", sigmas_ok(self.test_sigmas), f"a non-empty list of levels in (0, {MAX_SIGMA}]"),
                   ("eval_crops", self.eval_crops >= 1, ">= 1"), ("eval_batch", self.eval_batch >= 1, ">= 1"),
                   ("ebt_steps", self.ebt_steps >= 0, ">= 0"),
                   ("dit_max_steps", self.dit_max_steps is None or self.dit_max_steps >= 1, "None or >= 1"),
+                  ("dit_max_sigma", self.dit_max_sigma is None or self.dit_max_sigma > 0, "None or > 0"),
                   ("dit_steps", bool(self.dit_steps) and min(self.dit_steps) >= 1, "a non-empty list of ints >= 1"),
                   ("splits", bool(self.splits) and all(s in ("test", "val") for s in self.splits),
                    "a non-empty list of test, val"),

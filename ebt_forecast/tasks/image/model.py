@@ -205,8 +205,9 @@ def time_of_sigma(sigma: float, offset: float = 0.008) -> float:
 
 @torch.no_grad()
 def ddim_denoise(model: DiT, noisy: Tensor, sigma: float, steps: int) -> Tensor:
-    """Deterministic DDIM from the noisy image y = x0 + sigma * n: x_t* = sqrt(abar(t*)) y with abar(t*) = 1 / (1 + sigma^2),
-    then `steps` evenly spaced steps down to t = 0; one network forward per step. Returns the x0 estimate."""
+    """Deterministic DDIM from the noisy image y = x0 + sigma * n: x_t* = sqrt(abar(t*)) y with
+    abar(t*) = 1 / (1 + sigma^2), then `steps` evenly spaced steps down to t = 0; one network forward per step.
+    Returns the x0 estimate."""
     t_start = time_of_sigma(sigma)
     times = torch.linspace(t_start, 0.0, steps + 1)
     x = noisy * alpha_bar(torch.tensor(t_start)).sqrt()

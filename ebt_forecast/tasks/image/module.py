@@ -8,7 +8,8 @@ B x M x G starts, all equal to the noisy image (the identity: step 0 is the nois
 Training (`ImageEBTModule.training_step`): the candidate starts at the noisy image and is refined by
 `self.think` (second order through the steps); the loss is the smooth L1 distance of the refined image to
 the clean one after every step, averaged (`task.loss_steps=all`), or after the last (`last`).
-The DiT trains on the DDPM noise-prediction loss at uniform times t in [0, 1] (cosine schedule), on the same
+The DiT trains on the DDPM noise-prediction loss at uniform times t in [0, 1] (cosine schedule; or in
+[0, t(max_sigma)], `image.dit_max_sigma`), on the same
 crops (the noisy image unused; t and the noise come from the seeded dataset).
 """
 from __future__ import annotations
@@ -20,7 +21,15 @@ from torch import Tensor
 from ebt_forecast.nn import TransformerConfig, TransformerPP
 from ebt_forecast.tasks.base import OptimConfig, TaskModule
 from ebt_forecast.tasks.image.config import ImageTaskConfig
-from ebt_forecast.tasks.image.model import DiT, ImageContext, ImageEBT, ImageShape, alpha_bar, ddim_denoise
+from ebt_forecast.tasks.image.model import (
+    DiT,
+    ImageContext,
+    ImageEBT,
+    ImageShape,
+    alpha_bar,
+    ddim_denoise,
+    time_of_sigma,
+)
 from ebt_forecast.think import Starts, ThinkConfig
 
 
@@ -83,9 +92,11 @@ class ImageEBTModule(TaskModule):
 class DiTModule(TaskModule):
     """The DiT twin: DDPM noise prediction; denoises by DDIM from the matching time. It has no energy."""
 
-    def __init__(self, model_cfg: TransformerConfig, optim_cfg: OptimConfig, shape: ImageShape):
+    def __init__(self, model_cfg: TransformerConfig, optim_cfg: OptimConfig, shape: ImageShape,
+                 max_sigma: float | None = None):
         super().__init__(ThinkConfig(enabled=False, learn_alpha=False), optim_cfg)
         self.model = DiT(model_cfg, shape)
+        self.max_time = 1.0 if max_sigma is None else time_of_sigma(max_sigma)  # training times t ~ U[0, max_time]
 
     def encode(self, batch: dict[str, Tensor]) -> Tensor:
         return batch["noisy"]
@@ -100,7 +111,7 @@ class DiTModule(TaskModule):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         clean = batch["clean"]
-        b, t, eps = clean.shape[0], batch["t"], batch["eps"]  # drawn by the seeded dataset
+        b, t, eps = clean.shape[0], batch["t"] * self.max_time, batch["eps"]  # drawn by the seeded dataset
         ab = alpha_bar(t).view(b, 1, 1, 1)
         x_t = ab.sqrt() * clean + (1 - ab).sqrt() * eps
         loss = F.mse_loss(self.model(x_t, t), eps)

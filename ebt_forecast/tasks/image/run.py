@@ -19,7 +19,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ebt_forecast.io import atomic_save_figure, atomic_torch_save, atomic_write_csv, atomic_write_json, atomic_write_text
+from ebt_forecast.io import (
+    atomic_save_figure,
+    atomic_torch_save,
+    atomic_write_csv,
+    atomic_write_json,
+    atomic_write_text,
+)
 from ebt_forecast.metrics import psnr
 from ebt_forecast.tasks.base import config_key, fit_module
 from ebt_forecast.tasks.image.config import ImageAppConfig
@@ -37,7 +43,8 @@ def scores(estimate: torch.Tensor, clean: torch.Tensor) -> dict[str, float]:
     return {"psnr": float(psnr(est, ref, data_range=2.0).mean()), "mse": float(mse.mean())}
 
 
-def trained(module: L.LightningModule, name: str, key: str, data: TrainCrops, trainer_cfg, root: Path) -> tuple[L.LightningModule, float]:
+def trained(module: L.LightningModule, name: str, key: str, data: TrainCrops, trainer_cfg,
+            root: Path) -> tuple[L.LightningModule, float]:
     """Train once (resuming an interrupted run from its checkpoint), then load; returns the training seconds."""
     path, info = root / "models" / f"{name}_{key}.pt", root / "models" / f"{name}_{key}.json"
     if path.exists():
@@ -94,10 +101,11 @@ def run_image_command(app: ImageAppConfig) -> int:
     if "dit" in c.models:
         L.seed_everything(app.seed, workers=True, verbose=False)
         dit_trainer = dataclasses.replace(app.trainer, max_steps=c.dit_max_steps or app.trainer.max_steps)
-        key = config_key(app.model, dit_trainer.settings(), shape, data_key, "dit")
+        key = config_key(app.model, dit_trainer.settings(), shape, data_key, "dit",
+                         *([] if c.dit_max_sigma is None else [c.dit_max_sigma]))
         dit_data = TrainCrops(train, c.crop, c.train_sigmas, dit_trainer.max_steps * dit_trainer.batch_size, app.seed)
-        models["dit"], seconds["dit"] = trained(DiTModule(app.model, dit_trainer, shape), "dit", key, dit_data,
-                                                dit_trainer, root)
+        models["dit"], seconds["dit"] = trained(DiTModule(app.model, dit_trainer, shape, c.dit_max_sigma), "dit", key,
+                                                dit_data, dit_trainer, root)
         dit_key = key
     cell_key = config_key(ebt_key if "ebt" in models else "", dit_key if "dit" in models else "", c.eval_crops,
                           c.ebt_steps, app.think.infer_steps, data_key)
@@ -112,11 +120,11 @@ def run_image_command(app: ImageAppConfig) -> int:
             rows += [{**base, **r} for r in cell(cells / f"{split}__s{sigma}__identity.json", lambda: [
                 {"model": "identity", "passes": 0, "backward": 0, **scores(noisy, clean), "seconds": 0.0}])]
             if "ebt" in models:
-                rows += [{**base, **r} for r in cell(cells / f"{split}__s{sigma}__ebt.json",
-                                                     lambda: ebt_rows(models["ebt"], noisy, clean, c.ebt_steps, c.eval_batch))]
+                rows += [{**base, **r} for r in cell(cells / f"{split}__s{sigma}__ebt.json", lambda: ebt_rows(
+                    models["ebt"], noisy, clean, c.ebt_steps, c.eval_batch))]
             for k in c.dit_steps if "dit" in models else []:
-                rows += [{**base, **r} for r in cell(cells / f"{split}__s{sigma}__dit{k}.json",
-                                                     lambda: dit_rows(models["dit"], noisy, clean, sigma, k, c.eval_batch))]
+                rows += [{**base, **r} for r in cell(cells / f"{split}__s{sigma}__dit{k}.json", lambda: dit_rows(
+                    models["dit"], noisy, clean, sigma, k, c.eval_batch))]
     frame = pd.DataFrame(rows)
     write_report(root, app, frame, splits, seconds, models, photos)
     print(f"image: done in {time.perf_counter() - start:.0f} s")
@@ -137,11 +145,13 @@ def ebt_rows(module: ImageEBTModule, noisy: torch.Tensor, clean: torch.Tensor, s
              "seconds": elapsed * t / max(steps, 1), "energy": energy[t]} for t in range(steps + 1)]
 
 
-def dit_rows(module: DiTModule, noisy: torch.Tensor, clean: torch.Tensor, sigma: float, steps: int, batch: int) -> list[dict]:
+def dit_rows(module: DiTModule, noisy: torch.Tensor, clean: torch.Tensor, sigma: float, steps: int,
+             batch: int) -> list[dict]:
     """PSNR and MSE of DDIM with `steps` passes from the time matching sigma."""
     start = time.perf_counter()
     est = in_batches(lambda x: module.denoise(x, sigma, steps), noisy, batch)
-    return [{"model": "dit", "passes": steps, "backward": 0, **scores(est, clean), "seconds": time.perf_counter() - start}]
+    return [{"model": "dit", "passes": steps, "backward": 0, **scores(est, clean),
+             "seconds": time.perf_counter() - start}]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -170,20 +180,12 @@ def write_report(root: Path, app: ImageAppConfig, frame: pd.DataFrame, splits: d
              + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()) + f" ({app.trainer.max_steps} steps of "
              f"{app.trainer.batch_size} crops each). Passes: EBT thinking steps (each one forward and one backward of "
              "the candidate half, after one encoding of the noisy image), DiT DDIM steps (one forward each). "
-             "PSNR in dB (mean over crops, data range 2), estimates clipped to [-1, 1].", ""]
+             "PSNR in dB (mean over crops, data range 2), estimates clipped to [-1, 1]. DiT training noise: "
+             + ("every level (t ~ U[0, 1])." if c.dit_max_sigma is None else f"sigma <= {c.dit_max_sigma:g} only."), ""]
     for split in [s for s in ("test", "val") if s in set(frame["split"])]:
         part = frame[frame["split"] == split]
-        lines += [f"## {split}: PSNR (dB) by noise level", "",
-                  "| model | passes | " + " | ".join(label(s) for s in sigmas) + " |", "|---|---:|" + "---:|" * len(sigmas)]
-        for (model, passes), rows in part.groupby(["model", "passes"], sort=False):
-            values = rows.set_index("sigma")["psnr"]
-            lines.append(f"| {model} | {passes} | " + " | ".join(f"{values.get(s, float('nan')):.2f}" for s in sigmas) + " |")
-        lines += ["", f"## {split}: MSE by noise level", "",
-                  "| model | passes | " + " | ".join(label(s) for s in sigmas) + " |", "|---|---:|" + "---:|" * len(sigmas)]
-        for (model, passes), rows in part.groupby(["model", "passes"], sort=False):
-            values = rows.set_index("sigma")["mse"]
-            lines.append(f"| {model} | {passes} | " + " | ".join(f"{values.get(s, float('nan')):.5f}" for s in sigmas) + " |")
-        lines.append("")
+        lines += metric_table(part, "psnr", f"## {split}: PSNR (dB) by noise level", ".2f", sigmas, label)
+        lines += metric_table(part, "mse", f"## {split}: MSE by noise level", ".5f", sigmas, label)
     lines += headline(frame, sigmas, label)
     atomic_write_text(root / "image.md", "\n".join(lines) + "\n")
 
@@ -210,6 +212,17 @@ def write_report(root: Path, app: ImageAppConfig, frame: pd.DataFrame, splits: d
         example_grid(root, app, models, photos, splits)
     print("\n".join(lines))
     print(f"\nwritten: {root / 'image.md'}, {root / 'image.csv'}, {root / 'plots'}")
+
+
+def metric_table(part: pd.DataFrame, metric: str, title: str, fmt: str, sigmas: list[float], label) -> list[str]:
+    """One markdown table: a row per (model, passes), a column per noise level."""
+    lines = [title, "", "| model | passes | " + " | ".join(label(s) for s in sigmas) + " |",
+             "|---|---:|" + "---:|" * len(sigmas)]
+    for (model, passes), rows in part.groupby(["model", "passes"], sort=False):
+        values = rows.set_index("sigma")[metric]
+        lines.append(f"| {model} | {passes} | " + " | ".join(format(values.get(s, float("nan")), fmt) for s in sigmas)
+                     + " |")
+    return lines + [""]
 
 
 def headline(frame: pd.DataFrame, sigmas: list[float], label) -> list[str]:
@@ -244,8 +257,8 @@ def example_grid(root: Path, app: ImageAppConfig, models: dict, photos: dict, sp
     ebt_steps, dit_steps = min(3, c.ebt_steps), max(c.dit_steps)
     columns = ["clean", "noisy"] + ([f"EBT {ebt_steps} steps"] if "ebt" in models else []) + (
         [f"DiT {dit_steps} steps"] if "dit" in models else [])
-    fig, axes = plt.subplots(len(levels) * len(pick), len(columns), figsize=(1.6 * len(columns), 1.6 * len(levels) * len(pick)),
-                             squeeze=False)
+    n_rows = len(levels) * len(pick)
+    fig, axes = plt.subplots(n_rows, len(columns), figsize=(1.6 * len(columns), 1.6 * n_rows), squeeze=False)
     for li, sigma in enumerate(levels):
         noisy = add_noise(pick, sigma, EVAL_SEED["test"] + 7)
         shown = [pick, noisy]
