@@ -131,7 +131,8 @@ def run_image_command(app: ImageAppConfig) -> int:
 
 
 def ebt_rows(module: ImageEBTModule, noisy: torch.Tensor, clean: torch.Tensor, steps: int, batch: int) -> list[dict]:
-    """PSNR and MSE after each of 0..steps thinking steps (one think call: the path is read at every step)."""
+    """PSNR and MSE after each of 0..steps thinking steps (one think call: the path is read at every step; its wall
+    time is shared out to the rows in proportion to their steps)."""
     start = time.perf_counter()
     paths, energies = [], []
     for chunk in noisy.split(batch):
