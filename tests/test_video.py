@@ -125,6 +125,21 @@ def test_thinking_lowers_the_energy_and_the_error_of_a_tiny_trained_ebt():
     # (three seeds of this setting: error after 2 steps / at the noise start = 0.63, 0.70, 0.75)
 
 
+def test_starts_come_from_noise_or_from_the_last_frame():
+    x = torch.randn(3, 6, 4)
+    think = ThinkConfig(num_candidates=1)
+    for init in ("noise", "last"):
+        module = VideoModule(TINY, think, TrainerConfig(), VideoTaskConfig(init=init, init_std=0.5), 4, 6)
+        starts = module.propose(module.encode({"x": x}), {"x": x}, 2, 3, torch.Generator().manual_seed(0))
+        assert starts.starts.shape == (3, 2, 3, 5, 4) and starts.energy_fn(starts.starts.flatten(0, 2), None).shape == (18,)
+        spread = (starts.starts - x[:, None, None, :-1]).std()
+        if init == "last":  # each clip's first start is the last observed frame's latent (copy-last), the rest near it
+            assert torch.equal(starts.starts[:, 0, 0], x[:, :-1]) and torch.equal(starts.proposals[:, 0], x[:, :-1])
+            assert 0.3 < float(spread) < 0.6
+        else:
+            assert 0.3 < float(starts.starts.std()) < 0.7 and float(spread) > 1.0
+
+
 TINY_RUN = ["runtime.threads=1", "model.dim=32", "model.depth=1", "model.heads=2", "trainer.max_steps=4",
             "trainer.batch_size=4", "trainer.progress_bar=false", "trainer.checkpoint_every=2", "video.train_clips=24",
             "video.eval_clips=4", "video.ae_steps=4", "video.ae_batch=8", "video.clip_length=5",

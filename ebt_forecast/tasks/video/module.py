@@ -45,8 +45,8 @@ class VideoModule(TaskModule):
 
     def initial_latents(self, observed: Tensor, shape: tuple[int, ...],
                         generator: torch.Generator | None = None) -> Tensor:
-        """Starts (B, *shape, S, d): N(0, init_std) noise, or the last observed latent plus that noise (the
-        first start of each prediction exactly the last latent: the copy-last-frame proposal)."""
+        """Starts (B, *shape, S, d): N(0, init_std) noise, or the last observed latent plus that noise (each
+        clip's first start exactly the last latent: the copy-last-frame proposal)."""
         b, s, d = observed.shape
         noise = torch.randn((b, *shape, s, d), generator=generator, device=observed.device) * self.task_cfg.init_std
         if self.task_cfg.init == "noise":

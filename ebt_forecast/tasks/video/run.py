@@ -44,7 +44,8 @@ def source_weights(app: VideoAppConfig, sets: VideoSets) -> list[float]:
     return [app.video.clip_weight if n == "clips" else 1 - app.video.clip_weight for n in names]
 
 
-def load_or_train_autoencoder(app: VideoAppConfig, sets: VideoSets, folder: Path) -> tuple[FrameAutoencoder, str, dict]:
+def load_or_train_autoencoder(app: VideoAppConfig, sets: VideoSets,
+                              folder: Path) -> tuple[FrameAutoencoder, str, dict]:
     """The frame autoencoder, trained once on the training frames (weighted by source) and then loaded."""
     v = app.video
     key = config_key("autoencoder", v.frame_size, v.latent_dim, v.ae_width, v.ae_steps, v.ae_batch, v.ae_lr,
@@ -56,8 +57,8 @@ def load_or_train_autoencoder(app: VideoAppConfig, sets: VideoSets, folder: Path
         module.model.load_state_dict(torch.load(path, weights_only=True))
         return module.model.eval(), key, json.loads(meta_path.read_text())
     frames = [torch.from_numpy(c.reshape(-1, *c.shape[2:])) for c in sets.train.values()]
-    trainer = TrainerConfig(max_steps=v.ae_steps, batch_size=v.ae_batch, lr=v.ae_lr, progress_bar=app.trainer.progress_bar,
-                            checkpoint_every=app.trainer.checkpoint_every,
+    trainer = TrainerConfig(max_steps=v.ae_steps, batch_size=v.ae_batch, lr=v.ae_lr,
+                            progress_bar=app.trainer.progress_bar, checkpoint_every=app.trainer.checkpoint_every,
                             checkpoint_dir=str(Path(app.trainer.checkpoint_dir) / f"autoencoder_{key}")
                             if app.trainer.checkpoint_dir else None)
     print(f"training the frame autoencoder ({sum(p.numel() for p in module.parameters()):,} parameters, "
@@ -148,9 +149,10 @@ class Tally:
         p = psnr(pixels.clamp(0, 1).flatten(0, 1).numpy(), frames.flatten(0, 1).numpy(), data_range=1.0)
         self.sums[setting] += np.array([se, float(np.minimum(p, 100.0).sum()), n, energy])
 
-    def rows(self, model: str, name: str) -> list[dict]:
-        return [{"model": model, "set": name, "kind": kind, "steps": steps, "candidates": candidates, "frames": int(n),
-                 "latent_mse": se / n, "psnr": ps / n, "energy_per_frame": energy / n}
+    def rows(self, model: str | None, name: str) -> list[dict]:
+        """One row per setting; model None: each setting's kind names the model (the baselines)."""
+        return [{"model": model or kind, "set": name, "kind": kind, "steps": steps, "candidates": candidates,
+                 "frames": int(n), "latent_mse": se / n, "psnr": ps / n, "energy_per_frame": energy / n}
                 for (kind, steps, candidates), (se, ps, n, energy) in self.sums.items()]
 
 
@@ -159,17 +161,15 @@ def chunks(n: int, size: int):
         yield slice(i, i + size)
 
 
-def evaluate_baselines(ae: FrameAutoencoder, name: str, latents: Tensor, clips: np.ndarray, app: VideoAppConfig) -> list[dict]:
+def evaluate_baselines(ae: FrameAutoencoder, name: str, latents: Tensor, clips: np.ndarray,
+                       app: VideoAppConfig) -> list[dict]:
     """Copy the last frame (latent and pixels), and the autoencoder's ceiling (the true next latent, decoded)."""
     tally, frames = Tally(ae), torch.from_numpy(clips)
     for c in chunks(len(latents), app.video.eval_batch):
         z, f = latents[c], frames[c]
         tally.add(("copy_last", 0, 1), z[:, :-1], z[:, 1:], f[:, 1:], pixels=f[:, :-1])
         tally.add(("autoencoder", 0, 1), z[:, 1:], z[:, 1:], f[:, 1:])
-    rows = tally.rows("copy_last", name)
-    for r in rows:
-        r["model"] = r["kind"]
-    return rows
+    return tally.rows(None, name)
 
 
 def evaluate(trained: Trained, ae: FrameAutoencoder, name: str, latents: Tensor, clips: np.ndarray,
@@ -249,7 +249,8 @@ def run_video_command(app: VideoAppConfig) -> int:
     eval_latents = {name: encode_clips(ae, c) for name, c in sets.evaluation.items()}
     data_key = config_key(ae_key, sets.key)
     weights = source_weights(app, sets)
-    trained = {kind: train_model(kind, app, train_latents, weights, data_key, root / "models") for kind in app.video.models}
+    trained = {kind: train_model(kind, app, train_latents, weights, data_key, root / "models")
+               for kind in app.video.models}
     rows = []
     folder = root / "cells" / evaluation_key(app, ae_key, data_key)
     for name, clips in sets.evaluation.items():
@@ -268,7 +269,7 @@ def run_video_command(app: VideoAppConfig) -> int:
 # tables, plots and the strip
 
 
-def headline(frame: pd.DataFrame, model: str, name: str, app: VideoAppConfig) -> pd.Series | None:
+def headline(frame: pd.DataFrame, model: str, name: str) -> pd.Series | None:
     """A model's default prediction on a set: EBT at think.infer_steps from one start; the twin's forward;
     the copy-last baseline; the autoencoder ceiling."""
     rows = frame[(frame["model"] == model) & (frame["set"] == name)]
@@ -291,7 +292,7 @@ def write_report(root: Path, app: VideoAppConfig, sets: VideoSets, ae_meta: dict
     tag = {n: f"{n} (OOD)" if n in sets.ood else n for n in names}
     k = app.think.infer_steps
     models = [*trained, "copy_last", "autoencoder"]
-    lines = [f"# video: next-frame prediction", "", sets.description + ".", "",
+    lines = ["# video: next-frame prediction", "", sets.description + ".", "",
              f"Frame autoencoder: {ae_meta['parameters']:,} parameters, {ae_meta['steps']} steps, "
              f"{ae_meta['seconds']:.0f} s; latent dim {app.video.latent_dim}. Scored: frames 1..{app.video.clip_length - 1} "
              "of every clip from the true frames before it. Latent MSE in standardised latents; PSNR (dB) of the "
@@ -304,7 +305,7 @@ def write_report(root: Path, app: VideoAppConfig, sets: VideoSets, ae_meta: dict
         meta = trained[model].meta if model in trained else {}
         cells = []
         for name in names:
-            r = headline(frame, model, name, app)
+            r = headline(frame, model, name)
             cells.append("" if r is None else f"{r['latent_mse']:.4f} / {r['psnr']:.2f}")
         params = f"{meta['parameters']:,}" if meta else ""
         seconds = f"{meta['seconds']:.0f}" if meta else ""
@@ -352,7 +353,7 @@ def write_report(root: Path, app: VideoAppConfig, sets: VideoSets, ae_meta: dict
             ax.plot(at, rows["latent_mse"], marker="o", label="EBT")
             ax.set_xticks(at, [str(x) for x in rows[column]])
             for model, style in [("transformer_pp", "--"), ("copy_last", ":")]:
-                r = headline(frame, model, name, app)
+                r = headline(frame, model, name)
                 if r is not None:
                     ax.axhline(r["latent_mse"], color="gray", ls=style, label=model)
             ax.set_yscale("log")  # step 0 (a noise start) sits far above the rest
