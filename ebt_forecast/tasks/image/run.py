@@ -178,7 +178,8 @@ def write_report(root: Path, app: ImageAppConfig, frame: pd.DataFrame, splits: d
              f"{app.model.depth}, heads {app.model.heads}; parameters "
              + ", ".join(f"{k} {v:,}" for k, v in params.items()) + "; training "
              + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()) + f" ({app.trainer.max_steps} steps of "
-             f"{app.trainer.batch_size} crops each). Passes: EBT thinking steps (each one forward and one backward of "
+             f"{app.trainer.batch_size} crops each" + (f"; the DiT {c.dit_max_steps} steps" if c.dit_max_steps else "")
+             + "). Passes: EBT thinking steps (each one forward and one backward of "
              "the candidate half, after one encoding of the noisy image), DiT DDIM steps (one forward each). "
              "PSNR in dB (mean over crops, data range 2), estimates clipped to [-1, 1]. DiT training noise: "
              + ("every level (t ~ U[0, 1])." if c.dit_max_sigma is None else f"sigma <= {c.dit_max_sigma:g} only."), ""]
