@@ -32,9 +32,11 @@ from omegaconf import MISSING
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset
 
-from ebt_forecast.nn import TransformerConfig
+from ebt_forecast.nn import TransformerConfig, TransformerPP
+from ebt_forecast.nn.transformer import KVCache
 from ebt_forecast.think import (
     ConfigError,
+    EnergyFn,
     Starts,
     StepSize,
     ThinkConfig,
@@ -152,6 +154,20 @@ class AppConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     task: Any = MISSING
+
+
+def cached_energy_fn(cache: KVCache, per_context: int, energy: Callable[[KVCache, Tensor], Tensor]) -> EnergyFn:
+    """The engine's `energy_fn(x, index)` over candidates of contexts encoded once (`per_context` candidates each):
+    all candidates broadcast the cached keys and values without a copy; a subset gathers its contexts' rows.
+    `energy(cache, candidates)` scores candidates (..., *event) against a cache that broadcasts over `...`."""
+
+    def fn(x: Tensor, index: Tensor | None) -> Tensor:
+        if index is None:  # every candidate, context-major
+            grouped = x.view(-1, per_context, *x.shape[1:])
+            return energy(TransformerPP.expand_cache(cache, "grouped", candidate_dims=1), grouped).flatten()
+        return energy(TransformerPP.expand_cache(cache, "gather", index // per_context), x)
+
+    return fn
 
 
 def config_key(*parts: Any, length: int = 12) -> str:

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ebt_forecast.nn import TransformerConfig, TransformerPP
-from ebt_forecast.tasks.base import OptimConfig, TaskModule
+from ebt_forecast.nn import TransformerConfig
+from ebt_forecast.tasks.base import OptimConfig, TaskModule, cached_energy_fn
 from ebt_forecast.tasks.image.config import ImageTaskConfig
 from ebt_forecast.tasks.image.model import (
     DiT,
@@ -56,16 +56,7 @@ class ImageEBTModule(TaskModule):
 
     def energy_fn(self, encoding: ImageContext, per_image: int):
         """energy_fn(images (N, C, H, W), index) -> (N,) with `per_image` candidates per noisy image."""
-
-        def fn(x: Tensor, index: Tensor | None) -> Tensor:
-            if index is None:  # every candidate, image-major: broadcast the cache, no copy
-                grouped = x.view(-1, per_image, *x.shape[1:])
-                cache = TransformerPP.expand_cache(encoding.cache, "grouped", candidate_dims=1)
-                return self.model.energy(cache, grouped).flatten()
-            cache = TransformerPP.expand_cache(encoding.cache, "gather", index // per_image)
-            return self.model.energy(cache, x)
-
-        return fn
+        return cached_energy_fn(encoding.cache, per_image, self.model.energy)
 
     def denoise(self, noisy: Tensor, steps: int) -> tuple[list[Tensor], list[float]]:
         """The candidate after each of 0..steps thinking steps (each (B, C, H, W)) and the mean energies."""

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ebt_forecast.nn import TransformerConfig, TransformerPP
-from ebt_forecast.tasks.base import OptimConfig, TaskModule
+from ebt_forecast.tasks.base import OptimConfig, TaskModule, cached_energy_fn
 from ebt_forecast.tasks.text.config import TextTaskConfig
 from ebt_forecast.tasks.text.model import TextContext, TextEBT, TransformerPlusPlusLM
 from ebt_forecast.think import ReplayBuffer, Starts, ThinkConfig, listwise_ranking_loss, mix_replay
@@ -79,16 +79,7 @@ class TextModule(TaskModule):
 
     def energy_fn(self, encoding: TextContext, per_window: int):
         """energy_fn(logits (N, S, V), index) -> (N,) with `per_window` candidates per window."""
-
-        def fn(logits: Tensor, index: Tensor | None) -> Tensor:
-            if index is None:  # every candidate, window-major: broadcast the cache, no copy
-                grouped = logits.view(-1, per_window, *logits.shape[1:])
-                cache = TransformerPP.expand_cache(encoding.cache, "grouped", candidate_dims=1)
-                return self.model.energy(cache, grouped).flatten()
-            cache = TransformerPP.expand_cache(encoding.cache, "gather", index // per_window)
-            return self.model.energy(cache, logits)
-
-        return fn
+        return cached_energy_fn(encoding.cache, per_window, self.model.energy)
 
     def position_energies(self, encoding: TextContext, logits: Tensor) -> Tensor:
         """Per-position energies (B, G, S) of grouped candidates (B, G, S, V)."""

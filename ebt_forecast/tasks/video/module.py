@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ebt_forecast.nn import DoubledContext, TransformerConfig, TransformerPP
-from ebt_forecast.tasks.base import OptimConfig, TaskModule
+from ebt_forecast.tasks.base import OptimConfig, TaskModule, cached_energy_fn
 from ebt_forecast.tasks.video.config import VideoTaskConfig
 from ebt_forecast.tasks.video.model import TransformerPlusPlusVideo, VideoEBT
 from ebt_forecast.think import ReplayBuffer, Starts, ThinkConfig, mix_replay
@@ -63,16 +63,7 @@ class VideoModule(TaskModule):
 
     def energy_fn(self, encoding: DoubledContext, per_clip: int):
         """energy_fn(latents (N, S, d), index) -> (N,) with `per_clip` candidates per clip."""
-
-        def fn(x: Tensor, index: Tensor | None) -> Tensor:
-            if index is None:  # every candidate, clip-major: broadcast the cache, no copy
-                grouped = x.view(-1, per_clip, *x.shape[1:])
-                cache = TransformerPP.expand_cache(encoding.cache, "grouped", candidate_dims=1)
-                return self.model.energy(cache, grouped).flatten()
-            cache = TransformerPP.expand_cache(encoding.cache, "gather", index // per_clip)
-            return self.model.energy(cache, x)
-
-        return fn
+        return cached_energy_fn(encoding.cache, per_clip, self.model.energy)
 
     def position_energies(self, encoding: DoubledContext, candidates: Tensor) -> Tensor:
         """Per-position energies (B, G, S) of grouped candidates (B, G, S, d)."""
