@@ -179,6 +179,35 @@ def test_text_cli_writes_the_tables_and_reuses_its_cells(tmp_path, capsys):
     assert [p.stat().st_mtime_ns for p in models] == stamps
 
 
+TINY_TEXT_RUN = ["runtime.threads=1", "text.ood=", "text.vocab_size=300", "text.context_length=16", "model.depth=1",
+                 "trainer.max_steps=4", "trainer.batch_size=4", "trainer.progress_bar=false", "text.eval_windows=3",
+                 "text.generated=[]", "text.think_steps=[1]", "text.candidate_counts=[1]"]
+
+
+def test_the_system2_recipe_trains_with_replay_noise_and_random_steps(tmp_path):
+    corpus = tiny_corpus(tmp_path / "corpus")
+    out = tmp_path / "out"
+    assert main(["text", "experiment=text_system2", f"runtime.output_dir={out}", f"text.corpus={corpus}",
+                 "model.dim=32", "model.heads=2", "text.models=[ebt]", *TINY_TEXT_RUN]) == 0
+    table = pd.read_csv(out / "corpus" / "text.csv")
+    default = table[(table["kind"] == "verify") & (table["steps"] == 3)]  # the recipe's 3 inference steps
+    assert len(default) == 2 and np.isfinite(default["perplexity"]).all()
+
+
+def test_the_scaling_experiment_fits_a_slope_per_model(tmp_path):
+    corpus = tiny_corpus(tmp_path / "corpus")
+    out = tmp_path / "out"
+    assert main(["text", "experiment=text_scaling", "text.scaling_dims=[16,32]", "text.head_dim=16",
+                 f"runtime.output_dir={out}", f"text.corpus={corpus}", *TINY_TEXT_RUN]) == 0
+    root = out / "corpus"
+    table = pd.read_csv(root / "text_scaling.csv")
+    assert sorted(zip(table["model"], table["dim"])) == [("ebt", 16), ("ebt", 32), ("transformer_pp", 16),
+                                                         ("transformer_pp", 32)]
+    assert (table.groupby("model")["parameters"].nunique() == 2).all()
+    assert "vs training FLOPs" in (root / "text_scaling.md").read_text()
+    assert (root / "plots" / "scaling.png").exists()
+
+
 @pytest.mark.parametrize("override, message", [
     ("text.context_length=0", "text.context_length=0 is invalid"),
     ("text.corpus=/no/such/folder", "/no/such/folder"),
