@@ -43,6 +43,7 @@ from ebt_forecast.think import (
     ThinkRecord,
     ThinkResult,
     Thought,
+    check_settings,
     think,
     think_and_select,
 )
@@ -96,17 +97,15 @@ class TrainerConfig(OptimConfig):
 
     def validate(self) -> "TrainerConfig":
         """Raise ConfigError naming the first invalid key."""
-        for key, ok, allowed in [("max_steps", self.max_steps >= 1, ">= 1"), ("batch_size", self.batch_size >= 1, ">= 1"),
-                                 ("lr", self.lr > 0, "> 0"), ("warmup_steps", self.warmup_steps >= 0, ">= 0"),
-                                 ("checkpoint_every", self.checkpoint_every >= 1, ">= 1"),
-                                 ("num_nodes", self.num_nodes >= 1, ">= 1"),
-                                 ("accelerator", self.accelerator in ACCELERATORS, f"one of {', '.join(ACCELERATORS)}"),
-                                 ("precision", self.precision in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
-                                 ("strategy", self.strategy in strategies(), f"one of {', '.join(strategies())}"),
-                                 ("devices", _devices(self.devices) is not None,
-                                  "a count >= 1, -1, auto, or comma-separated device ids like 0,1")]:
-            if not ok:
-                raise ConfigError(f"trainer.{key}={getattr(self, key)!r} is invalid: must be {allowed}")
+        check_settings(self, "trainer", [("max_steps", self.max_steps >= 1, ">= 1"), ("batch_size", self.batch_size >= 1, ">= 1"),
+                                         ("lr", self.lr > 0, "> 0"), ("warmup_steps", self.warmup_steps >= 0, ">= 0"),
+                                         ("checkpoint_every", self.checkpoint_every >= 1, ">= 1"),
+                                         ("num_nodes", self.num_nodes >= 1, ">= 1"),
+                                         ("accelerator", self.accelerator in ACCELERATORS, f"one of {', '.join(ACCELERATORS)}"),
+                                         ("precision", self.precision in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
+                                         ("strategy", self.strategy in strategies(), f"one of {', '.join(strategies())}"),
+                                         ("devices", _devices(self.devices) is not None,
+                                          "a count >= 1, -1, auto, or comma-separated device ids like 0,1")])
         return self
 
 
@@ -163,11 +162,15 @@ def cached_energy_fn(cache: KVCache, per_context: int, energy: Callable[[KVCache
 
     def fn(x: Tensor, index: Tensor | None) -> Tensor:
         if index is None:  # every candidate, context-major
-            grouped = x.view(-1, per_context, *x.shape[1:])
-            return energy(TransformerPP.expand_cache(cache, "grouped", candidate_dims=1), grouped).flatten()
+            return grouped_energies(cache, x.view(-1, per_context, *x.shape[1:]), energy).flatten()
         return energy(TransformerPP.expand_cache(cache, "gather", index // per_context), x)
 
     return fn
+
+
+def grouped_energies(cache: KVCache, candidates: Tensor, energy: Callable[[KVCache, Tensor], Tensor]) -> Tensor:
+    """`energy` of grouped candidates (B, G, ...) against B cached contexts, broadcast over G without a copy."""
+    return energy(TransformerPP.expand_cache(cache, "grouped", candidate_dims=1), candidates)
 
 
 def config_key(*parts: Any, length: int = 12) -> str:

@@ -10,7 +10,7 @@ from ebt_forecast.think.candidates import (
     select_lowest_energy,
     select_lowest_fraction,
 )
-from ebt_forecast.think.config import GRADIENTS, STOP_POLICIES, ConfigError, ThinkConfig
+from ebt_forecast.think.config import GRADIENTS, STOP_POLICIES, ConfigError, ThinkConfig, check_settings
 from ebt_forecast.think.engine import (
     EnergyChangeStop,
     EnergyFn,
@@ -29,7 +29,7 @@ from ebt_forecast.think.replay import ReplayBuffer, mix_replay
 from ebt_forecast.think.step_size import StepSize
 
 __all__ = [
-    "AUTO_SETTINGS", "ENERGY_FREE", "GRADIENTS", "SELECTIONS", "STOP_POLICIES", "ConfigError", "EnergyChangeStop", "EnergyFn",
+    "AUTO_SETTINGS", "ENERGY_FREE", "GRADIENTS", "SELECTIONS", "STOP_POLICIES", "ConfigError", "check_settings", "EnergyChangeStop", "EnergyFn",
     "EnergyThresholdStop", "InferenceSetting", "ReplayBuffer", "Starts", "StepSize", "StopPolicy", "ThinkConfig",
     "ThinkRecord", "ThinkResult", "Thought", "attach_implicit_gradient", "choose_on_validation", "damped_cg", "draw_train_steps", "energy_weighted_resample",
     "energy_weights", "listwise_ranking_loss", "make_stop_policy", "mix_replay", "select_candidates",

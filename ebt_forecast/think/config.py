@@ -11,6 +11,13 @@ class ConfigError(ValueError):
     """An invalid setting: the message names the key, the value and the allowed range."""
 
 
+def check_settings(node: object, prefix: str, checks: list[tuple[str, bool, str]]) -> None:
+    """Raise ConfigError for the first (key, ok, allowed) check of `node` that failed, naming `prefix.key`."""
+    for key, ok, allowed in checks:
+        if not ok:
+            raise ConfigError(f"{prefix}.{key}={getattr(node, key)!r} is invalid: must be {allowed}")
+
+
 @dataclass
 class ThinkConfig:
     """How candidates are refined by gradient descent on the energy."""

@@ -12,7 +12,7 @@ from typing import Optional
 
 from ebt_forecast.nn import TransformerConfig
 from ebt_forecast.tasks.base import AppConfig, TrainerConfig
-from ebt_forecast.think import ConfigError, ThinkConfig
+from ebt_forecast.think import ThinkConfig, check_settings
 
 LOSS_STEPS = ("all", "last")
 NOISE_KINDS = ("gaussian",)
@@ -49,10 +49,8 @@ class ImageTaskConfig:
     huber_beta: float = 0.05  # smooth L1: quadratic below beta (pixel units, [-1, 1] scale)
 
     def validate(self) -> "ImageTaskConfig":
-        for key, ok, allowed in [("loss_steps", self.loss_steps in LOSS_STEPS, f"one of {', '.join(LOSS_STEPS)}"),
-                                 ("huber_beta", self.huber_beta > 0, "> 0")]:
-            if not ok:
-                raise ConfigError(f"task.{key}={getattr(self, key)!r} is invalid: must be {allowed}")
+        check_settings(self, "task", [("loss_steps", self.loss_steps in LOSS_STEPS, f"one of {', '.join(LOSS_STEPS)}"),
+                                      ("huber_beta", self.huber_beta > 0, "> 0")])
         return self
 
 
@@ -99,9 +97,7 @@ class ImageRunConfig:
                   ("models", bool(self.models) and all(m in MODELS for m in self.models),
                    f"a non-empty list of {', '.join(MODELS)}"),
                   ("grid_examples", self.grid_examples >= 0, ">= 0")]
-        for key, ok, allowed in checks:
-            if not ok:
-                raise ConfigError(f"image.{key}={getattr(self, key)!r} is invalid: must be {allowed}")
+        check_settings(self, "image", checks)
         return self
 
 

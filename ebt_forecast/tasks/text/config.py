@@ -13,7 +13,7 @@ from typing import Optional
 
 from ebt_forecast.nn import TransformerConfig
 from ebt_forecast.tasks.base import AppConfig, TrainerConfig
-from ebt_forecast.think import ConfigError, ThinkConfig
+from ebt_forecast.think import ThinkConfig, check_settings
 
 INITS = ("random", "head")
 LOSS_STEPS = ("all", "last")
@@ -60,14 +60,12 @@ class TextTaskConfig:
     rank_starts: int = 3
 
     def validate(self) -> "TextTaskConfig":
-        for key, ok, allowed in [("init", self.init in INITS, f"one of {', '.join(INITS)}"),
-                                 ("init_std", self.init_std >= 0, ">= 0"),
-                                 ("loss_steps", self.loss_steps in LOSS_STEPS, f"one of {', '.join(LOSS_STEPS)}"),
-                                 ("head_weight", self.head_weight >= 0, ">= 0"),
-                                 ("rank_weight", self.rank_weight >= 0, ">= 0"),
-                                 ("rank_starts", self.rank_starts >= 1, ">= 1")]:
-            if not ok:
-                raise ConfigError(f"task.{key}={getattr(self, key)!r} is invalid: must be {allowed}")
+        check_settings(self, "task", [("init", self.init in INITS, f"one of {', '.join(INITS)}"),
+                                      ("init_std", self.init_std >= 0, ">= 0"),
+                                      ("loss_steps", self.loss_steps in LOSS_STEPS, f"one of {', '.join(LOSS_STEPS)}"),
+                                      ("head_weight", self.head_weight >= 0, ">= 0"),
+                                      ("rank_weight", self.rank_weight >= 0, ">= 0"),
+                                      ("rank_starts", self.rank_starts >= 1, ">= 1")])
         return self
 
 
@@ -109,9 +107,7 @@ class TextRunConfig:
                   ("scaling_dims", all(d >= self.head_dim and d % self.head_dim == 0 for d in self.scaling_dims),
                    f"multiples of text.head_dim={self.head_dim}"),
                   ("head_dim", self.head_dim >= 2 and self.head_dim % 2 == 0, "an even int >= 2")]
-        for key, ok, allowed in checks:
-            if not ok:
-                raise ConfigError(f"text.{key}={getattr(self, key)!r} is invalid: must be {allowed}")
+        check_settings(self, "text", checks)
         return self
 
 

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ebt_forecast.nn import TransformerConfig, TransformerPP
-from ebt_forecast.tasks.base import OptimConfig, TaskModule, cached_energy_fn
+from ebt_forecast.nn import TransformerConfig
+from ebt_forecast.tasks.base import OptimConfig, TaskModule, cached_energy_fn, grouped_energies
 from ebt_forecast.tasks.text.config import TextTaskConfig
 from ebt_forecast.tasks.text.model import TextContext, TextEBT, TransformerPlusPlusLM
 from ebt_forecast.think import ReplayBuffer, Starts, ThinkConfig, listwise_ranking_loss, mix_replay
@@ -83,8 +83,7 @@ class TextModule(TaskModule):
 
     def position_energies(self, encoding: TextContext, logits: Tensor) -> Tensor:
         """Per-position energies (B, G, S) of grouped candidates (B, G, S, V)."""
-        cache = TransformerPP.expand_cache(encoding.cache, "grouped", candidate_dims=1)
-        return self.model.token_energies(cache, logits)
+        return grouped_energies(encoding.cache, logits, self.model.token_energies)
 
     # -- training ------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:

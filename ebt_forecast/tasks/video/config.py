@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from ebt_forecast.nn import TransformerConfig
 from ebt_forecast.tasks.base import AppConfig, TrainerConfig
-from ebt_forecast.think import ConfigError, ThinkConfig
+from ebt_forecast.think import ThinkConfig, check_settings
 
 INITS = ("noise", "last")
 LOSS_STEPS = ("all", "last")
@@ -46,11 +46,9 @@ class VideoTaskConfig:
     loss_steps: str = "all"  # "all": smooth L1 averaged over the steps (System 1); "last": the last step (System 2)
 
     def validate(self) -> "VideoTaskConfig":
-        for key, ok, allowed in [("init", self.init in INITS, f"one of {', '.join(INITS)}"),
-                                 ("init_std", self.init_std >= 0, ">= 0"),
-                                 ("loss_steps", self.loss_steps in LOSS_STEPS, f"one of {', '.join(LOSS_STEPS)}")]:
-            if not ok:
-                raise ConfigError(f"task.{key}={getattr(self, key)!r} is invalid: must be {allowed}")
+        check_settings(self, "task", [("init", self.init in INITS, f"one of {', '.join(INITS)}"),
+                                      ("init_std", self.init_std >= 0, ">= 0"),
+                                      ("loss_steps", self.loss_steps in LOSS_STEPS, f"one of {', '.join(LOSS_STEPS)}")])
         return self
 
 
@@ -106,9 +104,7 @@ class VideoRunConfig:
                   ("models", bool(self.models) and all(m in MODELS for m in self.models),
                    f"a non-empty list of {', '.join(MODELS)}"),
                   ("strip_clips", self.strip_clips >= 0, ">= 0")]
-        for key, ok, allowed in checks:
-            if not ok:
-                raise ConfigError(f"video.{key}={getattr(self, key)!r} is invalid: must be {allowed}")
+        check_settings(self, "video", checks)
         return self
 
 

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ebt_forecast.nn import DoubledContext, TransformerConfig, TransformerPP
-from ebt_forecast.tasks.base import OptimConfig, TaskModule, cached_energy_fn
+from ebt_forecast.nn import DoubledContext, TransformerConfig
+from ebt_forecast.tasks.base import OptimConfig, TaskModule, cached_energy_fn, grouped_energies
 from ebt_forecast.tasks.video.config import VideoTaskConfig
 from ebt_forecast.tasks.video.model import TransformerPlusPlusVideo, VideoEBT
 from ebt_forecast.think import ReplayBuffer, Starts, ThinkConfig, mix_replay
@@ -67,8 +67,7 @@ class VideoModule(TaskModule):
 
     def position_energies(self, encoding: DoubledContext, candidates: Tensor) -> Tensor:
         """Per-position energies (B, G, S) of grouped candidates (B, G, S, d)."""
-        cache = TransformerPP.expand_cache(encoding.cache, "grouped", candidate_dims=1)
-        return self.model.token_energies(cache, candidates)
+        return grouped_energies(encoding.cache, candidates, self.model.token_energies)
 
     # -- training ------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
