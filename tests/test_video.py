@@ -160,6 +160,7 @@ def test_video_cli_writes_the_tables_reuses_its_cells_and_resumes_training(tmp_p
     assert set(table["model"]) == {"ebt", "transformer_pp", "copy_last", "autoencoder"}
     ebt = table[table["model"] == "ebt"]
     assert set(ebt[ebt["kind"] == "steps"]["steps"]) == {0, 1, 2} and set(ebt[ebt["kind"] == "verify"]["candidates"]) == {1, 2}
+    assert np.isfinite(ebt[(ebt["kind"] == "verify") & (ebt["candidates"] == 2)]["spearman"]).all()
     assert np.isfinite(table["latent_mse"]).all() and np.isfinite(table["psnr"]).all()
     for name in ("video.md", "strip.png", "plots/latent_mse_vs_steps.png", "plots/latent_mse_vs_candidates.png"):
         assert (out / name).exists()

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from ebt_forecast.io import atomic_save_figure, atomic_torch_save, atomic_write_csv, atomic_write_json, atomic_write_text
-from ebt_forecast.metrics import psnr
+from ebt_forecast.metrics import psnr, rowwise_spearman
 from ebt_forecast.tasks.base import TaskModule, TrainerConfig, config_key, fit_module
 from ebt_forecast.tasks.video.autoencoder import AutoencoderModule, FrameAutoencoder
 from ebt_forecast.tasks.video.config import VideoAppConfig
@@ -178,6 +178,7 @@ def evaluate(trained: Trained, ae: FrameAutoencoder, name: str, latents: Tensor,
     v, module, tally = app.video, trained.module, Tally(ae)
     frames = torch.from_numpy(clips)
     generator = torch.Generator().manual_seed(app.seed)
+    ranking = defaultdict(float)  # within-frame Spearman of energy vs latent error over the N_max candidates
     for c in chunks(len(latents), v.eval_batch):
         batch, target, true_frames = {"x": latents[c]}, latents[c][:, 1:], frames[c][:, 1:]
         if trained.kind != "ebt":
@@ -213,7 +214,20 @@ def evaluate(trained: Trained, ae: FrameAutoencoder, name: str, latents: Tensor,
             tally.add(("verify", app.think.infer_steps, n), chosen, target, true_frames, float(picked.sum()))
             if n > 1:  # the energy-free control: the mean of the same N refined candidates
                 tally.add(("mean_of_n", app.think.infer_steps, n), final[:, :n].mean(1), target, true_frames)
-    return tally.rows(trained.kind, name)
+        # does the energy rank the N candidates of a frame by their latent error?
+        errors = ((final - target[:, None]) ** 2).mean(-1)  # (b, N, S)
+        e_np, err_np = energies.transpose(1, 2).flatten(0, 1).numpy(), errors.transpose(1, 2).flatten(0, 1).numpy()
+        rho = rowwise_spearman(e_np, err_np)
+        ranking["spearman"] += float(np.nansum(rho))
+        ranking["ranked"] += int(np.isfinite(rho).sum())
+        ranking["picked_best"] += int((err_np[np.arange(len(e_np)), e_np.argmin(-1)] <= err_np.min(-1) + 1e-12).sum())
+        ranking["frames"] += len(e_np)
+    rows = tally.rows(trained.kind, name)
+    for row in rows:  # the ranking diagnostics over the N_max candidates, on the self-verification rows
+        if ranking["frames"] and row["kind"] == "verify" and row["candidates"] == max(v.candidate_counts):
+            row["spearman"] = ranking["spearman"] / max(ranking["ranked"], 1)
+            row["pick_best"] = ranking["picked_best"] / ranking["frames"]
+    return rows
 
 
 def cell(path: Path, run) -> list[dict]:
@@ -227,7 +241,7 @@ def cell(path: Path, run) -> list[dict]:
 
 def evaluation_key(app: VideoAppConfig, ae_key: str, data_key: str) -> str:
     v = app.video
-    return config_key(ae_key, data_key, v.eval_batch, v.think_steps, v.candidate_counts, app.think.infer_steps,
+    return config_key("rows-v2", ae_key, data_key, v.eval_batch, v.think_steps, v.candidate_counts, app.think.infer_steps,
                       app.think.infer_langevin_std, app.think.stop_policy, app.think.reject_uphill, app.seed)
 
 
@@ -338,6 +352,14 @@ def write_report(root: Path, app: VideoAppConfig, sets: VideoSets, ae_meta: dict
             nm = sorted(mean["candidates"].unique())
             lines += ["", "Energy-free control, the mean of the same N refined candidates (latent MSE):", "",
                       *table(mean, "latent_mse", "candidates", nm, n_label, 4)]
+        if "spearman" in verify:
+            top = verify[verify["candidates"] == max(ns)]
+            lines += ["", f"Does the energy rank the N={max(ns)} candidates of a frame by their latent error? Mean "
+                      "within-frame Spearman correlation of energy against latent squared error (1 = perfect), and "
+                      f"how often the lowest energy is the lowest error (chance {1 / max(ns):.3f}):", "",
+                      "| set | Spearman | lowest energy = best |", "|---|---:|---:|"]
+            for _, r in top.iterrows():
+                lines.append(f"| {tag[r['set']]} | {r['spearman']:.3f} | {r['pick_best']:.3f} |")
         alpha = trained["ebt"].meta.get("alpha") if "ebt" in trained else None
         if alpha is not None:
             lines += ["", f"Learned alpha after training: {alpha:.3g}."]
