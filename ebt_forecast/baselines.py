@@ -10,13 +10,14 @@ import math
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from ebt_forecast.data.types import ForecastDataset, TestWindow
+from ebt_forecast.metrics import FORECAST_LEVELS
 from ebt_forecast.data.windows import mean_abs_scale, seasonal_naive_path, split_train_val
 
 __all__ = [
@@ -489,29 +490,27 @@ class PointPlusGaussian:
 # --------------------------------------------------------------------------------------------------
 # statsforecast (AutoETS / AutoTheta / AutoARIMA)
 
-# Rows of a StatsForecastBaseline forecast: 21 quantile paths, row j at level j / 20 except the two end
-# rows, which hold the 2.5% / 97.5% quantiles. `sample_quantiles` (nearest sorted row at index
-# round(20 q), half to even) then reads back exactly: q = 0.1 ... 0.9 -> rows 2 ... 18 (levels q), and
-# MSIS's q = 0.025 / 0.975 -> rows 0 / 20 (round(0.5) = 0, round(19.5) = 20).
-STATSFORECAST_QUANTILES: tuple[float, ...] = (0.025,) + tuple(j / 20 for j in range(1, 20)) + (0.975,)
+# Rows of a StatsForecastBaseline forecast: the quantile paths at `levels`, by default the project's 21-level
+# grid FORECAST_LEVELS (0.025, 0.05, ..., 0.95, 0.975): a quantile forecast the metrics read at exact levels.
+STATSFORECAST_QUANTILES: tuple[float, ...] = FORECAST_LEVELS
 STATSFORECAST_MODELS: tuple[str, ...] = ("autoets", "autotheta", "autoarima")
 
 
+def _interval_level(q: float) -> int | float:
+    """The central interval (in %) whose bounds are the quantiles 0.5 -/+ L / 200: L = |200 q - 100|."""
+    level = round(abs(200.0 * q - 100.0), 6)
+    return int(level) if float(level).is_integer() else level
+
+
 def _statsforecast_key(q: float) -> str:
-    """statsforecast output key of quantile ``q``: ``mean`` for 0.5, else the ``lo-L`` / ``hi-L``
-    bound of the central ``L = |200 q - 100|`` % interval (which spans quantiles 0.5 -/+ L / 200)."""
-    level = round(abs(200.0 * q - 100.0))
+    """statsforecast output key of quantile ``q``: ``mean`` for 0.5, else the ``lo-L`` / ``hi-L`` bound."""
+    level = _interval_level(q)
     if level == 0:
         return "mean"
     return f"lo-{level}" if q < 0.5 else f"hi-{level}"
 
 
-_STATSFORECAST_LEVELS: list[int] = sorted(
-    {int(_statsforecast_key(q)[3:]) for q in STATSFORECAST_QUANTILES if q != 0.5}
-)
-
-
-def uncross_quantile_paths(paths: np.ndarray) -> np.ndarray:
+def uncross_quantile_paths(paths: np.ndarray, levels: Sequence[float] = STATSFORECAST_QUANTILES) -> np.ndarray:
     """Make ``(21, H)`` quantile paths (rows at :data:`STATSFORECAST_QUANTILES`) non-crossing while
     keeping the rows the metrics read where possible.
 
@@ -525,6 +524,8 @@ def uncross_quantile_paths(paths: np.ndarray) -> np.ndarray:
     simulated 0.4 quantile) changes what the metrics see (the sorted values).
     """
     paths = np.asarray(paths, dtype=np.float64).copy()
+    if tuple(levels) != STATSFORECAST_QUANTILES:  # any other grid: sorted per step
+        return np.sort(paths, axis=0)
     even = np.sort(paths[0::2], axis=0)
     paths[0::2] = even
     paths[1::2] = np.clip(paths[1::2], even[:-1], even[1:])
@@ -551,14 +552,13 @@ class StatsForecastBaseline:
 
     ``fit`` only records the settings (the models are local: nothing is learned across series).
     ``predict`` fits the model on each window's past and forecasts ``horizon`` steps with the
-    statsforecast prediction intervals at levels 10, 20, ..., 90, 95 %; the returned
-    ``(21, horizon)`` array holds the quantile paths at :data:`STATSFORECAST_QUANTILES` (median =
+    statsforecast prediction intervals whose bounds are the quantiles at ``levels`` (default the 21-level
+    grid :data:`STATSFORECAST_QUANTILES`, intervals 5, 10, ..., 90, 95 %); the returned
+    ``(len(levels), horizon)`` array holds the quantile paths at those levels (median =
     statsforecast's ``mean``; the level-L interval gives the 0.5 -/+ L/200 quantiles), made
-    non-crossing by :func:`uncross_quantile_paths`. The project's ``sample_quantiles`` recovers
-    statsforecast's own quantiles exactly at 0.1, ..., 0.9 and at MSIS's 0.025 / 0.975 (always for
-    AutoETS / AutoARIMA, whose intervals are Gaussian around the mean; for AutoTheta, whose intervals
-    come from 200 simulated paths, except at steps where its mean falls outside its own simulated
-    0.4-0.6 quantiles, where the metrics see the sorted values).
+    non-crossing by :func:`uncross_quantile_paths`: a quantile forecast, scored at its exact levels
+    (``score_windows(..., levels=forecaster.levels)``). For AutoTheta, whose intervals come from 200
+    simulated paths, a step whose mean falls outside its own simulated 0.4-0.6 quantiles is sorted.
 
     Past used per window: the last ``context_length`` points (default ``max_context = 1000``, for
     speed); leading NaNs are dropped, interior NaNs linearly interpolated, trailing NaNs forward
@@ -588,8 +588,10 @@ class StatsForecastBaseline:
         model_kwargs: dict[str, Any] | None = None,
         name: str | None = None,
         n_jobs: int = 1,
+        levels: Sequence[float] = STATSFORECAST_QUANTILES,
     ):
         key = str(model).lower()
+        self.levels = tuple(float(q) for q in levels)
         if key not in STATSFORECAST_MODELS:
             raise ValueError(f"model must be one of {STATSFORECAST_MODELS}, got {model!r}")
         self.model = key
@@ -628,13 +630,12 @@ class StatsForecastBaseline:
         Raises on a model error or a non-finite forecast."""
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # convergence / overflow chatter of the optimisers
-            out = self._make_model(season).forecast(y=past, h=horizon, level=_STATSFORECAST_LEVELS)
-        paths = np.stack(
-            [np.asarray(out[_statsforecast_key(q)], dtype=np.float64).ravel() for q in STATSFORECAST_QUANTILES]
-        )
-        if paths.shape != (len(STATSFORECAST_QUANTILES), horizon) or not np.isfinite(paths).all():
+            intervals = sorted({_interval_level(q) for q in self.levels} - {0})
+            out = self._make_model(season).forecast(y=past, h=horizon, level=intervals)
+        paths = np.stack([np.asarray(out[_statsforecast_key(q)], dtype=np.float64).ravel() for q in self.levels])
+        if paths.shape != (len(self.levels), horizon) or not np.isfinite(paths).all():
             raise FloatingPointError(f"{self.model}: non-finite or misshaped forecast")
-        return uncross_quantile_paths(paths)
+        return uncross_quantile_paths(paths, self.levels)
 
     def window_paths(self, past: np.ndarray, horizon: int) -> np.ndarray | None:
         """The (21, horizon) paths for one window's past, or None where it must fall back."""
@@ -670,7 +671,7 @@ class StatsForecastBaseline:
                 self.fallbacks += 1
                 self.fallback_items.append(w.item_id)
                 point = seasonal_naive_forecast(w.past, h, self._season)
-                paths = np.tile(point, (len(STATSFORECAST_QUANTILES), 1)).astype(np.float32)
+                paths = np.tile(point, (len(self.levels), 1)).astype(np.float32)
             out.append(paths)
         self.predict_seconds = self.train_seconds = time.perf_counter() - t0
         return out

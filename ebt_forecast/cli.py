@@ -19,7 +19,7 @@ from pathlib import Path
 # gluonts suggests optional JSON speed-ups on import; not actionable for a CLI user
 warnings.filterwarnings("ignore", message=".*json.*-module for json-handling")
 
-from ebt_forecast.config import CONFIG_DIR, commands, compose, register_configs  # noqa: E402
+from ebt_forecast.config import commands, compose, config_dir, register_configs  # noqa: E402
 from ebt_forecast.data.errors import DataError  # noqa: E402
 from ebt_forecast.tasks.base import AppConfig, task_of_command  # noqa: E402
 from ebt_forecast.think import ConfigError  # noqa: E402
@@ -77,7 +77,7 @@ def _first_line(err: Exception) -> str:
 
 
 def run(app: AppConfig) -> int:
-    """Set the process up (threads, quiet logs) and run the command's function."""
+    """Set the process up (threads, quiet logs, known-noisy warnings off) and run the command's function."""
     import torch
 
     if app.runtime.threads < 1:
@@ -85,11 +85,20 @@ def run(app: AppConfig) -> int:
     torch.set_num_threads(app.runtime.threads)
     logging.getLogger("lightning").setLevel(logging.WARNING)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", category=UserWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning)
+    quiet_known_warnings()
     command = task_of_command(app.command).commands[app.command].run
     rank = other_rank()
     return command(app) if rank is None else run_as_other_rank(app, command, rank)
+
+
+def quiet_known_warnings() -> None:
+    """Hide the warnings known to be noise for a CLI user; every other UserWarning still shows."""
+    from lightning.fabric.utilities.warnings import PossibleUserWarning
+
+    # Lightning's own "may be fine" category: modules in eval mode at fit start, few dataloader workers,
+    # GPU available but not used, fewer batches than the logging interval
+    warnings.filterwarnings("ignore", category=PossibleUserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
 
 
 def other_rank() -> str | None:
@@ -148,7 +157,7 @@ def sweep_settings(overrides: list[str]) -> list[str]:
 
 def multirun(command: str, overrides: list[str]) -> int:
     """Run the command once per combination of swept values (Hydra multirun); the worst exit code of the jobs."""
-    from hydra import initialize, initialize_config_dir
+    from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     from ebt_forecast.tasks import discover_tasks
@@ -157,15 +166,10 @@ def multirun(command: str, overrides: list[str]) -> int:
     spec = task_of_command(command)
     register_configs(spec)
     GlobalHydra.instance().clear()
-    if (CONFIG_DIR / "config.yaml").exists():
-        context = initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name="ebt-forecast")
-        config_name, first = "config", [f"command={command}", f"task={spec.name}"]
-    else:
-        context = initialize(config_path=None, version_base="1.3", job_name="ebt-forecast")
-        config_name, first = "base_config", [f"command={command}"]
-    with context:
+    first = [f"command={command}", f"task={spec.name}"]
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="ebt-forecast"):
         batches = GlobalHydra.instance().hydra.multirun(
-            config_name=config_name, task_function=run_job, overrides=[*first, *sweep_settings(overrides), *overrides])
+            config_name="config", task_function=run_job, overrides=[*first, *sweep_settings(overrides), *overrides])
     jobs = [job for batch in batches for job in batch]
     codes = [job.return_value for job in jobs]  # a job's unexpected exception is raised here
     for job, code in zip(jobs, codes):

@@ -20,10 +20,19 @@ Conventions (checked against ``gluonts.evaluation.Evaluator`` in ``tests/test_me
 * ``smape`` and ``msis`` are means over windows of per-window values (MSIS from the 2.5% / 97.5%
   quantiles, alpha = 0.05, scaled by the seasonal error). One deviation from GluonTS: an sMAPE term
   with ``|y| + |y_hat| = 0`` counts as 0 (GluonTS would make the whole window NaN).
-* ``coverage_80`` = fraction of all observed points (pooled over windows) inside ``[q0.1, q0.9]``.
-* ``crps`` = mean per point of ``properscoring.crps_ensemble`` (the standard estimator
-  ``E|X - y| - 0.5 E|X - X'|``, *not* the "fair" one; it penalises small ensembles);
-  ``crps_scaled`` = ``sum crps / sum |y|`` = mean CRPS / mean |y|.
+* ``coverage_80`` / ``coverage_95`` = fraction of all observed points (pooled over windows) inside
+  ``[q0.1, q0.9]`` / ``[q0.025, q0.975]``.
+* Two kinds of forecast, each read at exactly the levels a metric names:
+  - a **sample** forecast ``(num_samples, horizon)``: quantiles are sample quantiles (GluonTS's
+    convention above); ``crps`` is the sample estimator ``properscoring.crps_ensemble``
+    (``E|X - y| - 0.5 E|X - X'|``, *not* the "fair" one; it penalises small ensembles);
+  - a **quantile** forecast: rows are the quantile paths at the given ``levels`` (``levels=`` in
+    :func:`score_window`); rows that cross are first sorted per step (the monotone rearrangement of a
+    quantile function), then a metric reads the row of its level and fails when the forecast lacks it
+    (no nearest-level substitute); ``crps`` is the quantile estimator ``scoringrules.crps_quantile``
+    (``2/K sum_k pinball_k`` over the K levels).
+  ``crps_estimator`` names which one a score used (``sample[S]`` or ``quantile[K]``), so tables never
+  compare the two silently. ``crps_scaled`` = ``sum crps / sum |y|`` = mean CRPS / mean |y|.
 
 NaN targets in ``future`` are ignored everywhere (GluonTS masks them).
 """
@@ -34,14 +43,22 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import pandas as pd
 import properscoring
+import scoringrules as sr
 
 QUANTILE_LEVELS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 MSIS_ALPHA = 0.05
+# The project's quantile grid: every level a metric reads (0.1..0.9, MSIS's and 95% coverage's 0.025 / 0.975)
+# plus the 0.05 steps between, for the quantile CRPS. Quantile forecasts (statsforecast, the EBT's level paths)
+# are made at exactly these levels.
+FORECAST_LEVELS: tuple[float, ...] = (0.025,) + tuple(round(j / 20, 2) for j in range(1, 20)) + (0.975,)
 DEFAULT_RELATIVE_METRICS: tuple[str, ...] = ("wql", "mase", "crps_scaled", "smape", "msis")
 
 __all__ = [
     "QUANTILE_LEVELS",
+    "FORECAST_LEVELS",
     "MSIS_ALPHA",
+    "sample_levels",
+    "forecast_quantiles",
     "DEFAULT_RELATIVE_METRICS",
     "sample_quantiles",
     "seasonal_error",
@@ -69,6 +86,38 @@ def sample_quantiles(samples: np.ndarray, levels: Sequence[float]) -> np.ndarray
     return np.quantile(samples, np.asarray(levels, dtype=np.float64), axis=0, method="nearest")
 
 
+def sample_levels(num_paths: int) -> np.ndarray:
+    """The levels of `num_paths` level paths: the :data:`FORECAST_LEVELS` grid when there are 21 (a quantile
+    forecast), else the stratified levels (j + 0.5) / num_paths (a sample forecast: one draw per stratum of U(0, 1))."""
+    if num_paths == len(FORECAST_LEVELS):
+        return np.asarray(FORECAST_LEVELS, dtype=np.float64)
+    return (np.arange(num_paths, dtype=np.float64) + 0.5) / num_paths
+
+
+def sorted_quantiles(forecast: np.ndarray, levels: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """A quantile forecast's levels in increasing order and its rows sorted per step (non-crossing)."""
+    levels = np.asarray(levels, dtype=np.float64)
+    if levels.ndim != 1 or len(levels) != len(forecast) or np.any((levels <= 0) | (levels >= 1)):
+        raise ValueError(f"a quantile forecast needs one level in (0, 1) per row: {len(forecast)} rows, levels {levels}")
+    return np.sort(levels), np.sort(np.asarray(forecast, dtype=np.float64), axis=0)
+
+
+def forecast_quantiles(forecast: np.ndarray, wanted: Sequence[float], levels: Sequence[float] | None) -> np.ndarray:
+    """Rows of ``forecast`` at the ``wanted`` levels: sample quantiles when ``levels`` is None, else the rows
+    of a quantile forecast (sorted per step) at exactly those levels (a ValueError names a level it lacks)."""
+    if levels is None:
+        return sample_quantiles(forecast, wanted)
+    levels, forecast = sorted_quantiles(np.asarray(forecast), levels)
+    rows = []
+    for q in wanted:
+        hit = np.flatnonzero(np.isclose(levels, q, rtol=0, atol=1e-9))
+        if not hit.size:
+            raise ValueError(f"the quantile forecast has no level {q:g} (its levels: "
+                             f"{', '.join(f'{x:g}' for x in levels)}); metrics read exact levels only")
+        rows.append(forecast[hit[0]])
+    return np.stack(rows)
+
+
 def seasonal_error(past: np.ndarray, season_length: int) -> float:
     """In-sample seasonal naive mean absolute error of ``past`` (GluonTS ``calculate_seasonal_error``).
 
@@ -91,15 +140,18 @@ def score_window(
     future: np.ndarray,
     past: np.ndarray,
     season_length: int,
+    levels: Sequence[float] | None = None,
 ) -> dict[str, float]:
     """Per-window sums and components for :func:`aggregate`.
 
     Parameters
     ----------
-    samples : ``(num_samples, horizon)`` sample paths (a ``(horizon,)`` array is one sample).
+    samples : ``(num_samples, horizon)`` sample paths (a ``(horizon,)`` array is one sample), or with
+        ``levels`` the ``(len(levels), horizon)`` quantile paths of a quantile forecast.
     future : ``(horizon,)`` true values; NaN entries are ignored.
     past : history before the forecast start, used for the seasonal error.
     season_length : seasonality for the seasonal error (MASE / MSIS scaling).
+    levels : the quantile levels of the rows of a quantile forecast; None for a sample forecast.
 
     Returns a dict of floats: ``num_obs``, ``abs_target_sum``, ``abs_error`` (of the median),
     ``seasonal_error``, ``mase``, ``smape_sum``, ``smape``, ``msis``, ``coverage_80_hits``,
@@ -116,6 +168,8 @@ def score_window(
         )
     if samples.shape[0] == 0:
         raise ValueError("samples must contain at least one sample")
+    if levels is not None:
+        levels, samples = sorted_quantiles(samples, levels)
     if not np.all(np.isfinite(samples)):
         raise ValueError("samples contain NaN or inf")
 
@@ -126,9 +180,9 @@ def score_window(
     seas = seasonal_error(past, season_length)
 
     out: dict[str, float] = {"num_obs": float(n), "seasonal_error": seas}
-    levels = tuple(QUANTILE_LEVELS) + (MSIS_ALPHA / 2, 1.0 - MSIS_ALPHA / 2)
-    q = sample_quantiles(s, levels) if n else np.zeros((len(levels), 0))
-    qd = dict(zip(levels, q))
+    read = tuple(QUANTILE_LEVELS) + (MSIS_ALPHA / 2, 1.0 - MSIS_ALPHA / 2)
+    qd = dict(zip(read, forecast_quantiles(s, read, levels)))
+    out["crps_estimator"] = f"sample[{len(s)}]" if levels is None else f"quantile[{len(levels)}]"
 
     for lev in QUANTILE_LEVELS:
         qh = qd[lev]
@@ -155,10 +209,15 @@ def score_window(
             )
             out["msis"] = float(num / seas) if np.isfinite(seas) else float("nan")
             out["coverage_80_hits"] = float(np.sum((y >= qd[0.1]) & (y <= qd[0.9])))
-            out["crps_sum"] = float(np.sum(properscoring.crps_ensemble(y, s.T)))
+            out["coverage_95_hits"] = float(np.sum((y >= lo) & (y <= hi)))
+            if levels is None:
+                crps = properscoring.crps_ensemble(y, s.T)
+            else:
+                crps = sr.crps_quantile(y, s.T, np.asarray(levels, dtype=np.float64), backend="numpy")
+            out["crps_sum"] = float(np.sum(crps))
         else:
             out.update(mase=float("nan"), smape_sum=0.0, smape=float("nan"), msis=float("nan"),
-                       coverage_80_hits=0.0, crps_sum=0.0)
+                       coverage_80_hits=0.0, coverage_95_hits=0.0, crps_sum=0.0)
     return out
 
 
@@ -192,18 +251,25 @@ def aggregate(window_scores: list[dict]) -> dict[str, float]:
         res["smape"] = _nanmean(w["smape"] for w in window_scores)
         res["msis"] = _nanmean(w["msis"] for w in window_scores)
         res["coverage_80"] = float(np.float64(total("coverage_80_hits")) / n_obs)
+        res["coverage_95"] = float(np.float64(total("coverage_95_hits")) / n_obs)
         crps_sum = np.float64(total("crps_sum"))
         res["crps"] = float(crps_sum / n_obs)
         res["crps_scaled"] = float(crps_sum / abs_sum)
         res["nd"] = float(np.float64(total("abs_error")) / abs_sum)
     res["num_windows"] = float(len(window_scores))
     res["num_obs"] = n_obs
+    res["crps_estimator"] = "+".join(sorted({w["crps_estimator"] for w in window_scores}))
     return res
 
 
-def score_windows(samples: Sequence[np.ndarray], windows: Sequence, season_length: int) -> dict[str, float]:
-    """Data-set-level metrics of one model's samples (S, H) per window against windows' `future` and `past`."""
-    return aggregate([score_window(s, w.future, w.past, season_length) for s, w in zip(samples, windows)])
+def score_windows(samples: Sequence[np.ndarray], windows: Sequence, season_length: int,
+                  levels: Sequence[float] | None = None) -> dict[str, float]:
+    """Data-set-level metrics of one model's forecast per window against windows' `future` and `past`: samples
+    (S, H), or with `levels` quantile paths at those levels; a forecast object's own `levels` attribute is used
+    when it has one."""
+    if levels is None:
+        levels = getattr(samples, "levels", None)
+    return aggregate([score_window(s, w.future, w.past, season_length, levels) for s, w in zip(samples, windows)])
 
 
 def _metric_columns(table: pd.DataFrame, metrics: Sequence[str]) -> list[str]:

@@ -315,12 +315,15 @@ def test_quick_benchmark_writes_results_and_resumes(tmp_path, capsys):
     assert np.isfinite(table["wql"]).all() and (table["wql"] > 0).all()
     main_rows = table[~table["model"].str.startswith("ebt[")]
     assert (main_rows.loc[main_rows["model"] != "seasonal_naive", "train_steps"] == 10).all()
-    # passes recorded per row are what the fixed policy spends: (steps + 1) energies and steps gradients per start
-    thought = table[table["model"].str.startswith("ebt")]
+    # passes recorded per row are what the fixed policy spends: steps gradients per start, steps energies, and the
+    # final energy only for a selection that reads it
+    from ebt_forecast.think import ENERGY_FREE
+
+    thought = table[table["model"].str.startswith("ebt[")]
     starts = thought["num_windows"] * thought["candidates"] * thought["verify_group"]
-    read = ~((thought["steps"] == 0) & (thought["selection"].str.endswith("proposal")))
-    assert (thought["forward_passes"] == np.where(read, starts * (thought["steps"] + 1), 0)).all()
-    assert (thought["backward_passes"] == np.where(read, starts * thought["steps"], 0)).all()
+    reads_energy = ~thought["selection"].isin(ENERGY_FREE)
+    assert (thought["forward_passes"] == starts * (thought["steps"] + reads_energy.astype(int))).all()
+    assert (thought["backward_passes"] == starts * thought["steps"]).all()
     assert (thought["nonfinite"] == 0).all()
 
     cells = sorted((root / "cells").glob("*.json"))

@@ -144,7 +144,7 @@ def test_world_model_training_lowers_the_prediction_error_and_thinking_lowers_th
     before = proposal_error()
     fit_module(world, data, TrainerConfig(max_steps=60, batch_size=32, warmup_steps=5, progress_bar=False), seed=0)
     assert proposal_error() < 0.5 * before
-    thought = world.infer(batch, num_candidates=1, group=2, steps=3, selection="refined")
+    thought = world.infer(batch, num_candidates=1, group=2, steps=3, selection="refined", final_energy=True)
     energies = thought.record.energies  # (T + 1, B, M)
     assert energies[-1].mean() < energies[0].mean()
 

@@ -338,7 +338,7 @@ def test_early_stopping_policies_end_before_the_budget(seasonal_task, think, thi
         n = len(windows) * 3
         initial = n if think["stop_policy"] == "energy_threshold" else 0  # the threshold check's pass
         assert out.backward_passes == n * thinking_steps
-        assert out.forward_passes == initial + n * thinking_steps + n
+        assert out.forward_passes == initial + n * thinking_steps + n * (selection == "verified")
         assert out.path.shape == (len(windows), budget + 1, 3, HORIZON)
         for t in range(thinking_steps + 1, budget + 1):
             np.testing.assert_array_equal(out.path[:, t], out.candidates[:, :, 0])
@@ -370,7 +370,7 @@ def test_verification_diagnostics_score_an_oracle_energy_as_perfect():
     oracle = np.maximum(u * diff, (u - 1) * diff).mean(-1)
 
     class OracleForecaster:
-        def predict(self, windows, steps=0, selection="refined", verify_group=1):
+        def predict(self, windows, steps=0, selection="refined", verify_group=1, final_energy=False):
             path = np.repeat(group[:, None, :, 0], steps + 1, axis=1)
             energies = np.repeat(oracle[:, None, :, 0], steps + 1, axis=1)
             return ThoughtForecast(
@@ -433,10 +433,62 @@ def test_candidate_initialisations(seasonal_task, init):
         np.testing.assert_allclose(median_row, w.past[-SEASON:][:HORIZON], rtol=1e-4)
 
 
-def test_set_crps_term_trains(seasonal_task):
-    """The optional scoringrules set-CRPS term on the refined level paths trains to finite forecasts."""
-    forecaster = EBTForecaster(small_config(max_steps=5, loss={"set_crps": 1.0}), "ebt").fit(seasonal_task)
-    assert all(np.isfinite(s).all() for s in forecaster.predict(seasonal_task.test_windows))
+def test_set_crps_term_adds_the_weighted_fair_crps_of_the_refined_level_sets(seasonal_task):
+    """task.loss.set_crps = w adds exactly refine * w * (the fair CRPS of each refined level set, by brute force
+    E|X - y| - sum_{i != j} |X_i - X_j| / (2 M (M - 1)), averaged over observed future points and thinking
+    steps) to the training loss, value and gradient; the forward computation is otherwise unchanged."""
+    from dataclasses import replace
+
+    import torch
+
+    from ebt_forecast.data.windows import TrainWindowDataset
+    from ebt_forecast.tasks.forecast.module import ForecastModule
+
+    cfg = small_config(loss={"refine": 0.5})
+    model_cfg = EBTForecaster(cfg).model_config(HORIZON, SEASON)
+    torch.manual_seed(0)
+    module = ForecastModule(model_cfg, cfg.think, cfg.trainer, cfg.task)
+    torch.nn.init.normal_(module.model.energy_head.proj.weight, std=0.5)  # zero at init: no energy gradient to follow
+    module.log = module.log_dict = module.log_think_record = lambda *a, **k: None  # no trainer attached
+    data = TrainWindowDataset(seasonal_task.train, model_cfg.context_length, HORIZON, num_samples=6, seed=0)
+    batch = {k: torch.stack([data[i][k] for i in range(6)]) for k in ("context", "context_mask", "future", "future_mask")}
+    batch["future_mask"][0, 5:] = 0  # unobserved points must not count
+    batch["future"][0, 5:] = 1e3
+    results = []
+    real_think = module.think
+    module.think = lambda *a, **k: results.append(real_think(*a, **k)) or results[-1]
+
+    def loss_with(weight: float):
+        module.loss_cfg = replace(cfg.task.loss, set_crps=weight)
+        torch.manual_seed(1)  # the same levels, starts and step sizes in both runs
+        return module.training_step(batch, 0)
+
+    plain, with_crps = loss_with(0.0), loss_with(0.7)
+    assert torch.equal(results[0].candidates, results[1].candidates)  # the term changes no forward computation
+    b, m, g = len(batch["future"]), cfg.task.loss.train_candidates, cfg.task.loss.train_group
+    refined = results[1].loss_states  # what the refinement loss reads: one state here (truncated steps)
+    y, mask = batch["future"].double(), batch["future_mask"].double()
+    term = 0.0
+    for state in refined:
+        x = state.view(b, m, g, HORIZON)[:, :, 0].double()  # each level's own path: (B, M, H)
+        skill = (x - y[:, None]).abs().mean(1)
+        spread = (x[:, :, None] - x[:, None]).abs().sum((1, 2)) / (2 * m * (m - 1))
+        term = term + ((skill - spread) * mask).sum() / mask.sum()
+    term = 0.5 * 0.7 * term / len(refined)
+    assert float(term) > 1e-3
+    torch.testing.assert_close((with_crps - plain).double(), term, rtol=1e-4, atol=1e-6)
+    params = [p for p in module.parameters() if p.requires_grad]
+    grads = [torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True) for loss in (plain, with_crps)]
+    expected = torch.autograd.grad(term, params, allow_unused=True)
+    changed = 0
+    for p0, p1, e in zip(*grads, expected):
+        if e is None:
+            continue
+        zero = torch.zeros_like(e)
+        torch.testing.assert_close((p1 if p1 is not None else zero) - (p0 if p0 is not None else zero),
+                                   e.float(), rtol=1e-3, atol=1e-6)
+        changed += int(e.abs().sum() > 0)
+    assert changed >= 3  # the term trains the weights behind the refined paths
 
 
 def test_weighted_selection_lies_between_its_starts(fitted, seasonal_task):
@@ -447,7 +499,8 @@ def test_weighted_selection_lies_between_its_starts(fitted, seasonal_task):
 
 
 def test_training_checkpoints_and_resumes(seasonal_task, tmp_path, monkeypatch):
-    """With trainer.checkpoint_dir set, a run saves last.ckpt and a longer run resumes from it."""
+    """With trainer.checkpoint_dir set, a run saves last.ckpt and the same run resumes from it; a longer run (another
+    learning-rate schedule) is refused."""
     from ebt_forecast.tasks.forecast.module import ForecastModule
 
     cfg = small_config(max_steps=6)
@@ -457,9 +510,12 @@ def test_training_checkpoints_and_resumes(seasonal_task, tmp_path, monkeypatch):
     calls = []
     original = ForecastModule.training_step
     monkeypatch.setattr(ForecastModule, "training_step", lambda self, b, i: (calls.append(i), original(self, b, i))[1])
-    cfg.trainer.max_steps = 9
     second = EBTForecaster(cfg, "ebt").fit(seasonal_task)
-    assert second.train_steps == 9 and len(calls) == 3  # resumed at step 6: only 3 new steps ran
+    assert second.train_steps == 6 and len(calls) == 0  # the same run resumes at its end
+    cfg.trainer.max_steps = 9
+    with pytest.raises(ConfigError, match="trainer.max_steps=6 there, 9 here"):
+        EBTForecaster(cfg, "ebt").fit(seasonal_task)
+    cfg.trainer.max_steps = 6
     # a checkpoint of another configuration is refused, not mixed in
     cfg.trainer.lr = 1e-2
     with pytest.raises(ConfigError, match="another configuration"):

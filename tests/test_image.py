@@ -6,6 +6,7 @@ import math
 
 import lightning as L
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -17,6 +18,7 @@ from ebt_forecast.tasks.image.config import ImageTaskConfig, image_think
 from ebt_forecast.tasks.image.data import TrainCrops, add_noise, eval_crops, load_photos, split_photos
 from ebt_forecast.tasks.image.model import ImageEBT, ImageShape, alpha_bar, patchify, time_of_sigma, unpatchify
 from ebt_forecast.tasks.image.module import DiTModule, ImageEBTModule
+from ebt_forecast.tasks.image.run import dit_rows, ebt_rows, headline, validation_steps
 
 TINY = TransformerConfig(dim=32, depth=2, heads=2, ffn_multiplier=2.0)
 SHAPE = ImageShape(channels=3, size=8, patch=4)
@@ -81,9 +83,11 @@ def test_cached_energy_equals_joint_pass_and_gradient_matches_finite_differences
 def test_thinking_lowers_energy_and_error_on_a_trained_tiny_model(trained_ebt, photo_data):
     clean = photo_data[1]
     noisy = add_noise(clean, 0.2, seed=3)
-    path, energies = trained_ebt.denoise(noisy, 2)
+    thought = trained_ebt.denoise(noisy, 2)
+    path = [thought.path[:, t, 0] for t in range(3)]
     mse = [float((x - clean).pow(2).mean()) for x in path]
-    assert energies[2] < energies[0]
+    assert float(trained_ebt.energy(noisy, path[2]).mean()) < float(trained_ebt.energy(noisy, path[0]).mean())
+    assert torch.allclose(thought.path_energies[:, 0, 0], trained_ebt.energy(noisy, path[0]), atol=1e-5)
     assert mse[2] < 0.8 * mse[0]  # step 0 is the noisy input itself
     assert torch.equal(path[0], noisy)
 
@@ -110,6 +114,52 @@ def test_ddim_from_the_matching_time_beats_the_noisy_input(trained_dit, photo_da
     for steps in (1, 5):
         denoised = trained_dit.denoise(noisy, 0.3, steps)
         assert float((denoised.clamp(-1, 1) - clean).pow(2).mean()) < 0.8 * identity
+
+
+def test_passes_per_image_are_the_engine_record_for_the_ebt_and_one_forward_per_step_for_the_dit():
+    torch.manual_seed(0)
+    clean = torch.rand(5, 3, 8, 8) * 2 - 1
+    noisy = add_noise(clean, 0.2, seed=0)
+    ebt = ImageEBTModule(TINY, image_think(), TrainerConfig(), ImageTaskConfig(), SHAPE).eval()
+    for uphill in (False, True):  # reject_uphill makes the pipeline read the final energy: one more forward
+        with ebt.thinking_with(reject_uphill=uphill):
+            rows = ebt_rows(ebt, noisy, clean, steps=3, batch=3)  # two chunks: 3 + 2 images
+            for k, row in enumerate(rows):
+                record = ebt.denoise(noisy, k).record
+                final_read = record is not None and bool(torch.isfinite(record.energies[k]).all())
+                assert row["steps"] == k and row["backward_passes"] == k
+                assert row["forward_passes"] == k + final_read == (record.forward_passes / 5 if record else 0)
+                assert row["backward_passes"] == (record.backward_passes / 5 if record else 0)
+                assert row["passes"] == row["forward_passes"] + row["backward_passes"]
+                assert final_read == uphill
+    dit = DiTModule(TINY, TrainerConfig(), SHAPE).eval()
+    calls = []
+    dit.model.register_forward_hook(lambda *_: calls.append(1))
+    (row,) = dit_rows(dit, noisy, clean, sigma=0.2, steps=4, batch=3)
+    assert len(calls) == 4 * 2  # 4 DDIM steps on each of the two chunks
+    assert (row["steps"], row["forward_passes"], row["backward_passes"], row["passes"]) == (4, 4, 0, 4)
+
+
+def _results(psnr: dict[tuple[str, int], float]) -> pd.DataFrame:
+    """A results table at sigma 0.2: EBT PSNR per (split, steps) and a DiT at 10 steps (27 dB) in both splits."""
+    rows = [{"split": split, "sigma": 0.2, "model": "ebt", "steps": k, "passes": 2 * k, "psnr": v}
+            for (split, k), v in psnr.items()]
+    return pd.DataFrame(rows + [{"split": split, "sigma": 0.2, "model": "dit", "steps": 10, "passes": 10, "psnr": 27.0}
+                                for split in ("val", "test")])
+
+
+def test_the_headline_reports_the_test_psnr_of_the_step_count_validation_chose():
+    val = {("val", 0): 20.0, ("val", 1): 24.0, ("val", 2): 26.0, ("val", 3): 25.0}  # validation: 2 steps
+    test = {("test", 0): 21.0, ("test", 1): 27.5, ("test", 2): 28.0, ("test", 3): 29.0}  # test alone: 3 steps
+    frame = _results({**val, **test, ("val", 4): 30.0, ("test", 4): 31.0})  # 4 steps: past the headline's budget
+    assert validation_steps(frame) == {0.2: 2}
+    lines = headline(frame, [0.2], lambda s: f"{s:g}")
+    assert "chosen per noise level on validation" in lines[0]
+    assert lines[4] == "| 0.2 | 2 | 4 | 28.00 | 27.00 | +1.00 |"  # not 29.00 (3 steps), the test's own best
+    tie = _results({("val", 1): 26.0, ("val", 2): 26.0, **test})
+    assert validation_steps(tie) == {0.2: 1}  # a tie goes to the fewer steps
+    no_val = headline(_results(test), [0.2], lambda s: f"{s:g}")
+    assert "Not reported" in no_val[2] and len(no_val) == 4
 
 
 TINY_CLI = ["runtime.threads=1", "model.dim=16", "model.depth=1", "model.heads=2", "trainer.max_steps=3",

@@ -3,7 +3,7 @@
 `think/`, and one source of configuration defaults."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 import torch
@@ -13,6 +13,7 @@ from ebt_forecast.cli import main
 from ebt_forecast.tasks import base
 from ebt_forecast.tasks.base import AppConfig, Command, TaskModule, TaskSpec, TrainerConfig, fit_module, register_task
 from ebt_forecast.think import (
+    ConfigError,
     InferenceSetting,
     ReplayBuffer,
     Starts,
@@ -99,13 +100,34 @@ def test_a_minimal_task_trains_thinks_and_selects_through_the_interface():
     refined = module.infer(batch, num_candidates=2, group=1, steps=1, selection="refined")
     assert proposal.record is None and torch.all(proposal.samples == 0)
     torch.testing.assert_close(refined.samples, truth.unsqueeze(1).expand(-1, 2, -1), atol=0.05, rtol=0)
-    assert refined.record.forward_passes == 5 * 2 * 2 and refined.record.backward_passes == 5 * 2
+    # one step: one energy and gradient per candidate, and no final energy (refined never reads it)
+    assert refined.record.forward_passes == 5 * 2 and refined.record.backward_passes == 5 * 2
     # self-verification at step 0 keeps, per proposal, the start nearest the minimiser
     verified = module.infer(batch, num_candidates=2, group=4, steps=0, selection="verified",
                             generator=torch.Generator().manual_seed(2))
     distance = ((verified.grouped - module.encode(batch)[:, None, None]) ** 2).sum(-1)
     nearest = torch.gather(verified.grouped, 2, distance.argmin(-1)[..., None, None].expand(-1, -1, 1, 3))[:, :, 0]
     torch.testing.assert_close(verified.samples, nearest)
+
+
+def test_a_checkpoint_resumes_only_its_own_schedule(tmp_path):
+    """More steps (or another warm-up) is another cosine schedule: the checkpoint is refused, not resumed
+    under a changed schedule; the same run resumes."""
+    module, trainer = quadratic_module(max_steps=4)
+    trainer.checkpoint_dir, trainer.checkpoint_every = str(tmp_path), 2
+    data = QuadraticData(3, 8 * 16)
+    assert fit_module(module, data, trainer, seed=0, run_key="quadratic").steps == 4
+    assert (tmp_path / "last.ckpt").exists()
+    again, calls = quadratic_module(4)[0], []
+    step = again.training_step
+    again.training_step = lambda batch, batch_idx: (calls.append(batch_idx), step(batch, batch_idx))[1]
+    assert fit_module(again, data, trainer, seed=0, run_key="quadratic").steps == 4 and calls == []  # resumed: done
+    with pytest.raises(ConfigError, match="trainer.max_steps=4 there, 8 here"):
+        fit_module(quadratic_module(8)[0], data, replace(trainer, max_steps=8), seed=0, run_key="quadratic")
+    with pytest.raises(ConfigError, match="trainer.warmup_steps=1 there, 2 here"):
+        fit_module(quadratic_module(4)[0], data, replace(trainer, warmup_steps=2), seed=0, run_key="quadratic")
+    with pytest.raises(ConfigError, match="another configuration"):
+        fit_module(quadratic_module(4)[0], data, trainer, seed=0, run_key="other")
 
 
 def test_a_task_registers_a_command_the_cli_runs(capsys):

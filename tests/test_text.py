@@ -114,7 +114,7 @@ def test_a_few_steps_of_training_lower_the_loss_of_both_models(trained):
 
 def test_thinking_lowers_the_energy_of_a_trained_model(trained):
     ebt, _, batch, _, _ = trained
-    thought = ebt.infer(batch, num_candidates=2, group=2, steps=2, selection="refined",
+    thought = ebt.infer(batch, num_candidates=2, group=2, steps=2, selection="refined", final_energy=True,
                         generator=torch.Generator().manual_seed(1))
     energies = thought.record.energies  # (T + 1, B, M * G)
     assert energies[-1].mean() < energies[0].mean()

@@ -8,8 +8,10 @@ import torch
 from ebt_forecast.nn import TransformerConfig
 from ebt_forecast.tasks.forecast.model import ForecastModelConfig, PatchForecastEBT, evenly_spaced_levels
 from ebt_forecast.think import (
+    ENERGY_FREE,
     ConfigError,
     ReplayBuffer,
+    Starts,
     StepSize,
     ThinkConfig,
     draw_train_steps,
@@ -18,6 +20,7 @@ from ebt_forecast.think import (
     select_lowest_energy,
     select_lowest_fraction,
     think,
+    think_and_select,
 )
 from ebt_forecast.think.step_size import MIN_ALPHA
 
@@ -128,6 +131,35 @@ def test_fixed_policy_pass_counts_exact(steps):
     assert rec.backward_passes == n * steps == energy.backward_rows
     assert rec.steps_budget == steps
     assert (rec.steps_taken == steps).all()
+
+
+@pytest.mark.parametrize("steps", [0, 2])
+def test_energy_free_selections_spend_no_final_energy_pass(steps):
+    """A selection that never reads the final energies is not charged for them: its passes are lower by
+    exactly that evaluation (at step 0: none at all). Asked for, or needed by uphill rejection, it is read."""
+    b, m, g = 2, 3, 2
+    n = b * m * g
+    gen = torch.Generator().manual_seed(0)
+    targets, grouped = torch.randn(b, 4, generator=gen), torch.randn(b, m, g, 4, generator=gen)
+
+    def run(selection, cfg=ThinkConfig(alpha=0.1), **kwargs):
+        energy = QuadraticEnergy(targets, m * g)
+        thought = think_and_select(Starts(grouped[:, :, 0], grouped, energy), cfg, StepSize(cfg.alpha), steps=steps,
+                                   selection=selection, **kwargs)
+        passes = 0 if thought.record is None else thought.record.forward_passes
+        assert passes == energy.forward_rows
+        return thought, passes
+
+    verified, full = run("verified")
+    assert full == n * (steps + 1)
+    for selection in ENERGY_FREE:
+        thought, passes = run(selection)
+        assert passes == full - n, selection
+        assert torch.isnan(thought.energies).all() and (thought.record is None) == (steps == 0)
+        torch.testing.assert_close(thought.grouped, verified.grouped)
+    forced, passes = run("refined", final_energy=True)
+    assert passes == full and torch.equal(forced.energies, verified.energies)
+    assert run("refined", ThinkConfig(alpha=0.1, reject_uphill=True))[1] == full
 
 
 def _expected_energy_change_steps(e0, alpha, tol, budget):
@@ -331,6 +363,32 @@ def test_truncation_changes_alpha_gradient():
     assert grads[False] != pytest.approx(grads[True], rel=1e-6)
 
 
+@pytest.mark.parametrize("truncate", [True, False])
+def test_truncated_training_loss_reads_the_last_step_only(truncate):
+    """Truncated, the steps before the last carry no gradient: a loss over the trajectory would add constants
+    and weight the last step 1 / T. The trajectory then holds [init, final], so a loss over `loss_states`
+    (or the tasks' `trajectory[1:]`) is the last step's alone; unrolled, it reads every step."""
+    w = torch.nn.Parameter(torch.tensor(0.5))
+    context = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
+    energy = lambda x, index: 0.5 * ((x - w * context.repeat_interleave(2, 0)) ** 2).sum(-1)  # noqa: E731
+    cfg = ThinkConfig(train_steps=3, alpha=0.3, learn_alpha=False, truncate=truncate)
+    init = torch.zeros(4, 2, 3)
+    res = think(energy, init, cfg, StepSize(cfg.alpha, learnable=False), training=True, keep_trajectory=True)
+    states = res.trajectory[1:] or [res.candidates]  # what the tasks' training steps average their loss over
+    assert len(states) == (1 if truncate else 3)
+    assert torch.equal(res.trajectory[0], init)
+    torch.testing.assert_close(res.trajectory[-1], res.candidates, atol=0, rtol=0)
+    assert all(a is b for a, b in zip(res.loss_states, states, strict=True))
+    loss = lambda x: ((x - 2 * context.unsqueeze(1)) ** 2).mean()  # noqa: E731
+    (over_states,) = torch.autograd.grad(torch.stack([loss(x) for x in states]).mean(), w, retain_graph=True)
+    (last,) = torch.autograd.grad(loss(res.candidates), w)
+    assert last.abs() > 1e-3
+    if truncate:
+        torch.testing.assert_close(over_states, last)
+    else:
+        assert not torch.allclose(over_states, last)
+
+
 def test_inference_mode_builds_no_graph():
     model = _tiny_forecast_model()
     levels = evenly_spaced_levels(2, 1)
@@ -505,6 +563,30 @@ def test_energy_weights_are_boltzmann_and_sharpen_at_low_temperature():
     w = energy_weights(with_nan, 1.0)
     assert w[0, 1] == 0
     torch.testing.assert_close(w.double(), _softmax_reference(with_nan, 1.0), atol=1e-6, rtol=1e-5)
+
+
+def test_nonfinite_energies_get_zero_weight_and_a_set_without_finite_ones_equal_weights():
+    nan, inf = float("nan"), float("inf")
+    energies = torch.tensor([[nan, nan, nan, nan], [nan, 1.0, inf, -inf], [inf, -inf, nan, inf], [0.0, 1.0, 2.0, 3.0]])
+    w = energy_weights(energies, 1.0)
+    torch.testing.assert_close(w[:3], torch.tensor([[0.25] * 4, [0.0, 1.0, 0.0, 0.0], [0.25] * 4]))
+    torch.testing.assert_close(w[3:].double(), _softmax_reference(energies[3:], 1.0))
+    # resampling draws from those weights rather than failing on NaN probabilities
+    drawn = _labels(energy_weighted_resample(_labelled_candidates(4, 4, (2,)), energies, 400,
+                                             generator=torch.Generator().manual_seed(0)), 4)
+    assert (drawn[1] == 1).all() and set(drawn[0].tolist()) == set(drawn[2].tolist()) == {0, 1, 2, 3}
+    # through the pipeline: the weighted selection of a set without finite energies is its plain average,
+    # and the Thought counts the sets compared blind (per proposal for weighted, per prediction for resample)
+    starts = torch.randn(2, 3, 4, 5, generator=torch.Generator().manual_seed(1))
+    blind = Starts(starts[:, :, 0], starts, lambda x, index: torch.full((x.shape[0],), nan))
+    weighted = think_and_select(blind, ThinkConfig(), StepSize(1.0), steps=0, selection="weighted")
+    torch.testing.assert_close(weighted.samples, starts.mean(2))
+    assert weighted.unverified == 2 * 3
+    resampled = think_and_select(blind, ThinkConfig(), StepSize(1.0), steps=0, selection="resample",
+                                 generator=torch.Generator().manual_seed(2))
+    assert resampled.unverified == 2 and torch.isfinite(resampled.samples).all()
+    seen = Starts(starts[:, :, 0], starts, lambda x, index: x.sum(-1))
+    assert think_and_select(seen, ThinkConfig(), StepSize(1.0), steps=0, selection="weighted").unverified == 0
 
 
 def test_energy_weighted_resample_frequencies_follow_boltzmann_weights():

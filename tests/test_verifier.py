@@ -12,13 +12,13 @@ from tests.test_forecast import make_task, seasonal_series, small_config
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
-def fake_fast(model, dataset, windows, cache, context=None):
+def fake_fast(model, dataset, windows, cache, context=None, num_paths=sources.LEVELS):
     """Two fake fast forecasters: `good` is the truth plus small noise at every level, `bad` is biased."""
     rng = np.random.default_rng(len(windows))
     futures = np.stack([w.future for w in windows])[:, None, :]  # (N, 1, H)
-    spread = np.linspace(-0.3, 0.3, sources.LEVELS)[None, :, None]
+    spread = np.linspace(-0.3, 0.3, num_paths)[None, :, None]
     offset = {"good": 0.0, "bad": 3.0}[model]
-    return futures + offset + spread + 0.05 * rng.standard_normal((len(windows), sources.LEVELS, futures.shape[-1]))
+    return futures + offset + spread + 0.05 * rng.standard_normal((len(windows), num_paths, futures.shape[-1]))
 
 
 @pytest.fixture(scope="module")
@@ -37,11 +37,13 @@ def test_controls_are_the_plain_combinations_of_the_same_starts(verifier_setup, 
     out = ebt.predict(dataset.test_windows, steps=0, selection="verified", verify_group=2, num_candidates=21,
                       extra_starts=np.stack([fake_fast(m, dataset, dataset.test_windows, None) for m in ("good", "bad")], 2))
     season = dataset.season_length
-    from ebt_forecast.metrics import score_windows
+    from ebt_forecast.metrics import FORECAST_LEVELS, score_windows
 
-    assert by["average"]["test"]["wql"] == pytest.approx(score_windows(out.candidates.mean(2), dataset.test_windows, season)["wql"])
-    assert by["source:good"]["test"]["wql"] == pytest.approx(
-        score_windows(out.candidates[:, :, 2], dataset.test_windows, season)["wql"])
+    def wql(paths):
+        return score_windows(paths, dataset.test_windows, season, FORECAST_LEVELS)["wql"]
+
+    assert by["average"]["test"]["wql"] == pytest.approx(wql(out.candidates.mean(2)))
+    assert by["source:good"]["test"]["wql"] == pytest.approx(wql(out.candidates[:, :, 2]))
     # the single source chosen on validation is the good one, and it beats the equal-weight average
     assert sources.choose(rows, "source")["selection"] == "source:good"
     assert by["source:good"]["test"]["wql"] < by["average"]["test"]["wql"]
@@ -104,3 +106,34 @@ def test_verifier_forecaster_uses_the_validation_choice_and_beats_equal_weights(
     average = score_windows(out.candidates.mean(2), dataset.test_windows, dataset.season_length)["wql"]
     good = score_windows(out.candidates[:, :, 2], dataset.test_windows, dataset.season_length)["wql"]
     assert wql < average and wql <= 1.2 * good
+
+
+@pytest.mark.parametrize("out_of_fold", [True, False])
+def test_the_verifier_is_taught_on_windows_its_ebt_never_trained_on(out_of_fold, tmp_path, monkeypatch):
+    """Out of fold (the default), the verifier's EBT trains on every series only up to the pool windows the energy
+    is then taught on; in-sample (`out_of_fold=false`, the old behaviour) those windows were training data."""
+    from dataclasses import replace
+
+    from ebt_forecast.tasks.forecast import config, forecaster
+
+    monkeypatch.setattr(sources, "fast_forecasts", fake_fast)
+    monkeypatch.setattr(config, "STATSFORECAST_MODELS", ("good", "bad"))
+    trained_on: dict[str, int] = {}
+    original = forecaster.TrainWindowDataset
+
+    def recording(series, *args, **kwargs):
+        trained_on.update({s.item_id: len(s.target) for s in series})
+        return original(series, *args, **kwargs)
+
+    monkeypatch.setattr(forecaster, "TrainWindowDataset", recording)
+    taught: list = []
+    original_pool = sources.pool_windows
+    monkeypatch.setattr(sources, "pool_windows", lambda *a: taught.extend(original_pool(*a)) or taught)
+    dataset = make_task(seasonal_series(3, 400, seed=5), num_windows=1)
+    cfg = small_config(max_steps=4, num_candidates=21)
+    verifier = replace(cfg.task.verifier, fast_sources=["good", "bad"], pool_windows=12, steps=3, out_of_fold=out_of_fold)
+    sources.VerifierForecaster(replace(cfg, task=replace(cfg.task, verifier=verifier))).fit(dataset)
+    assert len(taught) >= 3
+    first_pool_start = {w.item_id: min(len(v.past) for v in taught if v.item_id == w.item_id) for w in taught}
+    seen = [trained_on[item] > start for item, start in first_pool_start.items()]
+    assert not any(seen) if out_of_fold else all(seen)

@@ -1,6 +1,7 @@
 """The video task: decoding, the frame autoencoder, no leakage through the doubled sequence, thinking, the CLI."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -12,11 +13,12 @@ from ebt_forecast.cli import main
 from ebt_forecast.data.errors import DataError
 from ebt_forecast.nn import TransformerConfig
 from ebt_forecast.tasks.base import TrainerConfig, fit_module
-from ebt_forecast.tasks.video.autoencoder import AutoencoderModule
-from ebt_forecast.tasks.video.config import VideoTaskConfig
-from ebt_forecast.tasks.video.data import WeightedDraws, cut_clips, moving_digits, read_video
+from ebt_forecast.tasks.video.autoencoder import AutoencoderModule, FrameAutoencoder
+from ebt_forecast.tasks.video.config import VideoAppConfig, VideoRunConfig, VideoTaskConfig
+from ebt_forecast.tasks.video.data import VideoSets, WeightedDraws, cut_clips, load_sets, moving_digits, read_video
 from ebt_forecast.tasks.video.model import TransformerPlusPlusVideo, VideoEBT
-from ebt_forecast.tasks.video.module import VideoModule
+from ebt_forecast.tasks.video.module import TransformerPPVideoModule, VideoModule
+from ebt_forecast.tasks.video.run import Trained, evaluate_rollouts, load_or_train_autoencoder
 from ebt_forecast.think import ThinkConfig
 
 TINY = TransformerConfig(dim=32, depth=2, heads=2, ffn_multiplier=1.0)
@@ -117,7 +119,7 @@ def test_thinking_lowers_the_energy_and_the_error_of_a_tiny_trained_ebt():
                          VideoTaskConfig(), 4, 6)
     fit_module(module, WeightedDraws([clips[:448]], [1.0], 60 * 32, 0), trainer, seed=None)
     thought = module.infer({"x": clips[448:]}, num_candidates=1, group=1, steps=4, selection="refined",
-                           generator=torch.Generator().manual_seed(1))
+                           generator=torch.Generator().manual_seed(1), final_energy=True)
     energies = thought.path_energies[:, :, 0].mean(0)  # (steps + 1,) on held-out clips
     assert (energies[1:] < energies[:-1]).all()
     error = ((thought.path[:, :, 0] - clips[448:, 1:].unsqueeze(1)) ** 2).mean((0, 2, 3))
@@ -138,6 +140,74 @@ def test_starts_come_from_noise_or_from_the_last_frame():
             assert 0.3 < float(spread) < 0.6
         else:
             assert 0.3 < float(starts.starts.std()) < 0.7 and float(spread) > 1.0
+
+
+def test_rollouts_feed_each_model_its_own_predictions():
+    torch.manual_seed(0)
+    s, d = 4, 6  # 4 true context frames (clip_length 5), then up to 4 predicted
+    z = torch.randn(6, s + 4, d)
+    clips = np.random.default_rng(0).random((6, s + 4, 1, 16, 16), dtype=np.float32)
+    app = VideoAppConfig(video=VideoRunConfig(clip_length=s + 1, rollout_steps=[1, 2, 4], eval_batch=4))
+    ae = FrameAutoencoder(16, d, 4).eval()
+    mse = lambda a, b: float(((a - b) ** 2).mean())  # noqa: E731
+    by_k = lambda rows, model: {r["k"]: r["latent_mse"] for r in rows if r["model"] == model}  # noqa: E731
+    baselines = evaluate_rollouts(None, ae, "set", z, clips, app)
+    assert by_k(baselines, "copy_last") == pytest.approx({k: mse(z[:, s - 1 + k], z[:, s - 1]) for k in (1, 2, 4)})
+    assert by_k(baselines, "autoencoder") == {1: 0.0, 2: 0.0, 4: 0.0}
+    twin = TransformerPPVideoModule(TINY, TrainerConfig(), d, s + 1).eval()
+    ebt = VideoModule(TINY, app.think, TrainerConfig(), VideoTaskConfig(init="last", init_std=0.0), d, s + 1).eval()
+    for kind, module in [("transformer_pp", twin), ("ebt", ebt)]:  # the EBT starts at the last frame: deterministic
+        def next_frame(frames):  # the model's default prediction after frames 0..s-1 (teacher-forced, one step)
+            x = torch.cat([frames, frames[:, -1:]], 1)
+            return module.infer({"x": x}, num_candidates=1, group=1, steps=app.think.infer_steps,
+                                selection="refined").samples[:, 0, -1].detach()
+
+        rows = by_k(evaluate_rollouts(Trained(kind, module, "key", {}), ae, "set", z, clips, app), kind)
+        first = next_frame(z[:, :s])
+        assert rows[1] == pytest.approx(mse(first, z[:, s]), rel=1e-4)  # k = 1: the one-step prediction
+        second = next_frame(torch.cat([z[:, 1:s], first[:, None]], 1))  # reads its own frame s, not the true one
+        assert rows[2] == pytest.approx(mse(second, z[:, s + 1]), rel=1e-4)
+        assert abs(rows[2] - mse(next_frame(z[:, 1:s + 1]), z[:, s + 1])) > 1e-3  # != teacher-forced
+    window = z[:, :s]  # the twin's 4-step rollout by hand
+    with torch.no_grad():
+        for _ in range(4):
+            window = torch.cat([window[:, 1:], twin.model(window)[:, -1:]], 1)
+    rows = by_k(evaluate_rollouts(Trained("transformer_pp", twin, "", {}), ae, "set", z, clips, app), "transformer_pp")
+    assert rows[4] == pytest.approx(mse(window[:, -1], z[:, s + 3]), rel=1e-4)
+    # the digits' rollout clips extend the evaluation clips (the same draws, longer)
+    sets = load_sets(VideoRunConfig(sources=["digits"], frame_size=16, digit_size=6, clip_length=5, train_clips=2,
+                                    eval_clips=3, rollout_steps=[1, 8]), seed=0)
+    assert sets.rollout["digits_fast"].shape == (3, 12, 1, 16, 16)
+    assert all(np.array_equal(sets.rollout[n][:, :5], sets.evaluation[n]) for n in sets.evaluation)
+
+
+@pytest.mark.parametrize("accelerator, precision", [
+    ("auto", "64-true"),
+    pytest.param("gpu", "bf16-mixed", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")),
+])
+def test_the_autoencoder_trains_where_and_how_the_trainer_says(tmp_path, monkeypatch, accelerator, precision):
+    import lightning as L
+
+    built = []
+
+    class Spy(L.Trainer):
+        def __init__(self, **kwargs):
+            built.append(kwargs)
+            super().__init__(**kwargs)
+
+    monkeypatch.setattr(L, "Trainer", Spy)
+    sets = VideoSets({"digits": moving_digits(4, 3, canvas=16, digit_size=6)}, {}, [], "tiny", "key")
+    video = VideoRunConfig(frame_size=16, latent_dim=4, ae_width=4, ae_steps=2, ae_batch=4, digit_size=6)
+    app = VideoAppConfig(trainer=TrainerConfig(accelerator=accelerator, precision=precision, progress_bar=False),
+                         video=video)
+    ae, key, _ = load_or_train_autoencoder(app, sets, tmp_path)
+    assert [(b["accelerator"], b["precision"], b["strategy"], b["devices"]) for b in built] == [
+        (accelerator, precision, "auto", 1)]
+    assert all(t.dtype == torch.float32 for t in ae.state_dict().values())  # float32 whatever the precision
+    assert ae.encode(torch.rand(2, 1, 16, 16)).dtype == torch.float32
+    _, key32, _ = load_or_train_autoencoder(dataclasses.replace(app, trainer=TrainerConfig(progress_bar=False)), sets,
+                                            tmp_path)
+    assert key32 != key and built[-1]["precision"] == "32-true"  # another precision, another model
 
 
 TINY_RUN = ["runtime.threads=1", "model.dim=32", "model.depth=1", "model.heads=2", "trainer.max_steps=4",
@@ -162,15 +232,20 @@ def test_video_cli_writes_the_tables_reuses_its_cells_and_resumes_training(tmp_p
     assert set(ebt[ebt["kind"] == "steps"]["steps"]) == {0, 1, 2} and set(ebt[ebt["kind"] == "verify"]["candidates"]) == {1, 2}
     assert np.isfinite(ebt[(ebt["kind"] == "verify") & (ebt["candidates"] == 2)]["spearman"]).all()
     assert np.isfinite(table["latent_mse"]).all() and np.isfinite(table["psnr"]).all()
-    for name in ("video.md", "strip.png", "plots/latent_mse_vs_steps.png", "plots/latent_mse_vs_candidates.png"):
+    for name in ("video.md", "strip.png", "plots/latent_mse_vs_steps.png", "plots/latent_mse_vs_candidates.png",
+                 "plots/latent_mse_vs_rollout.png"):
         assert (out / name).exists()
+    rollouts = pd.read_csv(out / "video_rollout.csv")  # a.mp4's 6 test frames are too few for 4 + 8 frame clips
+    assert set(rollouts["set"]) == {"digits", "digits_more", "digits_fast", "clips_heldout"}
+    assert set(rollouts["k"]) == {1, 2, 4, 8} and np.isfinite(rollouts[["latent_mse", "psnr"]]).all().all()
+    assert len(rollouts) == 4 * 4 * 4 and "Autoregressive rollouts" in (out / "video.md").read_text()
     models = sorted((out / "models").glob("*.pt"))
     stamps = [p.stat().st_mtime_ns for p in models]
     capsys.readouterr()
     assert main(args) == 0  # every model and cell is reused
     printed = capsys.readouterr().out
     assert "training ebt" not in printed and "training the frame autoencoder" not in printed
-    assert pd.read_csv(out / "video.csv").equals(table)
+    assert pd.read_csv(out / "video.csv").equals(table) and pd.read_csv(out / "video_rollout.csv").equals(rollouts)
     assert [p.stat().st_mtime_ns for p in models] == stamps
     # an interrupted run: the EBT's file is gone but its Lightning checkpoint is there; training resumes from it
     ebt_file = next(p for p in models if p.name.startswith("ebt_"))

@@ -8,8 +8,8 @@ A task is an adapter. It supplies
   (System 1 proposals, G thinking starts per proposal, and `energy_fn` over the (B, M * G) starts),
   its `training_step` (its loss) and its metrics.
 Everything else is written once: Lightning wiring (`fit_module`: checkpoints that resume only the
-same configuration, progress bars, gradient clipping, alpha's optimizer group and the schedule, and
-Lightning's accelerators, precisions and data-parallel strategies with each global batch split by rank),
+same configuration and schedule, progress bars, gradient clipping, alpha's optimizer group and the schedule,
+and Lightning's accelerators, precisions and data-parallel strategies with each global batch split by rank),
 and `TaskModule.infer`: encode -> starts -> think -> select (`think.pipeline`).
 """
 from __future__ import annotations
@@ -267,13 +267,15 @@ class TaskModule(L.LightningModule):
             self.think_cfg = saved
 
     def infer(self, batch: dict[str, Tensor], *, num_candidates: int, group: int, steps: int, selection: str,
-              generator: torch.Generator | None = None, temperature: float | None = None) -> Thought:
-        """Encode the context once, propose starts, think for `steps`, select samples."""
+              generator: torch.Generator | None = None, temperature: float | None = None,
+              final_energy: bool = False) -> Thought:
+        """Encode the context once, propose starts, think for `steps`, select samples (`final_energy`: read the
+        final energies even for an energy-free selection)."""
         with torch.no_grad():
             encoding = self.encode(batch)
             starts = self.propose(encoding, batch, num_candidates, group, generator)
         return think_and_select(starts, self.think_cfg, self.step_size, steps=steps, selection=selection,
-                                generator=generator, temperature=temperature)
+                                generator=generator, temperature=temperature, final_energy=final_energy)
 
     def log_think_record(self, record: ThinkRecord, prefix: str) -> None:
         """Log the energies, steps, passes and non-finite count of one thinking call."""
@@ -340,8 +342,10 @@ def fit_module(module: L.LightningModule, data: Dataset, trainer_cfg: TrainerCon
     (then the weights' initialisation and the training draws come from one stream).
 
     With `trainer_cfg.checkpoint_dir`, `last.ckpt` is saved every `checkpoint_every` steps and a later
-    call resumes from it, but only for the same configuration: the directory records `run_key`, and a
-    checkpoint written by another configuration is refused (ConfigError) rather than silently mixed in.
+    call resumes from it, but only for the same configuration and learning-rate schedule: the directory
+    records `run_key` and the trainer settings (max_steps and warmup_steps included), and a checkpoint
+    written by another configuration, or another number of steps, is refused (ConfigError) rather than
+    silently mixed in or resumed under a changed schedule.
 
     Under a data-parallel strategy with W processes, process r reads rows r, r + W, r + 2W, ... in
     batches of batch_size / W (`RankRows`), so step s of all processes together reads exactly rows
@@ -353,15 +357,17 @@ def fit_module(module: L.LightningModule, data: Dataset, trainer_cfg: TrainerCon
         L.seed_everything(seed, workers=True, verbose=False)
     t = trainer_cfg.validate()
     callbacks, resume = [_StepCount()], None
+    key = json.dumps({"run": run_key, "trainer": t.settings()}, sort_keys=True)
     if t.checkpoint_dir:
         folder = Path(t.checkpoint_dir)
         key_file = folder / "run_key.txt"
         last = folder / "last.ckpt"
         if last.exists():
             written_by = key_file.read_text().strip() if key_file.exists() else "unknown"
-            if written_by != run_key:
+            if written_by != key:
                 raise ConfigError(f"trainer.checkpoint_dir={t.checkpoint_dir!r} holds a checkpoint of another "
-                                  f"configuration (key {written_by}, this run {run_key}): use a new directory")
+                                  f"configuration ({_key_change(written_by, run_key, t)}); a checkpoint resumes "
+                                  "only its own configuration and learning-rate schedule: use a new directory")
             resume = str(last)
         callbacks.append(ModelCheckpoint(dirpath=t.checkpoint_dir, save_last=True, save_top_k=0,
                                          every_n_train_steps=t.checkpoint_every))
@@ -380,11 +386,25 @@ def fit_module(module: L.LightningModule, data: Dataset, trainer_cfg: TrainerCon
                           "be split among them (every process would read the same rows): use a map-style Dataset")
     if t.checkpoint_dir and trainer.is_global_zero:
         Path(t.checkpoint_dir).mkdir(parents=True, exist_ok=True)
-        (Path(t.checkpoint_dir) / "run_key.txt").write_text(run_key)
+        (Path(t.checkpoint_dir) / "run_key.txt").write_text(key)
     start = time.perf_counter()
     trainer.fit(module, datamodule=RankRows(data, t.batch_size), ckpt_path=resume, weights_only=True)
     module.eval()
     return FitReport(time.perf_counter() - start, _steps_done(trainer))
+
+
+def _key_change(written: str, run_key: str, t: TrainerConfig) -> str:
+    """What differs between a checkpoint's recorded key and this run's: the trainer settings by name, else the keys."""
+    try:
+        recorded = json.loads(written)
+    except ValueError:
+        recorded = None
+    recorded = recorded if isinstance(recorded, dict) else {}
+    if recorded.get("run") != run_key:
+        return f"key {recorded.get('run', written)}, this run {run_key}"
+    old = recorded.get("trainer", {})
+    return ", ".join(f"trainer.{k}={old.get(k)!r} there, {v!r} here"
+                     for k, v in t.settings().items() if old.get(k) != v)
 
 
 class RankRows(L.LightningDataModule):

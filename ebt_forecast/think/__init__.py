@@ -9,6 +9,7 @@ from ebt_forecast.think.candidates import (
     select_candidates,
     select_lowest_energy,
     select_lowest_fraction,
+    sets_without_finite_energy,
 )
 from ebt_forecast.think.config import GRADIENTS, STOP_POLICIES, ConfigError, ThinkConfig, check_settings
 from ebt_forecast.think.engine import (
@@ -33,5 +34,5 @@ __all__ = [
     "EnergyThresholdStop", "InferenceSetting", "ReplayBuffer", "Starts", "StepSize", "StopPolicy", "ThinkConfig",
     "ThinkRecord", "ThinkResult", "Thought", "attach_implicit_gradient", "choose_on_validation", "damped_cg", "draw_train_steps", "energy_weighted_resample",
     "energy_weights", "listwise_ranking_loss", "make_stop_policy", "mix_replay", "select_candidates",
-    "select_lowest_energy", "select_lowest_fraction", "think", "think_and_select",
+    "select_lowest_energy", "select_lowest_fraction", "sets_without_finite_energy", "think", "think_and_select",
 ]

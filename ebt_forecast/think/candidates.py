@@ -1,4 +1,9 @@
-"""Candidate sets: self-verification by lowest energy and energy-weighted resampling."""
+"""Candidate sets: self-verification by lowest energy and energy-weighted resampling.
+
+A NaN energy is never the lowest (a set of NaN: its first candidate). Energy weights give NaN and
+infinite energies zero weight, and a set with no finite energy equal weights
+(`sets_without_finite_energy` counts such sets).
+"""
 from __future__ import annotations
 
 import math
@@ -21,8 +26,11 @@ def select_lowest_fraction(candidates: Tensor, energies: Tensor, fraction: float
 
 
 def energy_weights(energies: Tensor, temperature: float) -> Tensor:
-    """Boltzmann weights softmax(-energy / temperature) over each candidate set (B, M)."""
-    return torch.softmax(-energies.nan_to_num(float("inf")) / temperature, dim=1)
+    """Boltzmann weights softmax(-energy / temperature) over each candidate set (B, M); NaN / inf
+    energies get zero weight, a set with no finite energy equal weights."""
+    finite = torch.isfinite(energies)
+    logits = torch.where(finite, -energies / temperature, torch.full_like(energies, float("-inf")))
+    return torch.softmax(torch.where(finite.any(dim=1, keepdim=True), logits, torch.zeros_like(logits)), dim=1)
 
 
 def energy_weighted_resample(
@@ -73,3 +81,12 @@ def select_candidates(
     if selection == "resample":
         return energy_weighted_resample(flat, flat_energy, m, temperature, generator)
     raise ValueError(f"selection={selection!r} is invalid: must be one of {', '.join(SELECTIONS)}")
+
+
+def sets_without_finite_energy(selection: str, energies: Tensor) -> int:
+    """How many of the candidate sets `selection` compares in energies (B, M, G) hold no finite energy
+    (weighted / resample: equal weights); 0 for an energy-free selection."""
+    if selection in ENERGY_FREE:
+        return 0
+    sets = energies.flatten(1) if selection in ("lowest", "resample") else energies.flatten(0, 1)
+    return int((~torch.isfinite(sets)).all(dim=-1).sum())

@@ -50,8 +50,13 @@ class ThinkResult:
     candidates: Tensor
     energies: Tensor
     trajectory: list[Tensor] = field(default_factory=list)  # candidates after each step (step 0 = init);
-    # training with gradient=implicit: [init, final] (only the final candidate carries a gradient)
+    # training with cfg.truncate or gradient=implicit: [init, final] (only the final candidate carries a gradient)
     record: ThinkRecord | None = None
+
+    @property
+    def loss_states(self) -> list[Tensor]:
+        """The candidates a training loss reads: after every step, or (truncated / implicit) the final one only."""
+        return self.trajectory[1:] or [self.candidates]
 
 
 class StopPolicy:
@@ -122,7 +127,9 @@ def think(
     Training: randomised steps and alpha, Langevin noise and `create_graph` (second order; only
     the last step when cfg.truncate). Inference: first-order only, with cfg's stopping policy.
     Training with cfg.gradient="implicit": the steps build no graph; the final candidates get the
-    implicit-function-theorem gradient instead (implicit.py; alpha then gets none).
+    implicit-function-theorem gradient instead (implicit.py; alpha then gets none). Training with
+    cfg.truncate or implicit keeps the trajectory [init, final]: the earlier steps carry no gradient,
+    so a loss averaged over them would only add constants and weight the last step 1 / T.
     """
     batch, num_candidates = init.shape[:2]
     n = batch * num_candidates
@@ -132,6 +139,7 @@ def think(
     noise_std = cfg.langevin_std if training else cfg.infer_langevin_std
     policy = StopPolicy() if training else make_stop_policy(cfg)
     implicit = training and cfg.gradient == "implicit"
+    last_only = training and (implicit or cfg.truncate)  # the trajectory keeps [init, final]
 
     x = init.reshape(n, *event)
     if cfg.detach_init or not training:
@@ -189,7 +197,7 @@ def think(
                 xa_new = xa_new.detach()
             x = xa_new if full else x.index_copy(0, idx, xa_new.to(x.dtype))
 
-            e_now = e.detach()
+            e_now = e.detach().to(energies.dtype)  # bf16 autocast gives bf16 energies
             energies[t, idx] = e_now
             steps_taken[idx] += finite.long()
             nonfinite[idx] |= ~finite
@@ -197,7 +205,7 @@ def think(
             keep = finite & (~seen_before | policy.still_active(previous[idx], e_now))
             active[idx] = keep
             previous[idx] = e_now
-            if keep_trajectory:
+            if keep_trajectory and not last_only:
                 trajectory.append(x.reshape(batch, num_candidates, *event))
 
         if implicit:  # the gradient is taken at the final candidate, so its energy is always read
@@ -205,8 +213,6 @@ def think(
             forward_passes += n
             backward_passes += n
             energies[steps] = final.detach()
-            if keep_trajectory:
-                trajectory = [trajectory[0], x.reshape(batch, num_candidates, *event)]
         elif final_energy:
             grad_ctx = torch.enable_grad() if training else torch.no_grad()
             with grad_ctx:
@@ -218,6 +224,8 @@ def think(
                 x, final = uphill.best(x.detach(), e_final.detach())
         else:
             final = _last_finite(energies)
+        if keep_trajectory and last_only:
+            trajectory.append(x.reshape(batch, num_candidates, *event))
 
     record = ThinkRecord(
         energies=energies.view(steps + 1, batch, num_candidates),

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ebt_forecast.think.candidates import select_candidates
+from ebt_forecast.think.candidates import ENERGY_FREE, select_candidates, sets_without_finite_energy
 from ebt_forecast.think.config import ThinkConfig
 from ebt_forecast.think.engine import EnergyFn, ThinkRecord, think
 from ebt_forecast.think.step_size import StepSize
@@ -35,36 +35,43 @@ class Thought:
     samples: Tensor  # (B, S, *event)
     proposals: Tensor  # (B, M, *event)
     grouped: Tensor  # (B, M, G, *event) every start's final candidate
-    energies: Tensor  # (B, M, G) their final energies (NaN when no energy was read)
+    energies: Tensor  # (B, M, G) their final energies (NaN when not read: an energy-free selection)
     path: Tensor  # (B, T + 1, M, *event) each proposal's own start after every step
-    path_energies: Tensor  # (B, T + 1, M) its energy at every step
+    path_energies: Tensor  # (B, T + 1, M) its energy at every step (NaN where not read)
     record: ThinkRecord | None  # None when no energy was evaluated
+    unverified: int = 0  # candidate sets the selection compared with no finite energy among them (equal weights)
 
 
 def think_and_select(
     starts: Starts, cfg: ThinkConfig, step_size: StepSize, *, steps: int, selection: str,
-    generator: torch.Generator | None = None, temperature: float | None = None,
+    generator: torch.Generator | None = None, temperature: float | None = None, final_energy: bool = False,
 ) -> Thought:
     """Refine every start for `steps` (inference: first order, cfg's stopping policy), then select
     (`temperature` for weighted / resample; default cfg.temperature).
 
-    With `cfg.enabled=False`, or the energy-free `proposal` selection at step 0, no energy is read:
-    the proposals are the samples and no pass is spent.
+    Only the passes the selection needs are spent: the final candidates' energies are evaluated for a
+    selection that reads them, under cfg.reject_uphill (it picks the lowest seen), or when `final_energy`
+    asks for them (diagnostics); an energy-free selection at step 0 spends none. With `cfg.enabled=False`
+    no energy is read and the proposals are the samples.
     """
     proposals, grouped = starts.proposals.detach(), starts.starts.detach()
     b, m, g = grouped.shape[:3]
     event = grouped.shape[3:]
-    if not cfg.enabled or (steps == 0 and selection == "proposal"):
-        nan = torch.full((b, m, g), float("nan"))
-        return Thought(proposals, proposals, grouped, nan, proposals.unsqueeze(1), nan[:, None, :, 0], None)
+    temperature = temperature or cfg.temperature
+    read_final = final_energy or selection not in ENERGY_FREE or cfg.reject_uphill
+    nan = grouped.new_full((b, m, g), float("nan"))
+    if not cfg.enabled or (steps == 0 and not read_final):
+        samples = proposals if not cfg.enabled else select_candidates(selection, proposals, grouped, nan, temperature)
+        return Thought(samples, proposals, grouped, nan, grouped[:, None, :, 0], nan[:, None, :, 0], None)
     result = think(starts.energy_fn, grouped.reshape(b, m * g, *event), cfg, step_size, training=False, steps=steps,
-                   keep_trajectory=True, generator=generator)
+                   final_energy=read_final, keep_trajectory=True, generator=generator)
     record = result.record
     final = result.candidates.detach().view(b, m, g, *event)
-    energies = result.energies.detach().view(b, m, g)
-    samples = select_candidates(selection, proposals, final, energies, temperature or cfg.temperature, generator)
+    energies = result.energies.detach().view(b, m, g) if read_final else nan
+    samples = select_candidates(selection, proposals, final, energies, temperature, generator)
     # a stopping policy can end every candidate before the budget: they stay at their last state
     trajectory = result.trajectory + result.trajectory[-1:] * (steps + 1 - len(result.trajectory))
     path = torch.stack(trajectory, dim=1).detach().view(b, steps + 1, m, g, *event)[:, :, :, 0]
     path_energies = record.energies.transpose(0, 1).reshape(b, steps + 1, m, g)[..., 0]
-    return Thought(samples, proposals, final, energies, path, path_energies, record)
+    return Thought(samples, proposals, final, energies, path, path_energies, record,
+                   sets_without_finite_energy(selection, energies))

@@ -20,9 +20,9 @@ from ebt_forecast.baselines import (
 )
 from ebt_forecast.data.loaders import load_default_suite, load_etth1, load_exchange_rate, load_m4_hourly
 from ebt_forecast.data.types import ForecastDataset
-from ebt_forecast.io import atomic_save_figure, atomic_write_csv, atomic_write_json, atomic_write_text
-from ebt_forecast.metrics import geometric_mean_relative, score_windows
-from ebt_forecast.tasks.base import config_key
+from ebt_forecast.experiment import Artifacts, Cells
+from ebt_forecast.io import atomic_save_figure, atomic_write_csv, atomic_write_text
+from ebt_forecast.metrics import FORECAST_LEVELS, geometric_mean_relative, score_windows
 from ebt_forecast.tasks.forecast.config import ForecastAppConfig
 from ebt_forecast.tasks.forecast.diagnostics import verification_diagnostics
 from ebt_forecast.tasks.forecast.estimator import EBTPredictor
@@ -54,27 +54,32 @@ def load_suite(app: ForecastAppConfig) -> list[ForecastDataset]:
     raise ConfigError(f"suite={app.suite!r} is invalid: must be one of {', '.join(SUITES)}")
 
 
-def _row(dataset: ForecastDataset, model: str, samples, extra: dict) -> dict:
-    return {"dataset": dataset.name, "model": model, **score_windows(samples, dataset.test_windows, dataset.season_length),
-            **extra}
+def _row(dataset: ForecastDataset, model: str, samples, extra: dict, levels: tuple[float, ...] | None = None) -> dict:
+    """One model's test metrics: samples, or a quantile forecast at `levels` (or at a forecast object's own levels)."""
+    scores = score_windows(samples, dataset.test_windows, dataset.season_length, levels)
+    return {"dataset": dataset.name, "model": model, **scores, **extra}
 
 
-def trained_ebt(dataset: ForecastDataset, app: ForecastAppConfig, cache: Path) -> EBTForecaster:
-    """The EBT trained on `dataset` with app's settings and seed: loaded from `cache` if a run of the same
-    configuration saved it there, else trained and saved (so the EBT's cells share one training run)."""
+def trained_ebt(dataset: ForecastDataset, app: ForecastAppConfig, cache: Path, reserve_windows: int = 0) -> EBTForecaster:
+    """The EBT trained on `dataset` with app's settings and seed (holding about `reserve_windows` windows before
+    the validation tail out of training): loaded from `cache` if a run of the same configuration saved it there,
+    else trained and saved (so the EBT's cells share one training run)."""
     cfg = app.forecaster()
-    key = config_key(dataset.name, dataset.horizon, [len(s) for s in dataset.train], cfg.model, cfg.think,
-                     cfg.trainer.settings(), cfg.task.ebt_fields(), cfg.seed)
-    folder = cache / f"ebt__{dataset.name}__{key}"
-    if (folder / "weights.pt").exists():
+    depends = {"data": (dataset.name, dataset.horizon, [len(s) for s in dataset.train]), "model": cfg.model,
+               "think": cfg.think, "trainer": cfg.trainer.settings(), "task": cfg.task.ebt_fields(), "seed": cfg.seed,
+               "reserve_windows": reserve_windows}
+
+    def make(folder: Path) -> EBTForecaster:
+        ebt = EBTForecaster(cfg, "ebt", reserve_windows=reserve_windows).fit(dataset)
+        EBTPredictor(ebt, dataset.horizon, dataset.freq).serialize(folder)
+        return ebt
+
+    def load(folder: Path) -> EBTForecaster:
         ebt = EBTPredictor.deserialize(folder).forecaster
         ebt.val_windows = ebt.split(dataset)[1]
         return ebt
-    ebt = EBTForecaster(cfg, "ebt").fit(dataset)
-    tmp = folder.with_name(f".{folder.name}.tmp")
-    EBTPredictor(ebt, dataset.horizon, dataset.freq).serialize(tmp)
-    tmp.replace(folder)
-    return ebt
+
+    return Artifacts(cache).get(f"ebt__{dataset.name}", depends, make, load)
 
 
 def run_ebt_cell(dataset: ForecastDataset, app: ForecastAppConfig, plots: Path, cache: Path) -> list[dict]:
@@ -118,13 +123,14 @@ def run_verifier_cell(dataset: ForecastDataset, app: ForecastAppConfig, cache: P
     """The EBT as a verifier above fast forecasters, beside the energy-free controls of the same starts.
 
     First the EBT's energy as trained (zero-shot on the new sources), then after teaching it to rank exactly
-    those starts on pool windows cut before the validation tail (`sources.train_verifier`). Main rows:
+    those starts on pool windows cut before the validation tail (`sources.train_verifier`). With
+    `task.verifier.out_of_fold` (the default) the verifier's EBT never trained on the pool windows. Main rows:
     `ebt_verifier` (the trained energy's setting best on validation), `ebt_verifier_zero_shot`,
     `sources_average` (equal weights), `sources_median`, `sources_best_on_val` (the single source best on
     validation); every setting also gets a row `ebt_verifier[...]` / `ebt_verifier_zero_shot[...]` with its
     validation WQL, so each choice can be audited."""
-    ebt = trained_ebt(dataset, app, cache)
     v = app.task.verifier
+    ebt = trained_ebt(dataset, app, cache, reserve_windows=v.pool_windows if v.out_of_fold else 0)
     sets = {"val": ebt.val_windows, "test": dataset.test_windows}
     zero_shot, zs_diag = verifier_rows(ebt, dataset, v.fast_sources, sets, cache)
     training = train_verifier(ebt, dataset, v.fast_sources, cache, windows=v.pool_windows, steps=v.steps)
@@ -168,7 +174,8 @@ def run_cell(dataset: ForecastDataset, model: str, app: ForecastAppConfig, plots
     if model in STATSFORECAST_MODELS:
         start = time.perf_counter()
         samples = list(fast_forecasts(model, dataset, dataset.test_windows, cache))
-        return [_row(dataset, model, samples, {"train_seconds": time.perf_counter() - start, "train_steps": 0})]
+        return [_row(dataset, model, samples, {"train_seconds": time.perf_counter() - start, "train_steps": 0},
+                     FORECAST_LEVELS)]
     if model == "seasonal_naive":
         forecaster = SeasonalNaive(dataset.season_length)
     elif model == "transformer_pp":
@@ -281,31 +288,40 @@ def summary_markdown(table: pd.DataFrame, app: ForecastAppConfig) -> str:
     return "\n".join(parts) + "\n"
 
 
-def cell_key(dataset: ForecastDataset, model: str, app: ForecastAppConfig) -> str:
-    """Hash of everything a cell's numbers depend on: the data (loader settings and windows), the model,
-    its budget and seed, and for the EBT the inference settings scored; a changed setting recomputes the cell."""
+def cell_depends(dataset: ForecastDataset, model: str, app: ForecastAppConfig) -> dict:
+    """Everything a cell's numbers depend on: the data (loader settings and windows), the model, its budget and
+    seed, and for the EBT the inference settings scored; a changed setting recomputes the cell."""
     data = (dataset.name, app.suite, app.data.etth1_stride, dataset.horizon, dataset.season_length,
             [len(s) for s in dataset.train], len(dataset.test_windows))
     if model in SEEDLESS:
-        return config_key(data, model)
+        return {"data": data, "model": model}
     b = app.benchmark
     extra = {"deepar": (b.deepar_hidden_size, b.deepar_num_layers, b.gluonts_budget, b.gluonts_patience),
              "patchtst": (b.gluonts_budget, b.gluonts_patience),
              "ebt": (b.think_steps, b.selections, b.candidate_counts, b.verify_groups),
              "ebt_verifier": {k: v for k, v in asdict(app.task.verifier).items() if k != "enabled"}}.get(model)
     think = app.think if model.startswith("ebt") else None  # the feed-forward models never think
-    return config_key(data, model, app.model, think, app.trainer.settings(), app.task.ebt_fields(), app.seed, extra)
+    return {"data": data, "model": model, "backbone": app.model, "think": think, "trainer": app.trainer.settings(),
+            "task": app.task.ebt_fields(), "seed": app.seed, "extra": extra}
+
+
+def timed_rows(run, *args) -> list[dict]:
+    """A cell's rows, each with the cell's wall time."""
+    start = time.perf_counter()
+    rows = run(*args)
+    return [{**r, "cell_seconds": time.perf_counter() - start} for r in rows]
 
 
 def run_benchmark(app: ForecastAppConfig) -> Path:
     """Run (or resume) the suite; write results.csv, relative.csv, results.md and plots; return the folder.
 
     Every trained model runs once per seed of `benchmark.seeds` (default: `seed`); seedless models once.
-    Each (data set, model, seed) cell is written to cells/<data set>__<model>__<key>.json as it finishes,
-    keyed by `cell_key`; with benchmark.resume a cell of the same key is reused (column `reused`).
-    Trained EBTs and fast forecasts are cached under cache/ and shared by the cells that need them."""
+    Each (data set, model, seed) is a cell of the experiment layer (cells/<data set>__<model>__<key>.json, keyed
+    by `cell_depends`); with benchmark.resume a cell of the same key is reused (column `reused`).
+    Trained EBTs and fast forecasts are artifacts under cache/, shared by the cells that need them."""
     out = Path(app.runtime.output_dir) / app.suite
-    cells, plots, cache = out / "cells", out / "plots", out / "cache"
+    plots, cache = out / "plots", out / "cache"
+    cells = Cells(out / "cells", resume=app.benchmark.resume, compute=app.benchmark.compute)
     for m in app.benchmark.models:
         if m not in MODELS:
             raise ConfigError(f"benchmark.models contains unknown model {m!r}: must be among {', '.join(MODELS)}")
@@ -319,19 +335,12 @@ def run_benchmark(app: ForecastAppConfig) -> Path:
     for dataset, model, seed in progress:
         progress.set_postfix_str(f"{dataset.name} / {model}" + ("" if seed is None else f" / seed {seed}"))
         run_app = app if seed is None else replace(app, seed=seed)
-        key = cell_key(dataset, model, run_app)
-        cell = cells / f"{dataset.name}__{model.replace('+', '_')}__{key}.json"
-        if app.benchmark.resume and cell.exists():
-            rows += [{**r, "seed": seed, "reused": True} for r in json.loads(cell.read_text())["rows"]]
-            continue
-        if not app.benchmark.compute:
-            continue  # summarise the finished cells only
-        start = time.perf_counter()
-        cell_rows = run_cell(dataset, model, run_app, plots, cache)
-        for r in cell_rows:
-            r.update(seed=seed, cell_seconds=time.perf_counter() - start)
-        atomic_write_json(cell, {"dataset": dataset.name, "model": model, "seed": seed, "key": key, "rows": cell_rows})
-        rows += [{**r, "reused": False} for r in cell_rows]
+        name = f"{dataset.name}__{model}"
+        cell_rows = cells.run(name, cell_depends(dataset, model, run_app),
+                              lambda: timed_rows(run_cell, dataset, model, run_app, plots, cache))
+        if cell_rows is not None:  # None: not finished and benchmark.compute=false
+            rows += [{**r, "seed": seed, "reused": cells.reused(name)} for r in cell_rows]
+    print(cells.summary())
     table = pd.DataFrame(rows)
     atomic_write_csv(table, out / "results.csv")
     if "seasonal_naive" in set(table.model):

@@ -51,6 +51,7 @@ class VerifierConfig:
     fast_sources: list[str] = field(default_factory=lambda: ["autoets", "autotheta"])  # statsforecast models
     pool_windows: int = 256  # windows before the validation tail that teach the energy to rank the sources
     steps: int = 200  # optimizer steps of that teaching
+    out_of_fold: bool = True  # the verifier's EBT never trains on the pool windows (false: in-sample, as before)
 
 
 @dataclass
@@ -190,6 +191,8 @@ class ForecastAppConfig(AppConfig):
     time_col: str = "timestamp"
     target_col: str = "target"
     min_length: int = 0  # 0 = horizon + 1
+    save: Optional[str] = None  # forecast: also save the trained predictor to this folder (GluonTS `serialize`)
+    predictor: Optional[str] = None  # forecast: load a saved predictor from this folder instead of training
 
     def forecaster(self) -> ForecasterConfig:
         """The forecaster's part of the config, validated."""

@@ -42,7 +42,7 @@ def verification_diagnostics(forecaster: EBTForecaster, windows: list[TestWindow
         return score_windows(sets, windows, season_length)["wql"]
 
     futures = np.stack([w.future for w in windows])
-    refined = path_out = forecaster.predict(windows, steps=steps, selection="refined")
+    refined = path_out = forecaster.predict(windows, steps=steps, selection="refined", final_energy=True)
     pair = {sel: wql(forecaster.predict(windows, steps=steps, selection=sel, verify_group=2))
             for sel in ("verified", "weighted", "average")}
     verified = out = forecaster.predict(windows, steps=steps, selection="verified", verify_group=group)
@@ -52,8 +52,8 @@ def verification_diagnostics(forecaster: EBTForecaster, windows: list[TestWindow
     energies = out.energies
     pick = np.take_along_axis(errors, energies.argmin(-1)[..., None], -1)[..., 0]
     path_err = np.nanmean(np.abs(futures[:, None, None, :] - path_out.path), axis=-1)  # (N, T + 1, M)
-    per_window = np.array([aggregate([score_window(r, w.future, w.past, season_length)])["wql"]
-                           for r, w in zip(refined, windows)])
+    per_window = np.array([aggregate([score_window(r, w.future, w.past, season_length, refined.levels)])["wql"]
+                           for r, w in zip(refined.samples, windows)])
     return {
         "group_spearman": mean_spearman(energies.reshape(-1, g), errors.reshape(-1, g)) if g > 2 else float("nan"),
         "pick_accuracy": float(np.mean(pick <= errors.min(-1) + 1e-12)),

@@ -16,7 +16,7 @@ import torch
 
 from ebt_forecast.data.types import ForecastDataset, Series, TestWindow
 from ebt_forecast.data.windows import TrainWindowDataset, make_inference_batch, split_train_val
-from ebt_forecast.metrics import score_windows
+from ebt_forecast.metrics import FORECAST_LEVELS, score_windows
 from ebt_forecast.tasks.base import config_key, fit_module
 from ebt_forecast.tasks.forecast.config import ForecasterConfig
 from ebt_forecast.tasks.forecast.model import ForecastModelConfig
@@ -38,6 +38,7 @@ class ThoughtForecast:
     forward_passes: int
     backward_passes: int
     nonfinite: int
+    levels: tuple[float, ...] | None = None  # the samples' rows are quantile paths at these levels; None: samples
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -49,6 +50,18 @@ class ThoughtForecast:
         return iter(self.samples)
 
 
+LEVEL_SELECTIONS = ("proposal", "refined", "verified", "weighted", "average", "median")  # one output path per level
+
+
+def quantile_levels(selection: str, num_paths: int) -> tuple[float, ...] | None:
+    """The quantile levels of a forecast's rows: the 21-level grid when a level-preserving selection ran on it,
+    else None (a sample forecast: stratified levels, or draws across levels)."""
+    selection = selection.split(":", 1)[0]
+    if num_paths == len(FORECAST_LEVELS) and selection in (*LEVEL_SELECTIONS, "source"):
+        return FORECAST_LEVELS
+    return None
+
+
 def validation_windows_per_series(train: list[Series], horizon: int, wanted_total: int) -> int:
     """Enough windows for about `wanted_total` in all, cutting at most a fifth of the shortest series."""
     shortest = min(len(s) for s in train)
@@ -58,9 +71,12 @@ def validation_windows_per_series(train: list[Series], horizon: int, wanted_tota
 class EBTForecaster:
     """The harness protocol: fit on a ForecastDataset, predict samples per window."""
 
-    def __init__(self, cfg: ForecasterConfig, mode: str = "ebt", name: str | None = None):
+    def __init__(self, cfg: ForecasterConfig, mode: str = "ebt", name: str | None = None, reserve_windows: int = 0):
         self.cfg = cfg.validate()
         self.mode = mode
+        # about this many windows at the end of the training series (before the validation tail) are held out of
+        # training: a verifier is taught on them out of fold
+        self.reserve_windows = reserve_windows
         self.name = name or ("ebt" if mode == "ebt" else "transformer_pp")
         self.module: ForecastModule | None = None
         self.train_seconds, self.train_steps = 0.0, 0
@@ -75,9 +91,23 @@ class EBTForecaster:
         return ForecastModelConfig(context, horizon, patch, self.cfg.model, season_length=season_length)
 
     def split(self, dataset: ForecastDataset) -> tuple[list[Series], list[TestWindow]]:
-        """The training series without their validation tails, and those tails as validation windows."""
+        """The series the model trains on (without their validation tails and reserved windows), and the
+        validation tails as windows."""
+        train, val = self._validation_split(dataset)
+        return self._reserve_split(train, dataset.horizon)[0], val
+
+    def reserved(self, dataset: ForecastDataset) -> list[TestWindow]:
+        """The reserved windows: the last horizons before the validation tail, never trained on."""
+        return self._reserve_split(self._validation_split(dataset)[0], dataset.horizon)[1]
+
+    def _validation_split(self, dataset: ForecastDataset) -> tuple[list[Series], list[TestWindow]]:
         per_series = validation_windows_per_series(dataset.train, dataset.horizon, self.cfg.task.val_windows)
         return split_train_val(dataset.train, dataset.horizon, per_series)
+
+    def _reserve_split(self, train: list[Series], horizon: int) -> tuple[list[Series], list[TestWindow]]:
+        if not self.reserve_windows:
+            return train, []
+        return split_train_val(train, horizon, validation_windows_per_series(train, horizon, self.reserve_windows))
 
     def fit(self, dataset: ForecastDataset) -> "EBTForecaster":
         """Train on the training series minus a validation tail; choose inference settings on that tail."""
@@ -89,8 +119,7 @@ class EBTForecaster:
         self.module = ForecastModule(model_cfg, self.cfg.think, t, self.cfg.task, mode=self.mode)
         data = TrainWindowDataset(train, model_cfg.context_length, dataset.horizon,
                                   num_samples=t.max_steps * t.batch_size, seed=self.cfg.seed)
-        # a checkpoint resumes the same run, which may be given more steps
-        run = {**self.cfg.trainer.settings(), "max_steps": None}
+        run = self.cfg.trainer.settings()  # a checkpoint resumes only its own configuration and schedule
         key = config_key(self.cfg.model, self.cfg.think, self.cfg.task, run, self.cfg.seed, model_cfg, self.mode,
                          dataset.name, [len(s) for s in train])
         report = fit_module(self.module, data, t, None, run_key=key)  # seeded above, before the weights
@@ -105,7 +134,7 @@ class EBTForecaster:
 
         def wql(setting: InferenceSetting) -> float:
             out = self.predict(self.val_windows, steps=setting.steps, selection=setting.selection)
-            return score_windows(out.samples, self.val_windows, self.season_length)["wql"]
+            return score_windows(out, self.val_windows, self.season_length)["wql"]
 
         best, self.validation_scores = choose_on_validation(wql)
         return best
@@ -128,7 +157,7 @@ class EBTForecaster:
     def predict(self, windows: list[TestWindow], dataset: ForecastDataset | None = None, *,
                 steps: int | None = None, selection: str | None = None, num_candidates: int | None = None,
                 verify_group: int | None = None, extra_starts: np.ndarray | None = None,
-                temperature: float | None = None, batch_size: int = 256) -> ThoughtForecast:
+                temperature: float | None = None, batch_size: int = 256, final_energy: bool = False) -> ThoughtForecast:
         """Forecast every window: encode once, propose M level paths with G starts each, think, select.
 
         `extra_starts` (N, M, S, H), in data units: other forecasters' level paths added to each level's
@@ -148,7 +177,7 @@ class EBTForecaster:
             if extra_starts is not None:
                 extra = torch.from_numpy(np.asarray(extra_starts[start:start + batch_size], dtype=np.float32))
                 batch["extra_starts"] = extra / scale.unsqueeze(-1)
-            thought = self.module.infer(batch, num_candidates=m, group=group, steps=setting.steps,
+            thought = self.module.infer(batch, num_candidates=m, group=group, steps=setting.steps, final_energy=final_energy,
                                         selection=setting.selection, generator=generator, temperature=temperature)
             for name, value, unit in [("samples", thought.samples, scale), ("proposals", thought.proposals, scale),
                                       ("candidates", thought.grouped, scale.unsqueeze(-1)),
@@ -160,4 +189,5 @@ class EBTForecaster:
                 passes += (r.forward_passes, r.backward_passes, int(r.nonfinite.sum()))
         arrays = {k: np.concatenate(v) for k, v in parts.items()}
         return ThoughtForecast(**arrays, setting=setting, forward_passes=int(passes[0]),
-                               backward_passes=int(passes[1]), nonfinite=int(passes[2]))
+                               backward_passes=int(passes[1]), nonfinite=int(passes[2]),
+                               levels=quantile_levels(setting.selection, arrays["samples"].shape[1]))

@@ -9,6 +9,7 @@ import scoringrules as sr
 import torch
 from torch import Tensor
 
+from ebt_forecast.metrics import sample_levels
 from ebt_forecast.nn import KVCache, TransformerPP
 from ebt_forecast.tasks.base import OptimConfig, TaskModule
 from ebt_forecast.tasks.forecast.config import ForecastTaskConfig
@@ -16,7 +17,6 @@ from ebt_forecast.tasks.forecast.model import (
     ForecastModelConfig,
     PatchForecastEBT,
     candidate_pinball,
-    evenly_spaced_levels,
 )
 from ebt_forecast.think import ReplayBuffer, Starts, ThinkConfig, listwise_ranking_loss, mix_replay
 
@@ -24,10 +24,9 @@ WINDOW_KEYS = ("context", "context_mask", "future", "future_mask")
 
 
 def inference_levels(m: int, batch: int, device=None) -> Tensor:
-    """Levels j / (M - 1) (clipped to [0.005, 0.995]) so the sample quantile at q is the level-q path."""
-    if m == 1:
-        return torch.full((batch, 1), 0.5, device=device)
-    return evenly_spaced_levels(m, batch, device).mul(m).sub(0.5).div(m - 1).clamp(0.005, 0.995)
+    """(B, M) levels of the M level paths (`metrics.sample_levels`): the 21-level quantile grid
+    (0.025, 0.05, ..., 0.95, 0.975) for M = 21, else the stratified sample levels (j + 0.5) / M."""
+    return torch.as_tensor(sample_levels(m), dtype=torch.float32, device=device).expand(batch, m).clone()
 
 
 class ForecastModule(TaskModule):

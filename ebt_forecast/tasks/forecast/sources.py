@@ -21,40 +21,44 @@ from torch.utils.data import Dataset
 from ebt_forecast.baselines import StatsForecastBaseline
 from ebt_forecast.data.types import ForecastDataset, TestWindow
 from ebt_forecast.data.windows import make_inference_batch, split_train_val
-from ebt_forecast.metrics import score_windows
+from ebt_forecast.experiment import Artifacts
+from ebt_forecast.metrics import FORECAST_LEVELS, sample_levels, score_windows
 from ebt_forecast.nn import TransformerPP
-from ebt_forecast.tasks.base import config_key, fit_module
+from ebt_forecast.tasks.base import fit_module
 from ebt_forecast.tasks.forecast.diagnostics import candidate_errors, mean_spearman
-from ebt_forecast.tasks.forecast.forecaster import EBTForecaster, validation_windows_per_series
+from ebt_forecast.tasks.forecast.forecaster import EBTForecaster, quantile_levels, validation_windows_per_series
 from ebt_forecast.tasks.forecast.model import candidate_pinball
 from ebt_forecast.tasks.forecast.module import ForecastModule, inference_levels
 from ebt_forecast.think import InferenceSetting, listwise_ranking_loss, select_candidates
 
-LEVELS = 21  # statsforecast paths come as 21 quantile rows; the EBT proposes 21 levels to match
+LEVELS = len(FORECAST_LEVELS)  # the EBT's and statsforecast's paths at the same 21 levels (0.025, 0.05, ..., 0.975)
 OWN_SOURCES = ("ebt_proposal", "seasonal_naive")  # the EBT's own starts 0 and 1 of each level
 TEMPERATURES = (0.03, 0.1, 0.3, 1.0, 3.0)
 
 
 def fast_forecasts(model: str, dataset: ForecastDataset, windows: list[TestWindow], cache: Path | None,
-                   context: int | None = None) -> np.ndarray:
-    """statsforecast level paths (N, 21, H) for `windows`; with a `cache` folder computed once (they have no seed).
+                   context: int | None = None, num_paths: int = LEVELS) -> np.ndarray:
+    """statsforecast level paths (N, num_paths, H) at `metrics.sample_levels(num_paths)` (the 21-level grid by
+    default) for `windows`; with a `cache` folder computed once (they have no seed).
     `context`: the past points each window's model is fitted on (None: the baseline's own default, 1000)."""
-    key = config_key(model, dataset.name, dataset.horizon, dataset.season_length,
-                     [(w.item_id, len(w.past), float(np.nansum(w.past[-50:]))) for w in windows],
-                     *([context] if context else []))
-    path = cache / f"{dataset.name}__{model}__{key}.npy" if cache else None
-    if path is not None and path.exists():
-        return np.load(path)
-    # one process per torch thread: runtime.threads is the share of the machine this run may take
-    forecaster = StatsForecastBaseline(model, context_length=context, n_jobs=torch.get_num_threads()).fit(dataset)
-    paths = np.stack(forecaster.predict(windows, dataset))
-    if path is None:
+    def forecast() -> np.ndarray:
+        # one process per torch thread: runtime.threads is the share of the machine this run may take
+        forecaster = StatsForecastBaseline(model, context_length=context, n_jobs=torch.get_num_threads(),
+                                           levels=sample_levels(num_paths)).fit(dataset)
+        return np.stack(forecaster.predict(windows, dataset))
+
+    if cache is None:
+        return forecast()
+    depends = {"model": model, "data": (dataset.name, dataset.horizon, dataset.season_length),
+               "windows": [(w.item_id, len(w.past), float(np.nansum(w.past[-50:]))) for w in windows],
+               "context": context, "num_paths": num_paths}
+
+    def make(folder: Path) -> np.ndarray:
+        paths = forecast()
+        np.save(folder / "paths.npy", paths)
         return paths
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.npy")
-    np.save(tmp, paths)
-    tmp.replace(path)
-    return paths
+
+    return Artifacts(cache).get(f"{dataset.name}__{model}", depends, make, lambda folder: np.load(folder / "paths.npy"))
 
 
 def _settings(steps_menu: tuple[int, ...], sources: list[str]) -> list[tuple[int, str, float | None]]:
@@ -74,19 +78,20 @@ def source_samples(candidates: np.ndarray, energies: np.ndarray, selection: str,
 
 
 def fast_starts(dataset: ForecastDataset, fast: list[str], windows: list[TestWindow], cache: Path | None,
-                twin: EBTForecaster | None = None, context: int | None = None) -> np.ndarray:
-    """Every fast forecaster's level paths for `windows`: (N, 21, S, H); with `twin`, the feed-forward
-    twin's 21 level paths are one more source (last)."""
-    paths = [fast_forecasts(m, dataset, windows, cache, context) for m in fast]
+                twin: EBTForecaster | None = None, context: int | None = None, num_paths: int = LEVELS) -> np.ndarray:
+    """Every fast forecaster's level paths for `windows`: (N, num_paths, S, H); with `twin`, the feed-forward
+    twin's level paths are one more source (last)."""
+    paths = [fast_forecasts(m, dataset, windows, cache, context, num_paths) for m in fast]
     if twin is not None:
-        paths.append(twin.predict(windows, num_candidates=LEVELS).samples)
+        paths.append(twin.predict(windows, num_candidates=num_paths).samples)
     return np.stack(paths, axis=2)
 
 
 def think_over_sources(ebt: EBTForecaster, windows: list[TestWindow], extra: np.ndarray, steps: int):
-    """The EBT's own starts and the fast forecasters' paths `extra` as starts, thought about for `steps`."""
+    """The EBT's own starts and the fast forecasters' paths `extra` (N, M, S, H) as starts, thought about for
+    `steps`; M level paths at the same levels as the sources'."""
     return EBTForecaster.predict(ebt, windows, steps=steps, selection="verified", verify_group=len(OWN_SOURCES),
-                                 num_candidates=LEVELS, extra_starts=extra)
+                                 num_candidates=extra.shape[1], extra_starts=extra)
 
 
 def verifier_rows(ebt: EBTForecaster, dataset: ForecastDataset, fast: list[str], sets: dict[str, list[TestWindow]],
@@ -107,7 +112,7 @@ def verifier_rows(ebt: EBTForecaster, dataset: ForecastDataset, fast: list[str],
         row = {"steps": steps, "selection": selection, "temperature": temperature}
         for split, windows in sets.items():
             samples = source_samples(*thought[split, steps], selection, temperature, sources)
-            row[split] = score_windows(samples, windows, dataset.season_length)
+            row[split] = score_windows(samples, windows, dataset.season_length, FORECAST_LEVELS)
         rows.append(row)
     # does the energy rank the sources? within each (validation window, level), energy vs pinball loss
     candidates, energies = thought["val", 0]
@@ -136,8 +141,11 @@ def choose(rows: list[dict], kind: str) -> dict:
 
 
 def pool_windows(ebt: EBTForecaster, dataset: ForecastDataset, wanted: int) -> list[TestWindow]:
-    """Windows for teaching the verifier: the last horizons of the EBT's own training series (before its
-    validation tail, so validation and test stay unseen), about `wanted` in all."""
+    """Windows for teaching the verifier: the EBT's reserved windows when it has them (out of fold: it never
+    trained on them), else the last horizons of its own training series (in-sample, `task.verifier.out_of_fold=
+    false`; the errors the energy learns to weigh are then training errors). Validation and test stay unseen."""
+    if ebt.reserve_windows:
+        return ebt.reserved(dataset)
     train, _ = ebt.split(dataset)
     _, pool = split_train_val(train, dataset.horizon, validation_windows_per_series(train, dataset.horizon, wanted))
     return pool
@@ -192,7 +200,8 @@ class SourceRanking(L.LightningModule):
 def train_verifier(ebt: EBTForecaster, dataset: ForecastDataset, fast: list[str], cache: Path, *, windows: int = 256,
                    steps: int = 200, batch_size: int = 32, lr: float = 1e-3,
                    twin: EBTForecaster | None = None, context: int | None = None) -> dict[str, float]:
-    """Fine-tune the energy of `ebt` (in place) to rank the sources of pool windows by error; return what it did."""
+    """Teach the energy of `ebt` to rank the sources of pool windows by error (the verifier's own EBT: its
+    backbone and proposal head stay frozen, only the energy parts move); return what it did."""
     pool = pool_windows(ebt, dataset, windows)
     extra = fast_starts(dataset, fast, pool, cache, twin, context)
     starts = ebt.predict(pool, steps=0, selection="verified", verify_group=len(OWN_SOURCES), num_candidates=LEVELS,
@@ -207,8 +216,6 @@ def train_verifier(ebt: EBTForecaster, dataset: ForecastDataset, fast: list[str]
     trainer = replace(ebt.cfg.trainer, max_steps=steps, batch_size=batch_size, lr=lr, checkpoint_dir=None, progress_bar=False)
     ranking = SourceRanking(ebt.module, lr, ebt.cfg.task.loss.rank_temperature)
     report = fit_module(ranking, PoolDataset(tensors, steps * batch_size, ebt.cfg.seed), trainer, ebt.cfg.seed)
-    for p in ebt.module.parameters():
-        p.requires_grad_(True)
     ebt.module.eval()
     return {"pool_windows": len(pool), "train_seconds": report.seconds, "train_steps": report.steps}
 
@@ -216,13 +223,15 @@ def train_verifier(ebt: EBTForecaster, dataset: ForecastDataset, fast: list[str]
 class VerifierForecaster(EBTForecaster):
     """The serving contract "slow verifier above fast forecasters", as a forecaster (`task.verifier`).
 
-    fit: train the EBT, teach its energy to rank the sources on pool windows, then choose on the
+    fit: train its own EBT on the training series minus the pool windows (`task.verifier.out_of_fold`), teach
+    its energy to rank the sources on those pool windows, out of fold, then choose on the
     validation windows among the energy's settings and the energy-free controls (so the energy is used
     only where it beat equal weights and the best single source on validation). predict: fit the fast
     forecasters on each window's past and select among every source's level paths."""
 
     def __init__(self, cfg, name: str = "ebt_verifier", cache: Path | None = None):
-        super().__init__(cfg, "ebt", name)
+        v = cfg.task.verifier
+        super().__init__(cfg, "ebt", name, reserve_windows=v.pool_windows if v.out_of_fold else 0)
         self.cache, self.dataset = cache, None
         self.verifier_choice: dict | None = None
         self.verifier_diagnostics: dict[str, float] = {}
@@ -239,12 +248,17 @@ class VerifierForecaster(EBTForecaster):
         self.verifier_choice = choose(rows, "any")
         return self
 
-    def predict(self, windows: list[TestWindow], dataset: ForecastDataset | None = None, **kwargs):
-        """Samples from the setting chosen on validation; keyword arguments reach the plain EBT instead."""
+    def predict(self, windows: list[TestWindow], dataset: ForecastDataset | None = None, *,
+                num_candidates: int | None = None, **kwargs):
+        """Samples from the setting chosen on validation: one path per level, at the 21-level grid (a quantile
+        forecast) or, with `num_candidates=S`, at the stratified levels (j + 0.5) / S (S samples), every source
+        made at those levels. Other keyword arguments reach the plain EBT instead."""
         if kwargs or self.verifier_choice is None:
-            return super().predict(windows, dataset, **kwargs)
+            return super().predict(windows, dataset, num_candidates=num_candidates, **kwargs)
         choice, fast = self.verifier_choice, self.cfg.task.verifier.fast_sources
-        out = think_over_sources(self, windows, fast_starts(self.dataset, fast, windows, self.cache), choice["steps"])
+        extra = fast_starts(self.dataset, fast, windows, self.cache, num_paths=num_candidates or LEVELS)
+        out = think_over_sources(self, windows, extra, choice["steps"])
         samples = source_samples(out.candidates, out.energies, choice["selection"], choice["temperature"], [*OWN_SOURCES, *fast])
         label = choice["selection"] + ("" if choice["temperature"] is None else f"@T={choice['temperature']:g}")
-        return replace(out, samples=samples, setting=InferenceSetting(choice["steps"], label))
+        return replace(out, samples=samples, setting=InferenceSetting(choice["steps"], label),
+                       levels=quantile_levels(choice["selection"], samples.shape[1]))

@@ -20,8 +20,6 @@ Every part is a cell written to cells/ as it finishes; a rerun reuses cells of t
 """
 from __future__ import annotations
 
-import copy
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,12 +32,13 @@ from tqdm.auto import tqdm
 from ebt_forecast.baselines import SeasonalNaive
 from ebt_forecast.data.types import ForecastDataset, TestWindow
 from ebt_forecast.data.windows import split_train_val
-from ebt_forecast.io import atomic_save_figure, atomic_write_csv, atomic_write_json, atomic_write_text
-from ebt_forecast.metrics import aggregate, auroc, score_window, score_windows, selective_wql, window_errors
+from ebt_forecast.experiment import Cells
+from ebt_forecast.io import atomic_save_figure, atomic_write_csv, atomic_write_text
+from ebt_forecast.metrics import FORECAST_LEVELS, aggregate, auroc, score_window, score_windows, selective_wql, window_errors
 from ebt_forecast.tasks.base import config_key
 from ebt_forecast.tasks.forecast.benchmark import load_suite, trained_ebt
 from ebt_forecast.tasks.forecast.config import ForecastAppConfig, StudyConfig
-from ebt_forecast.tasks.forecast.forecaster import EBTForecaster, ThoughtForecast
+from ebt_forecast.tasks.forecast.forecaster import EBTForecaster, ThoughtForecast, quantile_levels
 from ebt_forecast.tasks.forecast.sources import (LEVELS, OWN_SOURCES, fast_forecasts, fast_starts, source_samples,
                                                  think_over_sources, train_verifier)
 
@@ -87,7 +86,7 @@ def run_setting(ebt: EBTForecaster, windows: list[TestWindow], s: Setting, extra
     module = ebt.module
     if s.policy == "verifier":
         out = think_over_sources(ebt, windows, extra, s.steps)
-        return _with_samples(out, source_samples(out.candidates, out.energies, "verified", None, sources))
+        return _with_samples(out, source_samples(out.candidates, out.energies, "verified", None, sources), "verified")
     kw = dict(steps=s.steps, selection=s.selection, num_candidates=s.num_candidates, verify_group=s.group)
     if s.policy == "fixed+uphill":
         with module.thinking_with(reject_uphill=True):
@@ -106,19 +105,20 @@ def run_setting(ebt: EBTForecaster, windows: list[TestWindow], s: Setting, extra
         energies[chosen] = thought.energies
         return ThoughtForecast(samples, first.proposals, first.candidates, energies, first.path, first.path_energies,
                                thought.setting, first.forward_passes + thought.forward_passes,
-                               first.backward_passes + thought.backward_passes, first.nonfinite + thought.nonfinite)
+                               first.backward_passes + thought.backward_passes, first.nonfinite + thought.nonfinite,
+                               thought.levels)
     return ebt.predict(windows, **kw)
 
 
-def _with_samples(out: ThoughtForecast, samples: np.ndarray) -> ThoughtForecast:
+def _with_samples(out: ThoughtForecast, samples: np.ndarray, selection: str) -> ThoughtForecast:
     from dataclasses import replace
 
-    return replace(out, samples=samples)
+    return replace(out, samples=samples, levels=quantile_levels(selection, samples.shape[1]))
 
 
 def scored(out: ThoughtForecast, windows: list[TestWindow], season: int, seconds: float, prefix: str = "") -> dict:
     """Metrics, passes per window and wall time of one forecast."""
-    metrics = score_windows(out.samples, windows, season)
+    metrics = score_windows(out, windows, season)
     n = max(len(windows), 1)
     row = {f"{prefix}{k}": metrics[k] for k in METRICS}
     row.update({f"{prefix}forward_per_window": out.forward_passes / n, f"{prefix}backward_per_window": out.backward_passes / n,
@@ -180,7 +180,7 @@ def shared_fixed_cell(ebt: EBTForecaster, dataset: ForecastDataset, settings: li
             samples = out.samples if s.selection == "verified" else reselect(out, s.selection, ebt.cfg.think.temperature,
                                                                              ebt.cfg.seed)
             spent = seconds + time.perf_counter() - start
-            rows[s].update(scored(_with_samples(out, samples), windows, dataset.season_length, spent, prefix))
+            rows[s].update(scored(_with_samples(out, samples, s.selection), windows, dataset.season_length, spent, prefix))
     return list(rows.values())
 
 
@@ -191,17 +191,17 @@ def reference_cell(dataset: ForecastDataset, twin: EBTForecaster, fast: list[str
     sn = SeasonalNaive(dataset.season_length).fit(dataset)
     rows.append({"model": "seasonal_naive", **score_windows(sn.predict(dataset.test_windows, dataset),
                                                              dataset.test_windows, dataset.season_length)})
-    rows.append({"model": "transformer_pp", **score_windows(twin.predict(dataset.test_windows).samples,
+    rows.append({"model": "transformer_pp", **score_windows(twin.predict(dataset.test_windows),
                                                              dataset.test_windows, dataset.season_length),
-                 "val_wql": score_windows(twin.predict(twin.val_windows).samples, twin.val_windows,
+                 "val_wql": score_windows(twin.predict(twin.val_windows), twin.val_windows,
                                           dataset.season_length)["wql"]})
     val = twin.val_windows
     stats = []
     for model in fast:
         val_wql = score_windows(list(fast_forecasts(model, dataset, val, cache, context)), val,
-                                dataset.season_length)["wql"]
+                                dataset.season_length, FORECAST_LEVELS)["wql"]
         test = score_windows(list(fast_forecasts(model, dataset, dataset.test_windows, cache, context)), dataset.test_windows,
-                             dataset.season_length)
+                             dataset.season_length, FORECAST_LEVELS)
         stats.append({"model": model, **test, "val_wql": val_wql})
     rows += stats
     best = min(stats, key=lambda r: r["val_wql"])
@@ -215,7 +215,7 @@ def uncertainty_cell(ebt: EBTForecaster, dataset: ForecastDataset, study: StudyC
     windows, season = dataset.test_windows, dataset.season_length
     out = ebt.predict(windows)  # the forecast the EBT serves: its setting chosen on validation (task.selection=auto)
     starts = ebt.predict(windows, steps=0, selection="verified")
-    scores = [score_window(s, w.future, w.past, season) for s, w in zip(out.samples, windows)]
+    scores = [score_window(s, w.future, w.past, season, out.levels) for s, w in zip(out.samples, windows)]
     errors = window_errors(scores)
     level = np.array([np.nanmean(np.abs(w.past[-ebt.module.model.cfg.context_length:])) + 1e-8 for w in windows])
     q10, q90 = np.quantile(out.samples, [0.1, 0.9], axis=1)
@@ -261,20 +261,12 @@ def ood_cell(ebt: EBTForecaster, name: str, windows: list[TestWindow], season: i
 # the driver
 
 
-class Cells:
-    """cells/<name>__<key>.json, written atomically as each part finishes; reused when `resume`."""
-
-    def __init__(self, folder: Path, resume: bool):
-        self.folder, self.resume = folder, resume
-
-    def get(self, name: str, key: str, compute) -> list[dict]:
-        path = self.folder / f"{name}__{key}.json"
-        if self.resume and path.exists():
-            return json.loads(path.read_text())
-        rows = compute()
-        rows = rows if isinstance(rows, list) else [rows]
-        atomic_write_json(path, rows)
-        return rows
+def as_rows(compute):
+    """A cell's computation whose result is a list of rows (a single row becomes a list of one)."""
+    def rows() -> list[dict]:
+        result = compute()
+        return result if isinstance(result, list) else [result]
+    return rows
 
 
 def study_datasets(app: ForecastAppConfig) -> list[ForecastDataset]:
@@ -302,7 +294,7 @@ def run_study(app: ForecastAppConfig) -> Path:
     datasets = study_datasets(app)
     suite = datasets[0].name if app.input else study.suite
     out = Path(app.runtime.output_dir) / suite
-    cells, cache = Cells(out / "cells", study.resume), out / "cache"
+    cells, cache = Cells(out / "cells", resume=study.resume), out / "cache"
     fast = list(cfg.task.verifier.fast_sources)
     k0 = cfg.think.infer_steps
     settings = study_settings(study, cfg.task.num_candidates, cfg.task.verify_group, k0)
@@ -325,7 +317,7 @@ def run_study(app: ForecastAppConfig) -> Path:
         for steps in dict.fromkeys(s.steps for s in shared):
             group = [s for s in shared if s.steps == steps]
             bar.set_postfix_str(f"{d.name} / fixed[steps={steps}]")
-            sweep += cells.get(f"{d.name}__fixed_steps{steps}", config_key(base, [asdict(s) for s in group]),
+            sweep += cells.run(f"{d.name}__fixed_steps{steps}", config_key(base, [asdict(s) for s in group]),
                                lambda: shared_fixed_cell(ebt, d, group))
             bar.update(len(group))
         for s in settings:
@@ -333,21 +325,21 @@ def run_study(app: ForecastAppConfig) -> Path:
                 continue
             bar.set_postfix_str(f"{d.name} / {s.label}")
             v, verifier = cfg.task.verifier, s.policy == "verifier"
-            key = config_key(base, asdict(s), (v.fast_sources, v.pool_windows, v.steps, study.fast_context)
-                             if verifier else None)
+            key = config_key(base, asdict(s), (v.fast_sources, v.pool_windows, v.steps, v.out_of_fold,
+                                               study.fast_context) if verifier else None)
 
-            def compute(s=s, verifier=verifier, v=v):
-                if verifier and "ebt" not in taught:  # teach a copy once per data set, only if a cell needs it
-                    taught["ebt"] = _taught(ebt, d, fast, cache, v.pool_windows, v.steps, twin(), study.fast_context)
+            def compute(s=s, verifier=verifier, v=v, d=d):
+                if verifier and "ebt" not in taught:  # teach the verifier once per data set, only if a cell needs it
+                    taught["ebt"] = _taught(app, d, fast, cache, twin(), study.fast_context)
                 return sweep_cell(taught["ebt"] if verifier else ebt, d, s, fast, cache, twin() if verifier else None,
                                   study.fast_context)
 
-            sweep += cells.get(f"{d.name}__{s.policy}", key, compute)
+            sweep += cells.run(f"{d.name}__{s.policy}", key, compute)
             bar.update()
-        refs += cells.get(f"{d.name}__references", config_key(base, fast, study.fast_context),
+        refs += cells.run(f"{d.name}__references", config_key(base, fast, study.fast_context),
                           lambda: reference_cell(d, twin(), fast, cache, study.fast_context))
-        unc += cells.get(f"{d.name}__uncertainty", config_key(base, asdict(study), "served"),
-                         lambda: uncertainty_cell(ebt, d, study))
+        unc += cells.run(f"{d.name}__uncertainty", config_key(base, asdict(study), "served"),
+                         as_rows(lambda: uncertainty_cell(ebt, d, study)))
         bar.update(2)
     if study.ood:
         for d in datasets:
@@ -356,14 +348,14 @@ def run_study(app: ForecastAppConfig) -> Path:
             base = config_key(d.name, [len(s) for s in d.train], cfg.model, cfg.think, cfg.trainer.settings(),
                               cfg.task.ebt_fields(), cfg.seed, study.steps, study.ood_selections)
             ebt = ebts[d.name]
-            ood += cells.get(f"{d.name}__ood_in", base, lambda: ood_cell(ebt, "in_distribution", d.test_windows,
+            ood += cells.run(f"{d.name}__ood_in", base, lambda: ood_cell(ebt, "in_distribution", d.test_windows,
                                                                          d.season_length, study.steps, d.name,
                                                                          study.ood_selections))
-            ood += cells.get(f"{d.name}__ood_shift", config_key(base, study.level_shift), lambda: ood_cell(
+            ood += cells.run(f"{d.name}__ood_shift", config_key(base, study.level_shift), lambda: ood_cell(
                 ebt, f"level_shift_{study.level_shift:g}sd", shifted(d.test_windows, study.level_shift),
                 d.season_length, study.steps, d.name, study.ood_selections))
             for o in partners:
-                ood += cells.get(f"{d.name}__ood_on_{o.name}", config_key(base, o.name, len(o.test_windows)),
+                ood += cells.run(f"{d.name}__ood_on_{o.name}", config_key(base, o.name, len(o.test_windows)),
                                  lambda: ood_cell(ebt, f"unseen:{o.name}", o.test_windows, o.season_length,
                                                   study.steps, d.name, study.ood_selections))
             bar.update(2)
@@ -374,12 +366,14 @@ def run_study(app: ForecastAppConfig) -> Path:
     return out
 
 
-def _taught(ebt: EBTForecaster, dataset: ForecastDataset, fast: list[str], cache: Path, windows: int,
-            steps: int, twin: EBTForecaster, context: int | None) -> EBTForecaster:
-    """A copy of the EBT whose energy was taught to rank the sources (the original stays as trained)."""
-    copied = copy.deepcopy(ebt)
-    train_verifier(copied, dataset, fast, cache, windows=windows, steps=steps, twin=twin, context=context)
-    return copied
+def _taught(app: ForecastAppConfig, dataset: ForecastDataset, fast: list[str], cache: Path, twin: EBTForecaster,
+            context: int | None) -> EBTForecaster:
+    """The verifier's own EBT (trained without the pool windows when `task.verifier.out_of_fold`), its energy
+    taught to rank the sources on those windows."""
+    v = app.task.verifier
+    ebt = trained_ebt(dataset, app, cache, reserve_windows=v.pool_windows if v.out_of_fold else 0)
+    train_verifier(ebt, dataset, fast, cache, windows=v.pool_windows, steps=v.steps, twin=twin, context=context)
+    return ebt
 
 
 # ------------------------------------------------------------------------------------------------

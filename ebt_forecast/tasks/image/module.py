@@ -30,7 +30,7 @@ from ebt_forecast.tasks.image.model import (
     ddim_denoise,
     time_of_sigma,
 )
-from ebt_forecast.think import Starts, ThinkConfig
+from ebt_forecast.think import Starts, ThinkConfig, Thought
 
 
 class ImageEBTModule(TaskModule):
@@ -58,11 +58,16 @@ class ImageEBTModule(TaskModule):
         """energy_fn(images (N, C, H, W), index) -> (N,) with `per_image` candidates per noisy image."""
         return cached_energy_fn(encoding.cache, per_image, self.model.energy)
 
-    def denoise(self, noisy: Tensor, steps: int) -> tuple[list[Tensor], list[float]]:
-        """The candidate after each of 0..steps thinking steps (each (B, C, H, W)) and the mean energies."""
-        thought = self.infer({"noisy": noisy}, num_candidates=1, group=1, steps=steps, selection="refined")
-        path = [thought.path[:, t, 0] for t in range(steps + 1)]
-        return path, thought.path_energies[:, :, 0].mean(0).tolist()
+    def denoise(self, noisy: Tensor, steps: int) -> Thought:
+        """Think `steps` steps from the noisy images (B, C, H, W): `path[:, t, 0]` is the image after t steps,
+        `samples[:, 0]` the last, `record` the passes the engine spent (None when it spent none)."""
+        return self.infer({"noisy": noisy}, num_candidates=1, group=1, steps=steps, selection="refined")
+
+    @torch.no_grad()
+    def energy(self, noisy: Tensor, images: Tensor) -> Tensor:
+        """Energies (B,) of candidate clean images (B, C, H, W) given the noisy ones: a diagnostic outside any
+        thinking record (one encoding and one forward)."""
+        return self.model.energy(self.model.encode(noisy).cache, images)
 
     # -- training ------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:

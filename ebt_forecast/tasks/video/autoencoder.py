@@ -3,10 +3,11 @@
     frame (1, H, W) -> conv s2 (w) -> conv s2 (2w) -> conv s2 (4w) -> flatten -> Linear -> z (d)
     z (d) -> Linear -> (4w, H/8, W/8) -> up x2 conv (2w) -> up x2 conv (w) -> up x2 conv (1) -> sigmoid -> frame
 
-Trained by the project on the training frames (mean squared error, AdamW, Lightning through `fit_module`),
-then frozen. Latents are standardised with the training frames' per-dimension mean and standard deviation
-(buffers saved with the weights), so the sequence models see roughly N(0, 1) tokens and noise starts
-N(0, 1) have the latents' scale. The paper used Stable Diffusion's VAE; none is available offline.
+Trained by the project on the training frames (mean squared error, AdamW, Lightning through `fit_module`,
+where and how the shared `trainer` runs: `autoencoder_trainer`), then frozen. Latents are standardised with
+the training frames' per-dimension mean and standard deviation (buffers saved with the weights), so the
+sequence models see roughly N(0, 1) tokens and noise starts N(0, 1) have the latents' scale. The paper used
+Stable Diffusion's VAE; none is available offline.
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ebt_forecast.tasks.base import EXECUTION_FIELDS, TrainerConfig
 
 
 def _conv(cin: int, cout: int, stride: int) -> nn.Sequential:
@@ -81,3 +84,11 @@ class AutoencoderModule(L.LightningModule):
         total = max(1, int(self.trainer.max_steps)) if self.trainer else 1000
         scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=self.lr, total_steps=total, pct_start=0.05)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def autoencoder_trainer(shared: TrainerConfig, steps: int, batch: int, lr: float,
+                        checkpoint_dir: str | None = None) -> TrainerConfig:
+    """The autoencoder's own budget (steps, batch, lr; the optimiser is its module's), run where and how `shared`
+    runs: its accelerator, devices, nodes, strategy and precision, progress bar and checkpoint cadence."""
+    kept = {f: getattr(shared, f) for f in (*EXECUTION_FIELDS, "precision", "progress_bar", "checkpoint_every")}
+    return TrainerConfig(max_steps=steps, batch_size=batch, lr=lr, checkpoint_dir=checkpoint_dir, **kept)

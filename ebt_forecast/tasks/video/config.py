@@ -1,10 +1,10 @@
 """The video task's configuration: its node in Hydra's `task` group and the `video` command's fields.
 
 `ebt-forecast video` reads `task` (how the EBT's candidates start and which steps its loss reads), `video`
-(data, frame size, autoencoder, clips, evaluation grid) and the shared `model`, `think` and `trainer` nodes,
-whose video defaults are below. Recipes: the defaults are System 1 (2 steps, learnable alpha, loss averaged
-over the steps); `experiment=video_system2` is System 2 (randomised steps and alpha, Langevin noise, replay,
-loss on the last step).
+(data, frame size, autoencoder, clips, evaluation grid, rollout horizons) and the shared `model`, `think` and
+`trainer` nodes (the autoencoder too trains where and how `trainer` says), whose video defaults are below.
+Recipes: the defaults are System 1 (2 steps, learnable alpha, loss averaged over the steps);
+`experiment=video_system2` is System 2 (randomised steps and alpha, Langevin noise, replay, loss on the last step).
 """
 from __future__ import annotations
 
@@ -78,6 +78,7 @@ class VideoRunConfig:
     eval_batch: int = 32
     think_steps: list[int] = field(default_factory=lambda: [0, 1, 2, 4, 8])
     candidate_counts: list[int] = field(default_factory=lambda: [1, 2, 4, 8])  # self-verification N
+    rollout_steps: list[int] = field(default_factory=lambda: [1, 2, 4, 8])  # autoregressive horizons k; [] = none
     models: list[str] = field(default_factory=lambda: list(MODELS))
     strip_clips: int = 2  # clips shown in the PNG strip of true vs predicted frames
 
@@ -101,6 +102,7 @@ class VideoRunConfig:
                   ("think_steps", bool(self.think_steps) and min(self.think_steps) >= 0, "a non-empty list of ints >= 0"),
                   ("candidate_counts", bool(self.candidate_counts) and min(self.candidate_counts) >= 1,
                    "a non-empty list of ints >= 1"),
+                  ("rollout_steps", all(k >= 1 for k in self.rollout_steps), "a list of ints >= 1"),
                   ("models", bool(self.models) and all(m in MODELS for m in self.models),
                    f"a non-empty list of {', '.join(MODELS)}"),
                   ("strip_clips", self.strip_clips >= 0, ">= 0")]

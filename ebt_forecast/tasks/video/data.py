@@ -1,7 +1,8 @@
 """The video task's data: real clips decoded with PyAV, a generated moving-digits set, splits, training windows.
 
 Frames are float32 arrays (T, 1, H, W) in [0, 1] (grayscale). A clip is `clip_length` consecutive frames; the
-sequence models see clips of frame latents (N, L, d) and predict frames 1..L-1 from frames 0..L-2.
+sequence models see clips of frame latents (N, L, d) and predict frames 1..L-1 from frames 0..L-2. Rollout
+clips are longer (L - 1 true context frames, then max(rollout_steps) frames to predict autoregressively).
 
 - Real videos (`read_video`, `read_folder`): every frame, centre-cropped to a square and resized with area
   averaging. A video of the training folder is split in time (first `train_fraction` of its frames train,
@@ -14,7 +15,7 @@ sequence models see clips of frame latents (N, L, d) and predict frames 1..L-1 f
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -163,6 +164,7 @@ class VideoSets:
     ood: list[str]  # names of the out-of-distribution evaluation sets
     description: str
     key: str  # config_key of everything the clips depend on (files, splits, generator settings, seed)
+    rollout: dict[str, np.ndarray] = field(default_factory=dict)  # longer clips (N, L - 1 + max k, ...) per set
 
 
 def evenly(clips: np.ndarray, count: int) -> np.ndarray:
@@ -178,22 +180,27 @@ def load_sets(cfg: VideoRunConfig, seed: int) -> VideoSets:
     digits: training clips (training digit images), evaluation "digits" (test digit images, the training motion),
     OOD "digits_more" (cfg.ood_digits digits) and "digits_fast" (cfg.ood_speed). clips: each video not held out
     split in time (clips within a part, never across), evaluation "clips" = the test parts; held-out videos are
-    the OOD set "clips_heldout"."""
+    the OOD set "clips_heldout". Rollout clips (`rollout`, when `rollout_steps` is set): the same sets' clips
+    extended to L - 1 + max(rollout_steps) frames (digits: the same draws, longer; videos: cut from the same
+    parts, a set left out when every part is shorter). `key` does not depend on the rollout length."""
     n, size = cfg.clip_length, cfg.frame_size
+    long = n - 1 + max(cfg.rollout_steps) if cfg.rollout_steps else 0
     train: dict[str, np.ndarray] = {}
     evaluation: dict[str, np.ndarray] = {}
+    rollout: dict[str, np.ndarray] = {}
     ood: list[str] = []
     notes, key_parts = [], [n, size, seed]
     if "digits" in cfg.sources:
         kw = dict(canvas=size, digit_size=cfg.digit_size)
         speed, fast = tuple(cfg.speed), tuple(cfg.ood_speed)
         train["digits"] = moving_digits(cfg.train_clips, n, digits=cfg.digits, speed=speed, seed=seed + 1, **kw)
-        evaluation["digits"] = moving_digits(cfg.eval_clips, n, digits=cfg.digits, speed=speed, split="test",
-                                             seed=seed + 3, **kw)
-        evaluation["digits_more"] = moving_digits(cfg.eval_clips, n, digits=cfg.ood_digits, speed=speed, split="test",
-                                                  seed=seed + 4, **kw)
-        evaluation["digits_fast"] = moving_digits(cfg.eval_clips, n, digits=cfg.digits, speed=fast, split="test",
-                                                  seed=seed + 5, **kw)
+        for name, count, motion, k in [("digits", cfg.digits, speed, 3), ("digits_more", cfg.ood_digits, speed, 4),
+                                       ("digits_fast", cfg.digits, fast, 5)]:  # a clip's draws precede its frames
+            clips = moving_digits(cfg.eval_clips, max(n, long), digits=count, speed=motion, split="test",
+                                  seed=seed + k, **kw)
+            evaluation[name] = np.ascontiguousarray(clips[:, :n])
+            if long:
+                rollout[name] = clips[:, :long]
         ood += ["digits_more", "digits_fast"]
         notes.append(f"moving digits: {cfg.train_clips} training clips ({cfg.digits} digits, {speed[0]:g}-{speed[1]:g} "
                      f"px/frame); OOD {cfg.ood_digits} digits, and {fast[0]:g}-{fast[1]:g} px/frame")
@@ -206,15 +213,17 @@ def load_sets(cfg: VideoRunConfig, seed: int) -> VideoSets:
             raise DataError(f"video.heldout names {', '.join(map(repr, missing))}, not in {cfg.clips!r} "
                             f"(it holds {', '.join(videos)})")
         parts: dict[str, list[np.ndarray]] = {"train": [], "test": [], "heldout": []}
+        longer: dict[str, list[np.ndarray]] = {"test": [], "heldout": []}  # rollout clips
         for name, frames in videos.items():
-            if name in cfg.heldout:
-                parts["heldout"].append(cut_clips(frames, n, 1, f"video.heldout {name!r}"))
-                continue
-            for split, part in split_in_time(frames, cfg.train_fraction).items():
+            split_parts = {"heldout": frames} if name in cfg.heldout else split_in_time(frames, cfg.train_fraction)
+            for split, part in split_parts.items():
                 if split == "validation":  # read by nothing yet: it keeps test frames apart from training frames
                     continue
-                parts[split].append(cut_clips(part, n, 1, f"the {split} part of {name!r} ({len(frames)} frames, "
-                                                           f"video.train_fraction={cfg.train_fraction})"))
+                where = f"video.heldout {name!r}" if split == "heldout" else (
+                    f"the {split} part of {name!r} ({len(frames)} frames, video.train_fraction={cfg.train_fraction})")
+                parts[split].append(cut_clips(part, n, 1, where))
+                if split in longer and long and len(part) >= long:
+                    longer[split].append(cut_clips(part, long, 1, where))
         if not parts["train"]:
             raise DataError(f"every video in {cfg.clips!r} is held out (video.heldout): none left to train on")
         train["clips"] = np.concatenate(parts["train"])
@@ -222,6 +231,9 @@ def load_sets(cfg: VideoRunConfig, seed: int) -> VideoSets:
         if parts["heldout"]:
             evaluation["clips_heldout"] = evenly(np.concatenate(parts["heldout"]), cfg.eval_clips)
             ood.append("clips_heldout")
+        for split, name in [("test", "clips"), ("heldout", "clips_heldout")]:
+            if longer[split]:
+                rollout[name] = evenly(np.concatenate(longer[split]), cfg.eval_clips)
         trained_on = [v for v in videos if v not in cfg.heldout]
         notes.append(f"real videos in {cfg.clips!r}: {', '.join(trained_on)} split in time ({cfg.train_fraction:g} "
                      f"train, {len(train['clips'])} training clips); held out: {', '.join(cfg.heldout) or 'none'}")
@@ -230,4 +242,5 @@ def load_sets(cfg: VideoRunConfig, seed: int) -> VideoSets:
     order = [s for s in evaluation if s not in ood] + [s for s in evaluation if s in ood]
     evaluation = {s: evaluation[s] for s in order}
     description = "; ".join(notes) + f"; {n} frames per clip, {size}x{size} grayscale"
-    return VideoSets(train, evaluation, ood, description, config_key(*key_parts))
+    rollout = {s: rollout[s] for s in order if s in rollout}
+    return VideoSets(train, evaluation, ood, description, config_key(*key_parts), rollout)

@@ -7,14 +7,17 @@ training resumes from its last Lightning checkpoint), and one JSON of metrics pe
 under `cells/<key>/`. Metrics of predicted next frames (frames 1..L-1 of every clip, teacher-forced): latent
 MSE (standardised latents) and pixel PSNR (the decoded prediction against the true frame), against thinking
 steps and self-verification candidates N; beside them the copy-last-frame baseline and the autoencoder's
-ceiling (the true next latent, decoded). Outputs: video.md, video.csv, plots/*.png and strip.png (true
-against predicted frames).
+ceiling (the true next latent, decoded). Autoregressive rollouts (`video.rollout_steps`, cells under
+`cells/rollout_<key>/`): from L - 1 true frames each model predicts the next latent, appends it to the
+frames it reads and continues; latent MSE and PSNR at each horizon k. Outputs: video.md, video.csv,
+video_rollout.csv, plots/*.png and strip.png (true against predicted frames).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
@@ -25,8 +28,8 @@ from torch import Tensor
 
 from ebt_forecast.io import atomic_save_figure, atomic_torch_save, atomic_write_csv, atomic_write_json, atomic_write_text
 from ebt_forecast.metrics import psnr, rowwise_spearman
-from ebt_forecast.tasks.base import TaskModule, TrainerConfig, config_key, fit_module
-from ebt_forecast.tasks.video.autoencoder import AutoencoderModule, FrameAutoencoder
+from ebt_forecast.tasks.base import TaskModule, config_key, fit_module
+from ebt_forecast.tasks.video.autoencoder import AutoencoderModule, FrameAutoencoder, autoencoder_trainer
 from ebt_forecast.tasks.video.config import VideoAppConfig
 from ebt_forecast.tasks.video.data import VideoSets, WeightedDraws, load_sets
 from ebt_forecast.tasks.video.module import TransformerPPVideoModule, VideoModule
@@ -46,10 +49,12 @@ def source_weights(app: VideoAppConfig, sets: VideoSets) -> list[float]:
 
 def load_or_train_autoencoder(app: VideoAppConfig, sets: VideoSets,
                               folder: Path) -> tuple[FrameAutoencoder, str, dict]:
-    """The frame autoencoder, trained once on the training frames (weighted by source) and then loaded."""
+    """The frame autoencoder, trained once on the training frames (weighted by source) and then loaded; trained
+    where and how `app.trainer` runs (accelerator, devices, strategy, precision), float32 afterwards."""
     v = app.video
+    precision = [] if app.trainer.precision == "32-true" else [app.trainer.precision]  # keeps older keys
     key = config_key("autoencoder", v.frame_size, v.latent_dim, v.ae_width, v.ae_steps, v.ae_batch, v.ae_lr,
-                     v.clip_weight, sets.key, app.seed)
+                     v.clip_weight, sets.key, app.seed, *precision)
     path, meta_path = folder / f"autoencoder_{key}.pt", folder / f"autoencoder_{key}.json"
     L.seed_everything(app.seed, workers=True, verbose=False)
     module = AutoencoderModule(v.frame_size, v.latent_dim, v.ae_width, v.ae_lr)
@@ -57,15 +62,14 @@ def load_or_train_autoencoder(app: VideoAppConfig, sets: VideoSets,
         module.model.load_state_dict(torch.load(path, weights_only=True))
         return module.model.eval(), key, json.loads(meta_path.read_text())
     frames = [torch.from_numpy(c.reshape(-1, *c.shape[2:])) for c in sets.train.values()]
-    trainer = TrainerConfig(max_steps=v.ae_steps, batch_size=v.ae_batch, lr=v.ae_lr,
-                            progress_bar=app.trainer.progress_bar, checkpoint_every=app.trainer.checkpoint_every,
-                            checkpoint_dir=str(Path(app.trainer.checkpoint_dir) / f"autoencoder_{key}")
-                            if app.trainer.checkpoint_dir else None)
+    trainer = autoencoder_trainer(app.trainer, v.ae_steps, v.ae_batch, v.ae_lr,
+                                  str(Path(app.trainer.checkpoint_dir) / f"autoencoder_{key}")
+                                  if app.trainer.checkpoint_dir else None)
     print(f"training the frame autoencoder ({sum(p.numel() for p in module.parameters()):,} parameters, "
           f"{v.ae_steps} steps x {v.ae_batch} frames)")
     report = fit_module(module, WeightedDraws(frames, source_weights(app, sets), v.ae_steps * v.ae_batch, app.seed,
                                               key="frame"), trainer, seed=None, run_key=key)
-    model = module.model.eval()
+    model = module.model.float().eval()  # a 64-true / 16-true / bf16-true run leaves its dtype on the weights
     g = torch.Generator().manual_seed(app.seed)
     sample = torch.cat([f[torch.randperm(len(f), generator=g)[:4096]] for f in frames])
     model.fit_standardisation(sample)
@@ -120,6 +124,7 @@ def train_model(kind: str, app: VideoAppConfig, latents: list[Tensor], weights: 
     print(f"training {kind} ({params:,} parameters, {trainer.max_steps} steps x {trainer.batch_size} clips)")
     draws = WeightedDraws(latents, weights, trainer.max_steps * trainer.batch_size, app.seed + 7)
     report = fit_module(module, draws, trainer, seed=None, run_key=key)
+    module.float()  # evaluation reads float32 latents whatever the training precision
     meta = {"seconds": report.seconds, "steps": report.steps, "clips": report.steps * trainer.batch_size,
             "parameters": params, "alpha": float(module.step_size().detach()) if kind == "ebt" else None}
     atomic_torch_save(module.state_dict(), path)
@@ -230,6 +235,57 @@ def evaluate(trained: Trained, ae: FrameAutoencoder, name: str, latents: Tensor,
     return rows
 
 
+def rollout(predict: Callable[[Tensor], Tensor], context: Tensor, horizon: int, window: int) -> Tensor:
+    """Latents (B, horizon, d) predicted after a true `context` (B, C, d), one frame at a time: `predict` maps
+    frames (B, <= window, d) to the next latent (B, d) and reads the last `window` frames, its own predictions
+    appended to the true ones."""
+    frames, out = context, []
+    for _ in range(horizon):
+        out.append(predict(frames[:, -window:]))
+        frames = torch.cat([frames, out[-1][:, None]], 1)
+    return torch.stack(out, 1)
+
+
+def next_latent(module: TaskModule, steps: int, generator: torch.Generator) -> Callable[[Tensor], Tensor]:
+    """A sequence model's default next-latent prediction after frames (B, T, d) -> (B, d): the EBT thinks `steps`
+    from one start (as in its one-step evaluation), the Transformer++ twin's forward."""
+
+    def predict(frames: Tensor) -> Tensor:
+        x = torch.cat([frames, frames[:, -1:]], 1)  # a placeholder next frame: no candidate reads it
+        thought = module.infer({"x": x}, num_candidates=1, group=1, steps=steps, selection="refined",
+                               generator=generator)
+        return thought.samples[:, 0, -1].detach()
+
+    return predict
+
+
+def evaluate_rollouts(trained: Trained | None, ae: FrameAutoencoder, name: str, latents: Tensor, clips: np.ndarray,
+                      app: VideoAppConfig) -> list[dict]:
+    """Latent MSE and PSNR of frame L - 2 + k of each rollout clip (N, L - 1 + max k, ...) at every horizon k in
+    `video.rollout_steps`, predicted from the L - 1 true frames before it and the model's own predictions since
+    (`rollout`). trained None: the baselines, copy_last (the last true frame, its pixels) and autoencoder (the
+    true latent, decoded). Deterministic: the EBT's starts come from app.seed."""
+    v = app.video
+    s, horizon, tally = v.clip_length - 1, max(v.rollout_steps), Tally(ae)
+    frames, generator = torch.from_numpy(clips), torch.Generator().manual_seed(app.seed)
+    for c in chunks(len(latents), v.eval_batch):
+        z, f = latents[c], frames[c]
+        target, true_frames = z[:, s:s + horizon], f[:, s:s + horizon]
+        if trained is None:
+            predictions = {"copy_last": (z[:, s - 1:s].expand_as(target), f[:, s - 1:s].expand_as(true_frames)),
+                           "autoencoder": (target, None)}
+        else:
+            predict = next_latent(trained.module, app.think.infer_steps, generator)
+            predictions = {trained.kind: (rollout(predict, z[:, :s], horizon, s), None)}
+        for kind, (latent, pixels) in predictions.items():
+            for k in sorted(set(v.rollout_steps)):
+                at = slice(k - 1, k)
+                tally.add((kind, k, 1), latent[:, at], target[:, at], true_frames[:, at],
+                          pixels=None if pixels is None else pixels[:, at])
+    return [{"model": r["model"], "set": name, "k": r["steps"], "frames": r["frames"], "latent_mse": r["latent_mse"],
+             "psnr": r["psnr"]} for r in tally.rows(None, name)]
+
+
 def cell(path: Path, run) -> list[dict]:
     """A finished cell from disk, or run it and write it atomically."""
     if path.exists():
@@ -243,6 +299,13 @@ def evaluation_key(app: VideoAppConfig, ae_key: str, data_key: str) -> str:
     v = app.video
     return config_key("rows-v2", ae_key, data_key, v.eval_batch, v.think_steps, v.candidate_counts, app.think.infer_steps,
                       app.think.infer_langevin_std, app.think.stop_policy, app.think.reject_uphill, app.seed)
+
+
+def rollout_key(app: VideoAppConfig, ae_key: str, data_key: str) -> str:
+    """The key of the rollout cells: everything they depend on but the models (named in each cell's file)."""
+    v, t = app.video, app.think
+    return config_key("rollout-v1", ae_key, data_key, v.rollout_steps, v.eval_batch, t.infer_steps,
+                      t.infer_langevin_std, t.stop_policy, t.reject_uphill, app.seed)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -273,8 +336,16 @@ def run_video_command(app: VideoAppConfig) -> int:
         for kind, model in trained.items():
             rows += cell(folder / f"{kind}_{model.key}_{name}.json",
                          lambda: evaluate(model, ae, name, eval_latents[name], clips, app))
+    rollouts = []
+    folder = root / "cells" / f"rollout_{rollout_key(app, ae_key, data_key)}"
+    for name, clips in sets.rollout.items():
+        z = encode_clips(ae, clips)
+        rollouts += cell(folder / f"baselines_{name}.json", lambda: evaluate_rollouts(None, ae, name, z, clips, app))
+        for kind, model in trained.items():
+            rollouts += cell(folder / f"{kind}_{model.key}_{name}.json",
+                             lambda: evaluate_rollouts(model, ae, name, z, clips, app))
     frame = pd.DataFrame(rows)
-    write_report(root, app, sets, ae_meta, trained, frame)
+    write_report(root, app, sets, ae_meta, trained, frame, pd.DataFrame(rollouts))
     write_strip(root, app, sets, ae, eval_latents, trained)
     return 0
 
@@ -293,8 +364,8 @@ def headline(frame: pd.DataFrame, model: str, name: str) -> pd.Series | None:
 
 
 def write_report(root: Path, app: VideoAppConfig, sets: VideoSets, ae_meta: dict, trained: dict[str, Trained],
-                 frame: pd.DataFrame) -> None:
-    """video.md, video.csv and the plots, atomically."""
+                 frame: pd.DataFrame, rollouts: pd.DataFrame) -> None:
+    """video.md, video.csv, video_rollout.csv and the plots, atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -363,6 +434,8 @@ def write_report(root: Path, app: VideoAppConfig, sets: VideoSets, ae_meta: dict
         alpha = trained["ebt"].meta.get("alpha") if "ebt" in trained else None
         if alpha is not None:
             lines += ["", f"Learned alpha after training: {alpha:.3g}."]
+    if len(rollouts):
+        lines += write_rollouts(root, app, frame, rollouts, tag, models)
     atomic_write_text(root / "video.md", "\n".join(lines) + "\n")
 
     for kind, column, xlabel, fname in [("steps", "steps", "thinking steps", "latent_mse_vs_steps.png"),
@@ -388,7 +461,53 @@ def write_report(root: Path, app: VideoAppConfig, sets: VideoSets, ae_meta: dict
         fig.subplots_adjust(left=0.06, right=0.99, bottom=0.17, top=0.9, wspace=0.3)
         atomic_save_figure(fig, root / "plots" / fname)
     print("\n".join(lines))
-    print(f"\nwritten: {root / 'video.md'}, {root / 'video.csv'}, {root / 'plots'}, {root / 'strip.png'}")
+    print(f"\nwritten: {root / 'video.md'}, {root / 'video.csv'}, {root / 'video_rollout.csv'}, {root / 'plots'}, "
+          f"{root / 'strip.png'}")
+
+
+def write_rollouts(root: Path, app: VideoAppConfig, frame: pd.DataFrame, rollouts: pd.DataFrame,
+                   tag: dict[str, str], models: list[str]) -> list[str]:
+    """video_rollout.csv and plots/latent_mse_vs_rollout.png, atomically; video.md's rollout table (its lines),
+    latent MSE / PSNR at each horizon k beside each model's one-step (teacher-forced) numbers."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FormatStrFormatter
+
+    atomic_write_csv(rollouts, root / "video_rollout.csv")
+    s, ks, names = app.video.clip_length - 1, sorted(rollouts["k"].unique()), list(dict.fromkeys(rollouts["set"]))
+    fmt = lambda r: f"{r['latent_mse']:.4f} / {r['psnr']:.2f}"  # noqa: E731
+    lines = ["", "## Autoregressive rollouts", "",
+             f"From the first {s} true frames of longer clips ({s + max(ks)} frames), each model predicts the next "
+             f"latent, appends its own prediction to the frames it reads (the last {s}) and continues; k = frames "
+             f"ahead (k = 1 reads true frames only). EBT: {app.think.infer_steps} thinking steps from one start per "
+             "frame. Latent MSE / PSNR (dB); one-step: the teacher-forced numbers above (frames 1.."
+             f"{s}, every context length).", "",
+             "| set | model | one-step | " + " | ".join(f"k={k}" for k in ks) + " |",
+             "|---|---|---:|" + "---:|" * len(ks)]
+    for name in names:
+        for model in [m for m in models if m in set(rollouts[rollouts["set"] == name]["model"])]:
+            r = rollouts[(rollouts["set"] == name) & (rollouts["model"] == model)].set_index("k")
+            one = headline(frame, model, name)
+            cells = ["" if one is None else fmt(one), *(fmt(r.loc[k]) for k in ks)]
+            lines.append(f"| {tag[name]} | {model} | " + " | ".join(cells) + " |")
+    missing = [n for n in tag if n not in names]
+    if missing:
+        lines += ["", f"Not rolled out (every clip shorter than {s + max(ks)} frames): {', '.join(missing)}."]
+    fig, axes = plt.subplots(1, len(names), figsize=(3.0 * len(names), 3.0), squeeze=False)
+    at = np.arange(len(ks))  # evenly spaced horizons (1, 2, 4, 8)
+    for ax, name in zip(axes[0], names):
+        for model, style in [("ebt", "-"), ("transformer_pp", "--"), ("copy_last", ":")]:
+            r = rollouts[(rollouts["set"] == name) & (rollouts["model"] == model)].set_index("k")
+            if len(r):
+                ax.plot(at, [r.loc[k, "latent_mse"] for k in ks], marker="o", ls=style, label=model)
+        ax.set_xticks(at, [str(k) for k in ks])
+        ax.yaxis.set_major_formatter(FormatStrFormatter("%.3g"))  # plain numbers: mathtext labels are slow
+        ax.set_title(tag[name], fontsize=9)
+        ax.set_xlabel("rollout k (frames ahead)", fontsize=8)
+    axes[0][0].set_ylabel("latent MSE")
+    axes[0][0].legend(fontsize=7)
+    fig.subplots_adjust(left=0.06, right=0.99, bottom=0.17, top=0.9, wspace=0.3)
+    atomic_save_figure(fig, root / "plots" / "latent_mse_vs_rollout.png")
+    return lines
 
 
 @torch.no_grad()
