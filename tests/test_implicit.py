@@ -193,18 +193,34 @@ def test_forecast_training_step_with_implicit_gradient():
     assert module.step_size.raw.grad is None
 
 
-def test_forecaster_trains_with_implicit_gradient_and_a_learnable_alpha():
-    """A few Lightning steps with think.gradient=implicit: alpha's optimizer group has no gradient and
-    stays put, the other weights move, and the forecasts are finite."""
+def test_forecaster_trains_with_implicit_gradient_and_a_learnable_alpha(monkeypatch):
+    """A few Lightning steps with think.gradient=implicit: alpha is learnable but gets no gradient and stays
+    put, every other weight the energy and the proposals depend on moves, and the forecasts are finite."""
     from test_forecast import make_task, seasonal_series, small_config
 
+    from ebt_forecast.tasks.forecast import forecaster as forecaster_module
     from ebt_forecast.tasks.forecast.forecaster import EBTForecaster
 
+    initial = {}
+    real_fit = forecaster_module.fit_module
+
+    def recording_fit(module, *args, **kwargs):
+        initial.update({k: v.detach().clone() for k, v in module.state_dict().items()})
+        return real_fit(module, *args, **kwargs)
+
+    monkeypatch.setattr(forecaster_module, "fit_module", recording_fit)
     task = make_task(seasonal_series(2, 300, seed=1), num_windows=1)
     ebt = EBTForecaster(small_config(max_steps=4, num_candidates=5, think={"gradient": "implicit", "train_steps": 3,
                                                                              "learn_alpha": True, "alpha": 0.7}), "ebt")
     ebt.fit(task)
-    assert float(ebt.module.step_size.raw.detach()) == pytest.approx(0.7)
+    alpha = ebt.module.step_size.raw
+    assert alpha.requires_grad and float(initial["step_size.raw"]) == pytest.approx(0.7)
+    assert float(alpha.detach()) == float(initial["step_size.raw"])  # learnable, yet not moved at all
+    trained = ebt.module.state_dict()
+    params = [n for n, p in ebt.module.named_parameters() if p.requires_grad and n != "step_size.raw"]
+    still = [n for n in params if torch.equal(trained[n], initial[n])]
+    assert not still, f"weights that did not move: {still}"
+    assert any(n.startswith("model.energy_head.") for n in params)  # the energy itself is among the moved weights
     assert all(np.isfinite(s).all() for s in ebt.predict(task.test_windows))
 
 

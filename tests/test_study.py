@@ -53,8 +53,8 @@ def test_pass_counts_in_the_table_are_the_engines(finished):
     for label in ("fixed[steps=3,verified,M=21,G=2]", "energy_change[steps=3,verified,M=21,G=2,tol=0.01]",
                   "top_energy[steps=3,verified,M=21,G=2,top=0.5]", "candidates[steps=2,verified,M=4,G=2]"):
         row = table[table.label == label].iloc[0]
-        setting = study_module.Setting(row.policy, int(row.steps), row.selection, int(row.num_candidates),
-                                       int(row.group), None if pd.isna(row.param) else float(row.param))
+        setting = study_module.Setting.of(row.policy, int(row.steps), row.selection, int(row.num_candidates),
+                                          int(row.group), None if pd.isna(row.param) else float(row.param))
         again = study_module.run_setting(ebt, test, setting)
         assert (row.forward_passes, row.backward_passes) == (again.forward_passes, again.backward_passes), label
         np.testing.assert_allclose(row.wql, aggregate([score_window(s, w.future, w.past, 24)

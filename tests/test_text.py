@@ -184,27 +184,104 @@ TINY_TEXT_RUN = ["runtime.threads=1", "text.ood=", "text.vocab_size=300", "text.
                  "text.generated=[]", "text.think_steps=[1]", "text.candidate_counts=[1]"]
 
 
-def test_the_system2_recipe_trains_with_replay_noise_and_random_steps(tmp_path):
+def test_the_system2_recipe_trains_with_replay_noise_and_random_steps(tmp_path, monkeypatch):
+    """experiment=text_system2, watched inside its training steps: from the second step on, half of each batch
+    (the last rows) are earlier rows of the replay buffer, which then holds every fresh row pushed; each call
+    thinks for 2 or 3 steps (both drawn); the first energy reads the start plus Langevin noise of std 3."""
+    from ebt_forecast.tasks.text import module as text_module
+
+    calls, replays, active = [], [], []
+    real_step, real_think, real_mix = (text_module.TextModule.training_step, text_module.TextModule.think,
+                                       text_module.mix_replay)
+
+    def watched_step(self, batch, batch_idx):
+        training = getattr(self, "_trainer", None) is not None  # not the FLOP count made after training
+        active[:] = [self] if training else []
+        try:
+            return real_step(self, batch, batch_idx)
+        finally:
+            active.clear()
+
+    def watched_think(self, energy_fn, init, **kwargs):
+        if not active:  # evaluation
+            return real_think(self, energy_fn, init, **kwargs)
+        seen = []
+        result = real_think(self, lambda x, index: seen.append(x.detach().clone()) or energy_fn(x, index), init, **kwargs)
+        calls.append({"init": init.detach().clone(), "first_energy_input": seen[0], "steps": result.record.steps_budget,
+                      "module": self})
+        return result
+
+    def watched_mix(buffer, rows, fraction, generator=None):
+        mixed, replayed = real_mix(buffer, rows, fraction, generator)
+        if active:
+            stored = [r["x"] for r in buffer._rows] if replayed else []
+            replays.append({"replayed": replayed, "size": len(buffer), "x": mixed["x"].clone(), "stored": stored})
+        return mixed, replayed
+
+    monkeypatch.setattr(text_module.TextModule, "training_step", watched_step)
+    monkeypatch.setattr(text_module.TextModule, "think", watched_think)
+    monkeypatch.setattr(text_module, "mix_replay", watched_mix)
     corpus = tiny_corpus(tmp_path / "corpus")
     out = tmp_path / "out"
+    steps, batch = 8, 4
+    run = [a for a in TINY_TEXT_RUN if not a.startswith("trainer.max_steps=")] + [f"trainer.max_steps={steps}"]
     assert main(["text", "experiment=text_system2", f"runtime.output_dir={out}", f"text.corpus={corpus}",
-                 "model.dim=32", "model.heads=2", "text.models=[ebt]", *TINY_TEXT_RUN]) == 0
+                 "model.dim=32", "model.heads=2", "text.models=[ebt]", *run]) == 0
+    assert len(calls) == len(replays) == steps
+    # replay: nothing on the first step, then the last half of the batch are rows stored earlier
+    fresh = batch // 2
+    assert [r["replayed"] for r in replays] == [False] + [True] * (steps - 1)
+    assert [r["size"] for r in replays] == [0] + [batch + fresh * i for i in range(steps - 1)]
+    for r in replays[1:]:
+        for row in r["x"][fresh:]:
+            assert any(torch.equal(row, old) for old in r["stored"])
+    trained = calls[-1]["module"]
+    assert all(c["module"] is trained for c in calls)
+    assert len(trained.replay) == batch + fresh * (steps - 1)  # every fresh row pushed; the 192-row cap not reached
+    # random steps: every call's budget lies in [train_steps_min, train_steps] = [2, 3], and both occur
+    assert {c["steps"] for c in calls} == {2, 3}
+    # Langevin noise: the first energy evaluation reads start + N(0, 3^2), element by element
+    for c in calls:
+        noise = c["first_energy_input"] - c["init"].reshape(c["first_energy_input"].shape)
+        assert abs(float(noise.mean())) < 0.1 and abs(float(noise.std()) - 3.0) < 0.1
     table = pd.read_csv(out / "corpus" / "text.csv")
     default = table[(table["kind"] == "verify") & (table["steps"] == 3)]  # the recipe's 3 inference steps
     assert len(default) == 2 and np.isfinite(default["perplexity"]).all()
 
 
-def test_the_scaling_experiment_fits_a_slope_per_model(tmp_path):
+def test_the_scaling_experiment_fits_a_slope_per_model(tmp_path, monkeypatch):
+    """The reported log-log slope is the least-squares slope of log perplexity on log size: fed perplexities that
+    follow c * parameters^-0.3 (ebt) and c * parameters^-0.5 (the twin) at three widths, the report says -0.300 and
+    -0.500 against parameters, and the closed-form slope cov / var against the other size columns."""
+    from ebt_forecast.tasks.text import run as text_run
+
+    exponent = {"ebt": -0.3, "transformer_pp": -0.5}
+    trained = []
+    real_train = text_run.train_model
+    monkeypatch.setattr(text_run, "train_model", lambda *a, **k: trained.append(real_train(*a, **k)) or trained[-1])
+    monkeypatch.setattr(text_run, "headline", lambda frame, model, name, steps: pd.Series(
+        {"perplexity": 40.0 * trained[-1].meta["parameters"] ** exponent[model]}))
     corpus = tiny_corpus(tmp_path / "corpus")
     out = tmp_path / "out"
-    assert main(["text", "experiment=text_scaling", "text.scaling_dims=[16,32]", "text.head_dim=16",
+    assert main(["text", "experiment=text_scaling", "text.scaling_dims=[16,32,48]", "text.head_dim=16",
                  f"runtime.output_dir={out}", f"text.corpus={corpus}", *TINY_TEXT_RUN]) == 0
     root = out / "corpus"
     table = pd.read_csv(root / "text_scaling.csv")
-    assert sorted(zip(table["model"], table["dim"])) == [("ebt", 16), ("ebt", 32), ("transformer_pp", 16),
-                                                         ("transformer_pp", 32)]
-    assert (table.groupby("model")["parameters"].nunique() == 2).all()
-    assert "vs training FLOPs" in (root / "text_scaling.md").read_text()
+    assert sorted(zip(table["model"], table["dim"])) == [(m, d) for m in ("ebt", "transformer_pp") for d in (16, 32, 48)]
+    assert (table.groupby("model")["parameters"].nunique() == 3).all()
+    report = (root / "text_scaling.md").read_text()
+    rows = {line.split("|")[1].strip(): [float(v) for v in line.split("|")[2:5]]
+            for line in report.splitlines() if line.startswith("| ") and line.count("|") == 5 and "model" not in line}
+    assert set(rows) == set(exponent)
+
+    def slope(x: np.ndarray, y: np.ndarray) -> float:  # least squares by hand: cov(log x, log y) / var(log x)
+        lx, ly = np.log(x), np.log(y)
+        return float(((lx - lx.mean()) * (ly - ly.mean())).sum() / ((lx - lx.mean()) ** 2).sum())
+
+    for model, r in table.groupby("model"):
+        assert rows[model][0] == pytest.approx(exponent[model], abs=5e-4)
+        for k, column in enumerate(["parameters", "non_embedding_parameters", "train_flops"]):
+            assert rows[model][k] == pytest.approx(slope(r[column].to_numpy(), r["perplexity"].to_numpy()), abs=5e-4)
     assert (root / "plots" / "scaling.png").exists()
 
 

@@ -19,9 +19,8 @@ import json
 import math
 import time
 from abc import abstractmethod
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, is_dataclass, replace
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -37,6 +36,7 @@ from ebt_forecast.nn.transformer import KVCache
 from ebt_forecast.think import (
     ConfigError,
     EnergyFn,
+    InferencePolicy,
     Starts,
     StepSize,
     ThinkConfig,
@@ -256,26 +256,18 @@ class TaskModule(L.LightningModule):
         training = self.training if training is None else training
         return think(energy_fn, init, self.think_cfg, self.step_size, training=training, **kwargs)
 
-    @contextmanager
-    def thinking_with(self, **overrides: Any) -> Iterator["TaskModule"]:
-        """Run inference with some think settings changed (a study's stopping policy, uphill rejection)."""
-        saved = self.think_cfg
-        self.think_cfg = replace(saved, **overrides).validate()
-        try:
-            yield self
-        finally:
-            self.think_cfg = saved
-
     def infer(self, batch: dict[str, Tensor], *, num_candidates: int, group: int, steps: int, selection: str,
               generator: torch.Generator | None = None, temperature: float | None = None,
-              final_energy: bool = False) -> Thought:
-        """Encode the context once, propose starts, think for `steps`, select samples (`final_energy`: read the
-        final energies even for an energy-free selection)."""
+              final_energy: bool = False, policy: InferencePolicy | None = None) -> Thought:
+        """Encode the context once, propose starts, think for `steps` under `policy` (default: the one the
+        module's think config names), select samples (`final_energy`: read the final energies even for an
+        energy-free selection)."""
         with torch.no_grad():
             encoding = self.encode(batch)
             starts = self.propose(encoding, batch, num_candidates, group, generator)
         return think_and_select(starts, self.think_cfg, self.step_size, steps=steps, selection=selection,
-                                generator=generator, temperature=temperature, final_energy=final_energy)
+                                generator=generator, temperature=temperature, final_energy=final_energy,
+                                policy=policy)
 
     def log_think_record(self, record: ThinkRecord, prefix: str) -> None:
         """Log the energies, steps, passes and non-finite count of one thinking call."""

@@ -37,6 +37,7 @@ class ThinkRecord:
     backward_passes: int  # candidate energy gradients
     nonfinite: Tensor  # (B, M) True where a NaN / inf energy or gradient stopped the sample
     steps_budget: int  # the number of steps asked for
+    policy: "InferencePolicy | None" = None  # the inference policy this call ran (None while training)
 
     @property
     def any_nonfinite(self) -> bool:
@@ -89,13 +90,42 @@ class EnergyThresholdStop(StopPolicy):
         return energies > self.threshold
 
 
+@dataclass(frozen=True)
+class InferencePolicy:
+    """How one inference call thinks, handed to `think()` and recorded in its `ThinkRecord`: the stopping rule
+    (`fixed`: the whole budget; `energy_change`: stop a candidate once |dE| < tolerance; `energy_threshold`: think
+    only where the start's energy > threshold) and uphill rejection (a step that raised the energy is undone and
+    its alpha halved). `InferencePolicy.of(cfg)` is the policy a config names; a study builds others without
+    touching any module's config."""
+
+    stop: str = "fixed"
+    tolerance: float = 0.0
+    threshold: float = 0.0
+    reject_uphill: bool = False
+
+    @classmethod
+    def of(cls, cfg: ThinkConfig) -> "InferencePolicy":
+        """The inference policy of a think config."""
+        if cfg.stop_policy == "energy_change":
+            return cls("energy_change", tolerance=cfg.stop_tolerance, reject_uphill=cfg.reject_uphill)
+        if cfg.stop_policy == "energy_threshold":
+            return cls("energy_threshold", threshold=cfg.energy_threshold, reject_uphill=cfg.reject_uphill)
+        return cls(reject_uphill=cfg.reject_uphill)
+
+    def stop_rule(self) -> StopPolicy:
+        """The per-candidate stopping rule."""
+        if self.stop == "energy_change":
+            return EnergyChangeStop(self.tolerance)
+        if self.stop == "energy_threshold":
+            return EnergyThresholdStop(self.threshold)
+        if self.stop != "fixed":
+            raise ValueError(f"InferencePolicy.stop={self.stop!r} is invalid: fixed, energy_change or energy_threshold")
+        return StopPolicy()
+
+
 def make_stop_policy(cfg: ThinkConfig) -> StopPolicy:
     """The stopping policy named by cfg.stop_policy."""
-    if cfg.stop_policy == "energy_change":
-        return EnergyChangeStop(cfg.stop_tolerance)
-    if cfg.stop_policy == "energy_threshold":
-        return EnergyThresholdStop(cfg.energy_threshold)
-    return StopPolicy()
+    return InferencePolicy.of(cfg).stop_rule()
 
 
 def draw_train_steps(cfg: ThinkConfig, generator: torch.Generator | None = None) -> int:
@@ -121,13 +151,15 @@ def think(
     final_energy: bool = True,
     keep_trajectory: bool = False,
     generator: torch.Generator | None = None,
+    policy: InferencePolicy | None = None,
 ) -> ThinkResult:
     """Refine candidates `init` (B, M, *event) by `candidate -= alpha * grad(energy)`.
 
     Training: randomised steps and alpha, Langevin noise and `create_graph` (second order; only
     the last step when cfg.truncate). Inference: first-order only, with cfg's stopping policy.
     Training with cfg.gradient="implicit": the steps build no graph; the final candidates get the
-    implicit-function-theorem gradient instead (implicit.py; alpha then gets none). Training with
+    implicit-function-theorem gradient instead (implicit.py; alpha then gets none). `policy`: the inference
+    policy (stopping rule, uphill rejection); None = the one cfg names; ignored while training. Training with
     cfg.truncate or implicit keeps the trajectory [init, final]: the earlier steps carry no gradient,
     so a loss averaged over them would only add constants and weight the last step 1 / T.
     """
@@ -137,7 +169,8 @@ def think(
     if steps is None:
         steps = draw_train_steps(cfg, generator) if training else cfg.infer_steps
     noise_std = cfg.langevin_std if training else cfg.infer_langevin_std
-    policy = StopPolicy() if training else make_stop_policy(cfg)
+    policy = None if training else (policy or InferencePolicy.of(cfg))
+    rule = StopPolicy() if training else policy.stop_rule()
     implicit = training and cfg.gradient == "implicit"
     last_only = training and (implicit or cfg.truncate)  # the trajectory keeps [init, final]
 
@@ -154,15 +187,15 @@ def think(
     forward_passes = backward_passes = 0
     trajectory = [x.reshape(batch, num_candidates, *event)] if keep_trajectory else []
 
-    uphill = UphillRejection(x) if cfg.reject_uphill and not training else None
+    uphill = UphillRejection(x) if not training and policy.reject_uphill else None
     with torch.enable_grad():
         active = torch.ones(n, dtype=torch.bool, device=x.device)
-        if isinstance(policy, EnergyThresholdStop):
+        if isinstance(rule, EnergyThresholdStop):
             with torch.no_grad():
                 e0 = energy_fn(x, None)
             forward_passes += n
             energies[0] = e0
-            active = policy.initial_active(e0) & torch.isfinite(e0)
+            active = rule.initial_active(e0) & torch.isfinite(e0)
         previous = energies[0].clone()
         for t in range(steps):
             idx = active.nonzero().squeeze(-1)
@@ -202,7 +235,7 @@ def think(
             steps_taken[idx] += finite.long()
             nonfinite[idx] |= ~finite
             seen_before = ~torch.isnan(previous[idx])
-            keep = finite & (~seen_before | policy.still_active(previous[idx], e_now))
+            keep = finite & (~seen_before | rule.still_active(previous[idx], e_now))
             active[idx] = keep
             previous[idx] = e_now
             if keep_trajectory and not last_only:
@@ -234,6 +267,7 @@ def think(
         backward_passes=backward_passes,
         nonfinite=nonfinite.view(batch, num_candidates),
         steps_budget=steps,
+        policy=policy,
     )
     return ThinkResult(
         candidates=x.reshape(batch, num_candidates, *event),

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ebt_forecast.think.candidates import ENERGY_FREE, select_candidates, sets_without_finite_energy
 from ebt_forecast.think.config import ThinkConfig
-from ebt_forecast.think.engine import EnergyFn, ThinkRecord, think
+from ebt_forecast.think.engine import EnergyFn, InferencePolicy, ThinkRecord, think
 from ebt_forecast.think.step_size import StepSize
 
 
@@ -45,12 +45,13 @@ class Thought:
 def think_and_select(
     starts: Starts, cfg: ThinkConfig, step_size: StepSize, *, steps: int, selection: str,
     generator: torch.Generator | None = None, temperature: float | None = None, final_energy: bool = False,
+    policy: InferencePolicy | None = None,
 ) -> Thought:
-    """Refine every start for `steps` (inference: first order, cfg's stopping policy), then select
-    (`temperature` for weighted / resample; default cfg.temperature).
+    """Refine every start for `steps` (inference: first order, under `policy`, default the one cfg names), then
+    select (`temperature` for weighted / resample; default cfg.temperature).
 
     Only the passes the selection needs are spent: the final candidates' energies are evaluated for a
-    selection that reads them, under cfg.reject_uphill (it picks the lowest seen), or when `final_energy`
+    selection that reads them, under uphill rejection (it picks the lowest seen), or when `final_energy`
     asks for them (diagnostics); an energy-free selection at step 0 spends none. With `cfg.enabled=False`
     no energy is read and the proposals are the samples.
     """
@@ -58,13 +59,14 @@ def think_and_select(
     b, m, g = grouped.shape[:3]
     event = grouped.shape[3:]
     temperature = temperature or cfg.temperature
-    read_final = final_energy or selection not in ENERGY_FREE or cfg.reject_uphill
+    policy = policy or InferencePolicy.of(cfg)
+    read_final = final_energy or selection not in ENERGY_FREE or policy.reject_uphill
     nan = grouped.new_full((b, m, g), float("nan"))
     if not cfg.enabled or (steps == 0 and not read_final):
         samples = proposals if not cfg.enabled else select_candidates(selection, proposals, grouped, nan, temperature)
         return Thought(samples, proposals, grouped, nan, grouped[:, None, :, 0], nan[:, None, :, 0], None)
     result = think(starts.energy_fn, grouped.reshape(b, m * g, *event), cfg, step_size, training=False, steps=steps,
-                   final_energy=read_final, keep_trajectory=True, generator=generator)
+                   final_energy=read_final, keep_trajectory=True, generator=generator, policy=policy)
     record = result.record
     final = result.candidates.detach().view(b, m, g, *event)
     energies = result.energies.detach().view(b, m, g) if read_final else nan

@@ -1,15 +1,16 @@
 """`ebt-forecast control env=...`: logged data -> world models -> planners in closed loop -> tables and plots.
 
-Everything is a resumable cell under `<output_dir>/<env>/`: the logged Parquet file, every trained
-model (`models/`, loaded with weights_only=True), and one JSON per (planner, seed, budget, split)
-under `cells/`. The energy weight of the EBT planner is chosen on validation starts (seed 0's
+Everything is resumable under `<output_dir>/<env>/`: the logged Parquet file (`data/`), every trained
+model (an artifact of the experiment layer, `models/<name>__<key>/`, loaded with weights_only=True; with
+`trainer.checkpoint_dir` an interrupted world-model training resumes from its own folder there), and one
+cell per (split, planner, seed, budget, energy weight), `cells/<name>__<key>.json`, keyed by the data,
+settings and models it reads. The energy weight of the EBT planner is chosen on validation starts (seed 0's
 model) before any test episode runs; the test starts are disjoint from the validation and the
 collection starts.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import asdict
 from pathlib import Path
 
@@ -18,9 +19,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ebt_forecast.io import atomic_save_figure, atomic_torch_save, atomic_write_csv, atomic_write_json, atomic_write_text
+from ebt_forecast.experiment import Artifacts, Cells, cell_key, train_or_load, write_frame, write_markdown
+from ebt_forecast.io import atomic_save_figure
 from ebt_forecast.metrics import auroc
-from ebt_forecast.tasks.base import config_key, fit_module
+from ebt_forecast.tasks.base import TrainerConfig, fit_module
 from ebt_forecast.tasks.control.config import PLANNERS, ControlAppConfig
 from ebt_forecast.tasks.control.data import held_out_starts, load_transitions, logged_dataset
 from ebt_forecast.tasks.control.ensemble import EnsembleDynamics, TransitionDataset, ensemble_data
@@ -38,7 +40,6 @@ from ebt_forecast.tasks.control.planners import (
     mppi,
     random_shooting,
     shift,
-    unsquash,
 )
 from ebt_forecast.think import ConfigError
 
@@ -100,44 +101,56 @@ def world_stats(frame: pd.DataFrame, env: ControlEnv) -> dict[str, torch.Tensor]
 # models (cached)
 
 
+def model_depends(app: ControlAppConfig, data: dict, seed: int) -> dict[str, dict]:
+    """What the trained models of one seed depend on: the world-model EBT's and the ensemble's settings."""
+    c = app.control
+    return {"world": {"data": data, "model": app.model, "think": app.think, "trainer": app.trainer.settings(),
+                      "task": {k: v for k, v in asdict(app.task).items() if k != "planner"}, "seed": seed},
+            "ensemble": {"data": data, "members": c.ensemble_members, "hidden": c.ensemble_hidden,
+                         "trainer": ensemble_trainer(app).settings(), "seed": seed}}
+
+
+def ensemble_trainer(app: ControlAppConfig) -> TrainerConfig:
+    """The ensemble's optimiser: the world model's, for `control.ensemble_steps` steps, without checkpoints."""
+    return dataclasses.replace(app.trainer, max_steps=app.control.ensemble_steps, checkpoint_dir=None)
+
+
 def train_world_model(app: ControlAppConfig, env: ControlEnv, train_frame: pd.DataFrame, episodes, seed: int,
-                      folder: Path, data_key: str) -> ControlModule:
+                      store: Artifacts, depends: dict) -> ControlModule:
     """The world-model EBT of one seed (trained once, then loaded)."""
     shape = WorldShape(len(env.state_names), len(env.action_names), len(env.covariate_names),
                        app.task.context_steps, app.task.horizon)
-    key = config_key(app.model, app.think, app.trainer.settings(), app.task.context_steps, app.task.horizon,
-                     app.task.start_noise, app.task.refine_weight, data_key, seed)
-    path = folder / f"ebt_seed{seed}_{key}.pt"
+    key, trainer = cell_key(depends), app.trainer
+    if trainer.checkpoint_dir:  # one resumable folder per model
+        folder = Path(trainer.checkpoint_dir) / f"ebt_seed{seed}__{key}"
+        trainer = dataclasses.replace(trainer, checkpoint_dir=str(folder))
     L.seed_everything(seed, workers=True, verbose=False)
     module = ControlModule(app.model, app.think, app.trainer, app.task, shape, world_stats(train_frame, env))
-    if path.exists():
-        module.load_state_dict(torch.load(path, weights_only=True))
-        return module.eval()
-    data = WindowDataset(episodes, app.task.context_steps, app.task.horizon,
-                         app.trainer.max_steps * app.trainer.batch_size, seed)
-    fit_module(module, data, app.trainer, seed=None, run_key=key)
-    atomic_torch_save(module.state_dict(), path)
-    return module.eval()
+
+    def train(m: ControlModule) -> dict:
+        data = WindowDataset(episodes, app.task.context_steps, app.task.horizon,
+                             trainer.max_steps * trainer.batch_size, seed)
+        report = fit_module(m, data, trainer, seed=None, run_key=key)
+        return {"seconds": report.seconds, "steps": report.steps}
+
+    return train_or_load(store, f"ebt_seed{seed}", depends, module, train)[0]
 
 
-def train_ensemble(app: ControlAppConfig, env: ControlEnv, train_frame: pd.DataFrame, seed: int, folder: Path,
-                   data_key: str) -> EnsembleDynamics:
+def train_ensemble(app: ControlAppConfig, env: ControlEnv, train_frame: pd.DataFrame, seed: int, store: Artifacts,
+                   depends: dict) -> EnsembleDynamics:
     """The PETS-style ensemble of one seed: same data, same optimiser, `ensemble_steps` steps."""
-    c = app.control
-    trainer = dataclasses.replace(app.trainer, max_steps=c.ensemble_steps, checkpoint_dir=None)
-    key = config_key(c.ensemble_members, c.ensemble_hidden, trainer.settings(), data_key, seed)
-    path = folder / f"ensemble_seed{seed}_{key}.pt"
+    c, trainer = app.control, ensemble_trainer(app)
     inputs, deltas, stats = ensemble_data(train_frame, env.state_names, env.action_names, env.covariate_names)
     L.seed_everything(seed, workers=True, verbose=False)
     model = EnsembleDynamics(len(env.state_names), len(env.action_names), len(env.covariate_names),
                              c.ensemble_members, c.ensemble_hidden, trainer, stats)
-    if path.exists():
-        model.load_state_dict(torch.load(path, weights_only=True))
-        return model.eval()
-    fit_module(model, TransitionDataset(inputs, deltas, c.ensemble_members, trainer.max_steps * trainer.batch_size, seed),
-               trainer, seed=None)
-    atomic_torch_save(model.state_dict(), path)
-    return model.eval()
+
+    def train(m: EnsembleDynamics) -> dict:
+        data = TransitionDataset(inputs, deltas, c.ensemble_members, trainer.max_steps * trainer.batch_size, seed)
+        report = fit_module(m, data, trainer, seed=None)
+        return {"seconds": report.seconds, "steps": report.steps}
+
+    return train_or_load(store, f"ensemble_seed{seed}", depends, model, train)[0]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -219,16 +232,11 @@ class PlannerController:
 # cells
 
 
-def episode_cell(path: Path, run) -> dict:
-    """A finished cell from disk, or run it (-> EpisodeLog) and write it atomically."""
-    if path.exists():
-        return json.loads(path.read_text())
-    log: EpisodeLog = run()
-    cell = {"returns": log.returns.tolist(), "violation_rate": log.violation_rate.tolist(),
+def log_result(log: EpisodeLog) -> dict:
+    """An episode cell's JSON result: per-episode returns, violation rates, success and energy; cost."""
+    return {"returns": log.returns.tolist(), "violation_rate": log.violation_rate.tolist(),
             "success": log.success.astype(int).tolist(), "energy": [None if np.isnan(e) else float(e) for e in log.energy],
             "evaluations": log.evaluations, "seconds": log.seconds}
-    atomic_write_json(path, cell)
-    return cell
 
 
 def k_step_errors(world: ControlModule, ensemble: EnsembleDynamics, episodes, app: ControlAppConfig, env: ControlEnv,
@@ -291,22 +299,26 @@ def run_control_command(app: ControlAppConfig) -> int:
     frame = logged_frame(app, env, root)
     steps = c.episode_steps or env.episode_steps
     train_frame, train_eps, val_eps = split_episodes(frame, env)
-    data_key = config_key(c.data or "", c.transitions, app.seed, env.action_low, env.action_high, len(frame))
+    data = {"env": env.name, "file": c.data or "", "transitions": c.transitions, "seed": app.seed,
+            "action_low": env.action_low, "action_high": env.action_high, "rows": len(frame)}
     print(f"control {env.name}: {len(frame)} logged transitions ({frame['episode'].nunique()} episodes), "
           f"horizon {task.horizon}, {steps} steps per episode")
-    worlds = {s: train_world_model(app, env, train_frame, train_eps, s, root / "models", data_key) for s in c.seeds}
-    ensembles = {s: train_ensemble(app, env, train_frame, s, root / "models", data_key) for s in c.seeds}
-    cell_key = config_key(asdict(task), c.budget, c.budgets, c.cem_iterations, data_key, steps, app.model, app.think,
-                          app.trainer.settings(), c.ensemble_members, c.ensemble_hidden, c.ensemble_steps)
-    cells = root / "cells" / cell_key
+    cells = Cells(root / "cells")
+    store = Artifacts(root / "models", ledger=cells.ledger)  # the summary counts models beside cells
+    depends = {s: model_depends(app, data, s) for s in c.seeds}
+    worlds = {s: train_world_model(app, env, train_frame, train_eps, s, store, depends[s]["world"]) for s in c.seeds}
+    ensembles = {s: train_ensemble(app, env, train_frame, s, store, depends[s]["ensemble"]) for s in c.seeds}
 
     def episodes(kind: str, seed: int, budget: int, starts: np.ndarray, split: str, weight: float) -> dict:
-        def go() -> EpisodeLog:
+        model = "world" if kind.startswith("ebt") else "ensemble" if kind.startswith("ensemble") else None
+
+        def go() -> dict:
             controller = PlannerController(kind, app, env, budget, seed, worlds[seed], ensembles[seed], weight)
-            uses_world = kind.startswith("ebt")
-            return run_episodes(env, controller, starts, steps, task.horizon, task.context_steps,
-                                controller.energy_of if uses_world else None)
-        return episode_cell(cells / f"{split}__{kind}__seed{seed}__b{budget}__w{weight}.json", go)
+            return log_result(run_episodes(env, controller, starts, steps, task.horizon, task.context_steps,
+                                           controller.energy_of if model == "world" else None))
+        reads = {"data": data, "task": task, "cem_iterations": c.cem_iterations, "episode_steps": steps,
+                 "starts": len(starts), "model": depends[seed][model] if model else None}
+        return cells.run(f"{split}__{kind}__seed{seed}__b{budget}__w{weight}", reads, go)
 
     # the energy weight, on validation starts, before any test episode
     val_starts = held_out_starts(env, c.validation_starts, VALIDATION_SEED)
@@ -318,8 +330,8 @@ def run_control_command(app: ControlAppConfig) -> int:
           + ", ".join(f"{w}: {r:.1f}" for w, r in validation.items()))
 
     test_starts = held_out_starts(env, c.eval_starts, TEST_SEED)
-    table = [summarise(kind, [episodes(kind, s, c.budget, test_starts, "test", weight) for s in c.seeds])
-             for kind in c.planners]
+    test = {kind: [episodes(kind, s, c.budget, test_starts, "test", weight) for s in c.seeds] for kind in c.planners}
+    table = [summarise(kind, runs) for kind, runs in test.items()]
     budget_starts = test_starts[:c.budget_starts]
     sweep = [{"planner": kind, "budget": b, **{k: v for k, v in summarise(kind, [
         episodes(kind, first, b, budget_starts, "sweep", weight)]).items() if k != "planner"}}
@@ -329,12 +341,12 @@ def run_control_command(app: ControlAppConfig) -> int:
     signals = {}
     for kind in ("ebt", "ebt_no_energy", "ebt_cem"):
         if kind in c.planners:
-            runs = [episodes(kind, s, c.budget, test_starts, "test", weight) for s in c.seeds]
-            energy = np.array([np.nan if e is None else e for r in runs for e in r["energy"]], dtype=float)
-            failed = np.array([not ok for r in runs for ok in r["success"]])
+            energy = np.array([np.nan if e is None else e for r in test[kind] for e in r["energy"]], dtype=float)
+            failed = np.array([not ok for r in test[kind] for ok in r["success"]])
             signals[kind] = auroc(energy, failed)
     errors = {s: k_step_errors(worlds[s], ensembles[s], val_eps, app, env, seed=s) for s in c.seeds}
     write_report(root, env, app, weight, validation, table, sweep, signals, errors, len(frame))
+    print(cells.summary())
     return 0
 
 
@@ -346,9 +358,9 @@ def write_report(root: Path, env: ControlEnv, app: ControlAppConfig, weight: flo
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    frame = pd.DataFrame(table)
-    atomic_write_csv(frame, root / "control.csv")
-    atomic_write_csv(pd.DataFrame(sweep), root / "control_budget.csv")
+    write_frame(pd.DataFrame(table), root, "control")
+    sweep_frame = pd.DataFrame(sweep)
+    write_frame(sweep_frame, root, "control_budget")
     horizon = app.task.horizon
     err = {name: np.mean([errors[s][name] for s in errors], axis=0) for name in next(iter(errors.values()))}
     picks = sorted({1, min(5, horizon), min(10, horizon), horizon})
@@ -367,7 +379,6 @@ def write_report(root: Path, env: ControlEnv, app: ControlAppConfig, weight: flo
     lines += ["", "## Return against model evaluations per control step (seed 0, "
               f"{app.control.budget_starts} starts)", "", "| planner | " + " | ".join(str(b) for b in app.control.budgets) + " |",
               "|---|" + "---:|" * len(app.control.budgets)]
-    sweep_frame = pd.DataFrame(sweep)
     for kind, rows in sweep_frame.groupby("planner", sort=False) if len(sweep_frame) else []:
         lines.append(f"| {kind} | " + " | ".join(f"{v:.1f}" for v in rows["return_mean"]) + " |")
     lines += ["", "## k-step prediction error (validation episodes, normalised state MSE, mean over seeds)", "",
@@ -377,7 +388,7 @@ def write_report(root: Path, env: ControlEnv, app: ControlAppConfig, weight: flo
     lines += ["", "## Energy as a failure signal", "",
               "AUROC of the mean energy of the executed plans for flagging a failed episode: "
               + ", ".join(f"{k} {v:.3f}" for k, v in signals.items()) + "."]
-    atomic_write_text(root / "control.md", "\n".join(lines) + "\n")
+    write_markdown(["\n".join(lines)], root / "control.md")
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for kind, rows in sweep_frame.groupby("planner", sort=False) if len(sweep_frame) else []:

@@ -21,7 +21,7 @@ from ebt_forecast.tasks.base import config_key, fit_module
 from ebt_forecast.tasks.forecast.config import ForecasterConfig
 from ebt_forecast.tasks.forecast.model import ForecastModelConfig
 from ebt_forecast.tasks.forecast.module import ForecastModule
-from ebt_forecast.think import InferenceSetting, choose_on_validation
+from ebt_forecast.think import InferencePolicy, InferenceSetting, choose_on_validation
 
 
 @dataclass
@@ -119,7 +119,8 @@ class EBTForecaster:
         self.module = ForecastModule(model_cfg, self.cfg.think, t, self.cfg.task, mode=self.mode)
         data = TrainWindowDataset(train, model_cfg.context_length, dataset.horizon,
                                   num_samples=t.max_steps * t.batch_size, seed=self.cfg.seed)
-        run = self.cfg.trainer.settings()  # a checkpoint resumes only its own configuration and schedule
+        # fit_module refuses a checkpoint of another schedule and names the setting that changed (max_steps, ...)
+        run = {**self.cfg.trainer.settings(), "max_steps": None}
         key = config_key(self.cfg.model, self.cfg.think, self.cfg.task, run, self.cfg.seed, model_cfg, self.mode,
                          dataset.name, [len(s) for s in train])
         report = fit_module(self.module, data, t, None, run_key=key)  # seeded above, before the weights
@@ -157,8 +158,10 @@ class EBTForecaster:
     def predict(self, windows: list[TestWindow], dataset: ForecastDataset | None = None, *,
                 steps: int | None = None, selection: str | None = None, num_candidates: int | None = None,
                 verify_group: int | None = None, extra_starts: np.ndarray | None = None,
-                temperature: float | None = None, batch_size: int = 256, final_energy: bool = False) -> ThoughtForecast:
-        """Forecast every window: encode once, propose M level paths with G starts each, think, select.
+                temperature: float | None = None, batch_size: int = 256, final_energy: bool = False,
+                policy: InferencePolicy | None = None) -> ThoughtForecast:
+        """Forecast every window: encode once, propose M level paths with G starts each, think (under `policy`,
+        default the one think config names), select.
 
         `extra_starts` (N, M, S, H), in data units: other forecasters' level paths added to each level's
         starts (the EBT as a verifier above fast forecasters); `temperature` overrides think.temperature."""
@@ -178,7 +181,8 @@ class EBTForecaster:
                 extra = torch.from_numpy(np.asarray(extra_starts[start:start + batch_size], dtype=np.float32))
                 batch["extra_starts"] = extra / scale.unsqueeze(-1)
             thought = self.module.infer(batch, num_candidates=m, group=group, steps=setting.steps, final_energy=final_energy,
-                                        selection=setting.selection, generator=generator, temperature=temperature)
+                                        selection=setting.selection, generator=generator, temperature=temperature,
+                                        policy=policy)
             for name, value, unit in [("samples", thought.samples, scale), ("proposals", thought.proposals, scale),
                                       ("candidates", thought.grouped, scale.unsqueeze(-1)),
                                       ("energies", thought.energies, None), ("path", thought.path, scale.unsqueeze(-1)),

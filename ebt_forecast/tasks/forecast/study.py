@@ -39,6 +39,7 @@ from ebt_forecast.tasks.base import config_key
 from ebt_forecast.tasks.forecast.benchmark import load_suite, trained_ebt
 from ebt_forecast.tasks.forecast.config import ForecastAppConfig, StudyConfig
 from ebt_forecast.tasks.forecast.forecaster import EBTForecaster, ThoughtForecast, quantile_levels
+from ebt_forecast.think import InferencePolicy
 from ebt_forecast.tasks.forecast.sources import (LEVELS, OWN_SOURCES, fast_forecasts, fast_starts, source_samples,
                                                  think_over_sources, train_verifier)
 
@@ -47,7 +48,8 @@ METRICS = ("wql", "crps_scaled", "mase")
 
 @dataclass(frozen=True)
 class Setting:
-    """One inference setting of the sweep."""
+    """One inference setting of the sweep: a row of the declarative grid `study_settings`. The thinking policy is
+    an object (`think.InferencePolicy`) handed to the engine; `policy` names the family the row belongs to."""
 
     policy: str  # fixed | fixed+uphill | candidates | group | energy_change | top_energy | verifier
     steps: int
@@ -55,6 +57,23 @@ class Setting:
     num_candidates: int
     group: int
     param: float | None = None  # energy_change: tolerance; top_energy: fraction of windows that think
+    think: InferencePolicy = InferencePolicy()  # stopping rule and uphill rejection
+    top_fraction: float | None = None  # think only on this share of windows, those with the highest start energy
+    sources: bool = False  # the starts include the fast forecasters' paths (the verifier)
+
+    def columns(self) -> dict:
+        """The setting as flat table columns (the policy object as its stopping rule and uphill flag)."""
+        flat = {k: v for k, v in asdict(self).items() if k != "think"}
+        return {**flat, "stop": self.think.stop, "reject_uphill": self.think.reject_uphill}
+
+    @classmethod
+    def of(cls, policy: str, steps: int, selection: str, num_candidates: int, group: int,
+           param: float | None = None) -> "Setting":
+        """The setting of a named family: the one place names become policy objects."""
+        objects = {"fixed+uphill": dict(think=InferencePolicy(reject_uphill=True)),
+                   "energy_change": dict(think=InferencePolicy("energy_change", tolerance=param or 0.0)),
+                   "top_energy": dict(top_fraction=param), "verifier": dict(sources=True)}
+        return cls(policy, steps, selection, num_candidates, group, param, **objects.get(policy, {}))
 
     @property
     def label(self) -> str:
@@ -64,14 +83,15 @@ class Setting:
 
 def study_settings(study: StudyConfig, m0: int, g0: int, k0: int) -> list[Setting]:
     """The sweep: M0 level paths, G0 starts and K0 steps are the forecaster's own defaults."""
-    out = [Setting("fixed", s, sel, m0, 1 if sel == "refined" else g0) for s in study.steps for sel in study.selections]
-    out += [Setting("fixed+uphill", s, "verified", m0, g0) for s in dict.fromkeys((k0, 4, study.policy_steps))]
-    out += [Setting("candidates", k0, "verified", m, g0) for m in study.candidate_counts]
-    out += [Setting("group", k0, "verified", m0, g) for g in study.groups]
-    out += [Setting("energy_change", study.policy_steps, "verified", m0, g0, tol) for tol in study.tolerances]
-    out += [Setting("top_energy", study.policy_steps, "verified", m0, g0, f) for f in study.top_fractions]
+    of = Setting.of
+    out = [of("fixed", s, sel, m0, 1 if sel == "refined" else g0) for s in study.steps for sel in study.selections]
+    out += [of("fixed+uphill", s, "verified", m0, g0) for s in dict.fromkeys((k0, 4, study.policy_steps))]
+    out += [of("candidates", k0, "verified", m, g0) for m in study.candidate_counts]
+    out += [of("group", k0, "verified", m0, g) for g in study.groups]
+    out += [of("energy_change", study.policy_steps, "verified", m0, g0, tol) for tol in study.tolerances]
+    out += [of("top_energy", study.policy_steps, "verified", m0, g0, f) for f in study.top_fractions]
     if study.verifier:  # own starts, AutoETS, AutoTheta and the twin
-        out += [Setting("verifier", s, "verified", LEVELS, len(OWN_SOURCES) + 3) for s in (0, 1)]
+        out += [of("verifier", s, "verified", LEVELS, len(OWN_SOURCES) + 3) for s in (0, 1)]
     return list(dict.fromkeys(out))
 
 
@@ -83,21 +103,15 @@ def window_energy(out: ThoughtForecast) -> np.ndarray:
 def run_setting(ebt: EBTForecaster, windows: list[TestWindow], s: Setting, extra: np.ndarray | None = None,
                 sources: list[str] | None = None) -> ThoughtForecast:
     """Forecast `windows` with one setting; the result's passes are everything the setting spent."""
-    module = ebt.module
-    if s.policy == "verifier":
+    if s.sources:
         out = think_over_sources(ebt, windows, extra, s.steps)
         return _with_samples(out, source_samples(out.candidates, out.energies, "verified", None, sources), "verified")
-    kw = dict(steps=s.steps, selection=s.selection, num_candidates=s.num_candidates, verify_group=s.group)
-    if s.policy == "fixed+uphill":
-        with module.thinking_with(reject_uphill=True):
-            return ebt.predict(windows, **kw)
-    if s.policy == "energy_change":
-        with module.thinking_with(stop_policy="energy_change", stop_tolerance=s.param):
-            return ebt.predict(windows, **kw)
-    if s.policy == "top_energy":
+    kw = dict(steps=s.steps, selection=s.selection, num_candidates=s.num_candidates, verify_group=s.group,
+              policy=s.think)
+    if s.top_fraction is not None:
         first = ebt.predict(windows, **{**kw, "steps": 0})
         energy = window_energy(first)
-        chosen = np.argsort(-energy, kind="stable")[:max(1, int(round(s.param * len(windows))))]
+        chosen = np.argsort(-energy, kind="stable")[:max(1, int(round(s.top_fraction * len(windows))))]
         thought = ebt.predict([windows[i] for i in chosen], **kw)
         samples = first.samples.copy()
         samples[chosen] = thought.samples
@@ -142,9 +156,9 @@ def sweep_cell(ebt: EBTForecaster, dataset: ForecastDataset, s: Setting, fast: l
                twin: EBTForecaster | None = None, context: int | None = None) -> dict:
     """One setting on the validation and the test windows (verifier settings: a taught copy of the energy over
     its own starts, the fast forecasters' and the `twin`'s paths)."""
-    row = {"dataset": dataset.name, "split": "test", "policy": s.policy, "label": s.label, **asdict(s)}
+    row = {"dataset": dataset.name, "split": "test", "label": s.label, **s.columns()}
     for prefix, windows in (("val_", ebt.val_windows), ("", dataset.test_windows)):
-        extra = fast_starts(dataset, fast, windows, cache, twin, context) if s.policy == "verifier" else None
+        extra = fast_starts(dataset, fast, windows, cache, twin, context) if s.sources else None
         out, seconds = timed(run_setting, ebt, windows, s, extra, [*OWN_SOURCES, *fast, "transformer_pp"])
         row.update(scored(out, windows, dataset.season_length, seconds, prefix))
     return row
@@ -169,7 +183,7 @@ def shared_fixed_cell(ebt: EBTForecaster, dataset: ForecastDataset, settings: li
     """Fixed-steps settings that differ only in their selection among the same starts: think once (lowest-energy
     selection), read the others from the same candidates. Each row carries the passes of that thinking run (what
     the setting alone spends) and its wall time plus the time of its own selection."""
-    rows = {s: {"dataset": dataset.name, "split": "test", "policy": s.policy, "label": s.label, **asdict(s)}
+    rows = {s: {"dataset": dataset.name, "split": "test", "label": s.label, **s.columns()}
             for s in settings}
     first = settings[0]
     for prefix, windows in (("val_", ebt.val_windows), ("", dataset.test_windows)):
@@ -263,10 +277,10 @@ def ood_cell(ebt: EBTForecaster, name: str, windows: list[TestWindow], season: i
 
 def as_rows(compute):
     """A cell's computation whose result is a list of rows (a single row becomes a list of one)."""
-    def rows() -> list[dict]:
+    def listed() -> list[dict]:
         result = compute()
         return result if isinstance(result, list) else [result]
-    return rows
+    return listed
 
 
 def study_datasets(app: ForecastAppConfig) -> list[ForecastDataset]:
@@ -295,6 +309,10 @@ def run_study(app: ForecastAppConfig) -> Path:
     suite = datasets[0].name if app.input else study.suite
     out = Path(app.runtime.output_dir) / suite
     cells, cache = Cells(out / "cells", resume=study.resume), out / "cache"
+
+    def rows(name: str, depends, compute) -> list[dict]:
+        return cells.run(name, depends, as_rows(compute))
+
     fast = list(cfg.task.verifier.fast_sources)
     k0 = cfg.think.infer_steps
     settings = study_settings(study, cfg.task.num_candidates, cfg.task.verify_group, k0)
@@ -317,14 +335,14 @@ def run_study(app: ForecastAppConfig) -> Path:
         for steps in dict.fromkeys(s.steps for s in shared):
             group = [s for s in shared if s.steps == steps]
             bar.set_postfix_str(f"{d.name} / fixed[steps={steps}]")
-            sweep += cells.run(f"{d.name}__fixed_steps{steps}", config_key(base, [asdict(s) for s in group]),
+            sweep += rows(f"{d.name}__fixed_steps{steps}", config_key(base, [asdict(s) for s in group]),
                                lambda: shared_fixed_cell(ebt, d, group))
             bar.update(len(group))
         for s in settings:
             if s in shared:
                 continue
             bar.set_postfix_str(f"{d.name} / {s.label}")
-            v, verifier = cfg.task.verifier, s.policy == "verifier"
+            v, verifier = cfg.task.verifier, s.sources
             key = config_key(base, asdict(s), (v.fast_sources, v.pool_windows, v.steps, v.out_of_fold,
                                                study.fast_context) if verifier else None)
 
@@ -334,12 +352,12 @@ def run_study(app: ForecastAppConfig) -> Path:
                 return sweep_cell(taught["ebt"] if verifier else ebt, d, s, fast, cache, twin() if verifier else None,
                                   study.fast_context)
 
-            sweep += cells.run(f"{d.name}__{s.policy}", key, compute)
+            sweep += rows(f"{d.name}__{s.policy}", key, compute)
             bar.update()
-        refs += cells.run(f"{d.name}__references", config_key(base, fast, study.fast_context),
+        refs += rows(f"{d.name}__references", config_key(base, fast, study.fast_context),
                           lambda: reference_cell(d, twin(), fast, cache, study.fast_context))
-        unc += cells.run(f"{d.name}__uncertainty", config_key(base, asdict(study), "served"),
-                         as_rows(lambda: uncertainty_cell(ebt, d, study)))
+        unc += rows(f"{d.name}__uncertainty", config_key(base, asdict(study), "served"),
+                         lambda: uncertainty_cell(ebt, d, study))
         bar.update(2)
     if study.ood:
         for d in datasets:
@@ -348,18 +366,19 @@ def run_study(app: ForecastAppConfig) -> Path:
             base = config_key(d.name, [len(s) for s in d.train], cfg.model, cfg.think, cfg.trainer.settings(),
                               cfg.task.ebt_fields(), cfg.seed, study.steps, study.ood_selections)
             ebt = ebts[d.name]
-            ood += cells.run(f"{d.name}__ood_in", base, lambda: ood_cell(ebt, "in_distribution", d.test_windows,
+            ood += rows(f"{d.name}__ood_in", base, lambda: ood_cell(ebt, "in_distribution", d.test_windows,
                                                                          d.season_length, study.steps, d.name,
                                                                          study.ood_selections))
-            ood += cells.run(f"{d.name}__ood_shift", config_key(base, study.level_shift), lambda: ood_cell(
+            ood += rows(f"{d.name}__ood_shift", config_key(base, study.level_shift), lambda: ood_cell(
                 ebt, f"level_shift_{study.level_shift:g}sd", shifted(d.test_windows, study.level_shift),
                 d.season_length, study.steps, d.name, study.ood_selections))
             for o in partners:
-                ood += cells.run(f"{d.name}__ood_on_{o.name}", config_key(base, o.name, len(o.test_windows)),
+                ood += rows(f"{d.name}__ood_on_{o.name}", config_key(base, o.name, len(o.test_windows)),
                                  lambda: ood_cell(ebt, f"unseen:{o.name}", o.test_windows, o.season_length,
                                                   study.steps, d.name, study.ood_selections))
             bar.update(2)
     bar.close()
+    print(cells.summary())
     tables = {"sweep": pd.DataFrame(sweep), "references": pd.DataFrame(refs), "uncertainty": pd.DataFrame(unc),
               "ood": pd.DataFrame(ood)}
     write_report(out, tables, study, app)

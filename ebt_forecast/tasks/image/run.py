@@ -1,11 +1,12 @@
 """`ebt-forecast image`: photos -> crops -> the denoising EBT and its DiT twin -> PSNR against passes.
 
-Everything is a resumable cell under `<output_dir>`: both trained models (`models/`, loaded with
-weights_only=True; an interrupted training resumes from `checkpoints/`), and one JSON per
-(split, noise level, model) under `cells/<key>/`. Noise levels in `image.train_sigmas` are
-"seen"; the other `image.test_sigmas` are out of distribution. Outputs: image.md / image.csv (PSNR and
-MSE per level against passes, with the identity = the noisy input), plots/psnr_vs_passes.png
-and plots/examples.png (a grid of denoised test crops). Estimates are clipped to [-1, 1] before scoring.
+Everything is a resumable cell of the experiment layer under `<output_dir>`: both trained models are
+artifacts (`models/<name>__<key>/`, loaded with weights_only=True; an interrupted training resumes from
+`checkpoints/<name>__<key>/`), and each (split, noise level, model) is a cell `cells/<name>__<key>.json`
+keyed by the data, model and settings it reads. Noise levels in `image.train_sigmas` are "seen"; the other
+`image.test_sigmas` are out of distribution. Outputs: image.md / image.csv (PSNR and MSE per level against
+passes, with the identity = the noisy input), plots/psnr_vs_passes.png and plots/examples.png (a grid of
+denoised test crops). Estimates are clipped to [-1, 1] before scoring.
 
 Passes are per image and count what producing the row's estimate cost: `forward_passes` and
 `backward_passes` (for the EBT, its k-step call's engine record: a thinking step is one forward for the
@@ -17,7 +18,6 @@ step, no backward), and `passes` = forward + backward, the plots' x axis. The he
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 
@@ -25,22 +25,16 @@ import lightning as L
 import pandas as pd
 import torch
 
-from ebt_forecast.io import (
-    atomic_save_figure,
-    atomic_torch_save,
-    atomic_write_csv,
-    atomic_write_json,
-    atomic_write_text,
-)
+from ebt_forecast.experiment import Artifacts, Cells, cell_key, train_or_load, write_frame, write_markdown
+from ebt_forecast.io import atomic_save_figure
 from ebt_forecast.metrics import psnr
-from ebt_forecast.tasks.base import config_key, fit_module
+from ebt_forecast.tasks.base import fit_module
 from ebt_forecast.tasks.image.config import ImageAppConfig
 from ebt_forecast.tasks.image.data import TrainCrops, add_noise, eval_crops, load_photos, split_photos
 from ebt_forecast.tasks.image.model import ImageShape
 from ebt_forecast.tasks.image.module import DiTModule, ImageEBTModule
 
 EVAL_SEED = {"val": 1, "test": 2}  # crop positions and noise of each held-out split
-ROWS_VERSION = "passes-v2"  # in the cell key: cells of an older row layout are recomputed, not mixed in
 HEADLINE_STEPS = 3  # the headline's EBT chooses among 0..3 thinking steps
 
 
@@ -51,36 +45,25 @@ def scores(estimate: torch.Tensor, clean: torch.Tensor) -> dict[str, float]:
     return {"psnr": float(psnr(est, ref, data_range=2.0).mean()), "mse": float(mse.mean())}
 
 
-def trained(module: L.LightningModule, name: str, key: str, data: TrainCrops, trainer_cfg,
-            root: Path) -> tuple[L.LightningModule, float]:
-    """Train once (resuming an interrupted run from its checkpoint), then load; returns the training seconds."""
-    path, info = root / "models" / f"{name}_{key}.pt", root / "models" / f"{name}_{key}.json"
-    if path.exists():
-        module.load_state_dict(torch.load(path, weights_only=True))
-        seconds = json.loads(info.read_text())["seconds"] if info.exists() else float("nan")
-        print(f"{name}: loaded {path} (trained in {seconds:.0f} s)")
-        return module.eval(), seconds
-    cfg = dataclasses.replace(trainer_cfg, checkpoint_dir=str(root / "checkpoints" / f"{name}_{key}"))
-    report = fit_module(module, data, cfg, seed=None, run_key=key)
-    atomic_torch_save(module.state_dict(), path)
-    atomic_write_json(info, {"seconds": report.seconds, "steps": report.steps,
-                             "parameters": sum(p.numel() for p in module.parameters())})
-    print(f"{name}: trained {report.steps} steps in {report.seconds:.0f} s -> {path}")
-    return module.eval(), report.seconds
+def trained(store: Artifacts, name: str, depends: dict, module: L.LightningModule, data: TrainCrops, trainer_cfg,
+            checkpoints: Path) -> tuple[L.LightningModule, float]:
+    """Train once (an interrupted run resumes from `checkpoints/<name>__<key>`), then load; the training seconds."""
+    key = cell_key(depends)
+    cfg = dataclasses.replace(trainer_cfg, checkpoint_dir=str(checkpoints / f"{name}__{key}"))
+
+    def train(m: L.LightningModule) -> dict:
+        report = fit_module(m, data, cfg, seed=None, run_key=key)
+        return {"seconds": report.seconds, "steps": report.steps, "parameters": sum(p.numel() for p in m.parameters())}
+
+    module, meta = train_or_load(store, name, depends, module, train)
+    how = "loaded" if store.ledger[-1].reused else "trained"
+    print(f"{name}: {how} {store.path(name, depends)} ({meta['steps']} steps in {meta['seconds']:.0f} s)")
+    return module, meta["seconds"]
 
 
 def passes(forward: float, backward: float) -> dict[str, float]:
     """Per-image pass columns: forward, backward and their sum (the plots' x axis)."""
     return {"forward_passes": forward, "backward_passes": backward, "passes": forward + backward}
-
-
-def cell(path: Path, compute) -> list[dict]:
-    """A finished cell from disk, or compute it (-> rows) and write it atomically."""
-    if path.exists():
-        return json.loads(path.read_text())
-    rows = compute()
-    atomic_write_json(path, rows)
-    return rows
 
 
 def in_batches(fn, noisy: torch.Tensor, size: int) -> torch.Tensor:
@@ -94,52 +77,57 @@ def run_image_command(app: ImageAppConfig) -> int:
     app.trainer.validate()
     shape = ImageShape(3, c.crop, c.patch)
     root = Path(app.runtime.output_dir)
+    cells = Cells(root / "cells")
+    store = Artifacts(root / "models", ledger=cells.ledger)  # the summary counts models beside cells
     start = time.perf_counter()
     photos = load_photos(c.photos, c.downscale, c.crop)
     splits = split_photos(list(photos), c.split_every)
     print(f"image: {len(photos)} photos -> train {len(splits['train'])}, val {splits['val']}, test {splits['test']}; "
           f"crops {c.crop} x {c.crop}, patch {c.patch}, training noise {c.noise} sigma {list(c.train_sigmas)}")
-    data_key = config_key(c.photos or "bundled", sorted(photos), [photos[n].shape for n in sorted(photos)], c.downscale,
-                          c.crop, c.split_every, c.noise, list(c.train_sigmas), app.seed)
+    data = {"photos": c.photos or "bundled", "shapes": {n: photos[n].shape for n in sorted(photos)},
+            "downscale": c.downscale, "crop": c.crop, "split_every": c.split_every, "noise": c.noise,
+            "train_sigmas": list(c.train_sigmas), "seed": app.seed}
     train = [photos[n] for n in splits["train"]]
     models: dict[str, torch.nn.Module] = {}
     seconds: dict[str, float] = {}
-    data = TrainCrops(train, c.crop, c.train_sigmas, app.trainer.max_steps * app.trainer.batch_size, app.seed)
+    depends: dict[str, dict] = {}  # per model: what its weights depend on
     if "ebt" in c.models:
         L.seed_everything(app.seed, workers=True, verbose=False)
-        key = config_key(app.model, app.think, app.trainer.settings(), task, shape, data_key)
-        module = ImageEBTModule(app.model, app.think, app.trainer, task, shape)
-        models["ebt"], seconds["ebt"] = trained(module, "ebt", key, data, app.trainer, root)
-        ebt_key = key
+        depends["ebt"] = {"data": data, "model": app.model, "think": app.think, "trainer": app.trainer.settings(),
+                          "task": task, "shape": shape}
+        crops = TrainCrops(train, c.crop, c.train_sigmas, app.trainer.max_steps * app.trainer.batch_size, app.seed)
+        models["ebt"], seconds["ebt"] = trained(store, "ebt", depends["ebt"],
+                                                ImageEBTModule(app.model, app.think, app.trainer, task, shape), crops,
+                                                app.trainer, root / "checkpoints")
     if "dit" in c.models:
         L.seed_everything(app.seed, workers=True, verbose=False)
         dit_trainer = dataclasses.replace(app.trainer, max_steps=c.dit_max_steps or app.trainer.max_steps)
-        key = config_key(app.model, dit_trainer.settings(), shape, data_key, "dit",
-                         *([] if c.dit_max_sigma is None else [c.dit_max_sigma]))
-        dit_data = TrainCrops(train, c.crop, c.train_sigmas, dit_trainer.max_steps * dit_trainer.batch_size, app.seed)
-        models["dit"], seconds["dit"] = trained(DiTModule(app.model, dit_trainer, shape, c.dit_max_sigma), "dit", key,
-                                                dit_data, dit_trainer, root)
-        dit_key = key
-    cell_key = config_key(ebt_key if "ebt" in models else "", dit_key if "dit" in models else "", c.eval_crops,
-                          c.ebt_steps, app.think.infer_steps, data_key, ROWS_VERSION)
-    cells = root / "cells" / cell_key
-    rows = []
-    seen = set(c.train_sigmas)
+        depends["dit"] = {"data": data, "model": app.model, "trainer": dit_trainer.settings(), "shape": shape,
+                          "max_sigma": c.dit_max_sigma}
+        crops = TrainCrops(train, c.crop, c.train_sigmas, dit_trainer.max_steps * dit_trainer.batch_size, app.seed)
+        models["dit"], seconds["dit"] = trained(store, "dit", depends["dit"],
+                                                DiTModule(app.model, dit_trainer, shape, c.dit_max_sigma), crops,
+                                                dit_trainer, root / "checkpoints")
+    rows, seen = [], set(c.train_sigmas)
+    held_out = {"data": data, "eval_crops": c.eval_crops}  # what every evaluation cell reads
     for split in c.splits:
         clean = eval_crops([photos[n] for n in splits[split]], c.crop, c.eval_crops, EVAL_SEED[split])
         for sigma in c.test_sigmas:
             noisy = add_noise(clean, sigma, EVAL_SEED[split])
-            base = {"split": split, "sigma": sigma, "seen": sigma in seen}
-            rows += [{**base, **r} for r in cell(cells / f"{split}__s{sigma}__identity.json", lambda: [
+            base, name = {"split": split, "sigma": sigma, "seen": sigma in seen}, f"{split}__s{sigma}"
+            rows += [{**base, **r} for r in cells.run(f"{name}__identity", held_out, lambda: [
                 {"model": "identity", "steps": 0, **passes(0, 0), **scores(noisy, clean), "seconds": 0.0}])]
             if "ebt" in models:
-                rows += [{**base, **r} for r in cell(cells / f"{split}__s{sigma}__ebt.json", lambda: ebt_rows(
-                    models["ebt"], noisy, clean, c.ebt_steps, c.eval_batch))]
+                rows += [{**base, **r} for r in cells.run(
+                    f"{name}__ebt", {**held_out, "ebt": depends["ebt"], "steps": c.ebt_steps},
+                    lambda: ebt_rows(models["ebt"], noisy, clean, c.ebt_steps, c.eval_batch))]
             for k in c.dit_steps if "dit" in models else []:
-                rows += [{**base, **r} for r in cell(cells / f"{split}__s{sigma}__dit{k}.json", lambda: dit_rows(
-                    models["dit"], noisy, clean, sigma, k, c.eval_batch))]
+                rows += [{**base, **r} for r in cells.run(f"{name}__dit{k}", {**held_out, "dit": depends["dit"]},
+                                                          lambda: dit_rows(models["dit"], noisy, clean, sigma, k,
+                                                                           c.eval_batch))]
     frame = pd.DataFrame(rows)
     write_report(root, app, frame, splits, seconds, models, photos)
+    print(cells.summary())
     print(f"image: done in {time.perf_counter() - start:.0f} s")
     return 0
 
@@ -184,7 +172,7 @@ def write_report(root: Path, app: ImageAppConfig, frame: pd.DataFrame, splits: d
     import matplotlib.pyplot as plt
 
     c = app.image
-    atomic_write_csv(frame, root / "image.csv")
+    write_frame(frame, root, "image")
     sigmas = list(c.test_sigmas)
     label = lambda s: f"{s:g}" + ("" if s in set(c.train_sigmas) else " (unseen)")  # noqa: E731
     params = {name: sum(p.numel() for p in m.parameters()) for name, m in models.items()}
@@ -207,7 +195,7 @@ def write_report(root: Path, app: ImageAppConfig, frame: pd.DataFrame, splits: d
         lines += metric_table(part, "psnr", f"## {split}: PSNR (dB) by noise level", ".2f", sigmas, label)
         lines += metric_table(part, "mse", f"## {split}: MSE by noise level", ".5f", sigmas, label)
     lines += headline(frame, sigmas, label)
-    atomic_write_text(root / "image.md", "\n".join(lines) + "\n")
+    write_markdown(["\n".join(lines)], root / "image.md")
 
     test = frame[frame["split"] == ("test" if "test" in set(frame["split"]) else frame["split"].iloc[0])]
     fig, axes = plt.subplots(1, len(sigmas), figsize=(3.2 * len(sigmas), 3.2), squeeze=False)

@@ -1,20 +1,20 @@
 """`ebt-forecast text`: corpus -> tokenizer -> the EBT and its Transformer++ twin -> perplexity tables and plots.
 
-Everything is a resumable cell under `<runtime.output_dir>/<corpus folder name>/`: the trained tokenizer
-(`tokenizers/`), every trained model (`models/<model>_<key>.pt`, loaded with weights_only=True, keyed by
-config_key of everything it depends on, with a JSON of its training time and FLOPs beside it), and one
-JSON of metrics per (model, evaluation set) under `cells/<key>/`. Evaluation sets: the validation and test
-works, the out-of-distribution folder (Milton) and the generated Dyck / arithmetic sets (completion tokens
-only). `text.scaling_dims=[...]` (experiment=text_scaling) trains both models at each width instead and
-reports validation perplexity against parameters and training FLOPs with fitted log-log slopes.
+Everything is resumable on the experiment layer (`ebt_forecast.experiment`) under
+`<runtime.output_dir>/<corpus folder name>/`: the trained tokenizer (`tokenizers/`), every trained model
+(`models/<model>__<key>/`: weights, and a meta of its training time and FLOPs; with `trainer.checkpoint_dir` an
+interrupted training resumes from its own Lightning checkpoint) and one cell of metrics per (model, evaluation set)
+(`cells/<model>__<set>__<key>.json`), each keyed by the configuration it depends on; text.md says which cells were
+reused. Evaluation sets: the validation and test works, the out-of-distribution folder (Milton) and the generated
+Dyck / arithmetic sets (completion tokens only). `text.scaling_dims=[...]` (experiment=text_scaling) trains both
+models at each width instead and reports validation perplexity against parameters and training FLOPs with fitted
+log-log slopes.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
-import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +25,10 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from ebt_forecast.io import atomic_save_figure, atomic_torch_save, atomic_write_csv, atomic_write_json, atomic_write_text
+from ebt_forecast.experiment import Artifacts, Cells, cell_key, markdown_table, train_or_load, write_frame, write_markdown
+from ebt_forecast.io import atomic_save_figure
 from ebt_forecast.nn import TransformerConfig
-from ebt_forecast.tasks.base import TaskModule, config_key, fit_module
+from ebt_forecast.tasks.base import TaskModule, fit_module
 from ebt_forecast.tasks.text.config import TextAppConfig
 from ebt_forecast.tasks.text.data import (
     TokenWindows,
@@ -59,8 +60,8 @@ class TextData:
     tokenizer: TextTokenizer
     train: np.ndarray  # training token stream
     sets: dict[str, dict[str, Tensor]]  # evaluation set -> {x, y, mask} (windows, S)
-    key: str  # config_key of the training data: files, split, tokenizer, window length, seed
-    eval_key: str  # config_key of the evaluation sets: the OOD folder, windows, generated examples
+    depends: dict  # what the training data depends on: files, split, tokenizer, window length, seed
+    eval_depends: dict  # what the evaluation sets add: the OOD folder, windows, generated examples
     description: str
 
 
@@ -74,7 +75,7 @@ def load_data(app: TextAppConfig, out: Path | None = None) -> TextData:
     splits = split_works(works, t.split_every)
     out = out if out is not None else Path(app.runtime.output_dir) / folder.name
     tok = make_tokenizer(t.tokenizer, [text for _, text in splits["train"]], t.vocab_size, t.gpt2_path,
-                         out / "tokenizers", app.runtime.threads)
+                         Artifacts(out / "tokenizers"), app.runtime.threads)
     streams = {name: token_stream(ws, tok.encode, tok.eot) for name, ws in splits.items()}
     if ood:
         streams[ood_folder.name] = token_stream(ood, tok.encode, tok.eot)
@@ -83,19 +84,21 @@ def load_data(app: TextAppConfig, out: Path | None = None) -> TextData:
         examples = GENERATORS[name](t.generated_examples, app.seed + 1000 + i)
         packed = pack_examples(examples, tok.encode, tok.eot, t.context_length)
         sets[name] = {k: v[:t.eval_windows] for k, v in packed.items()}
-    key = config_key([(n, len(s)) for n, s in works], t.split_every, t.tokenizer,
-                     t.vocab_size if t.tokenizer == "bpe" else t.gpt2_path, t.context_length, app.seed)
-    eval_key = config_key(key, [(n, len(s)) for n, s in ood], t.eval_windows, t.generated, t.generated_examples)
+    depends = {"works": [(n, len(s)) for n, s in works], "split_every": t.split_every, "tokenizer": t.tokenizer,
+               "vocabulary": t.vocab_size if t.tokenizer == "bpe" else t.gpt2_path,
+               "context_length": t.context_length, "seed": app.seed}
+    eval_depends = {"ood": [(n, len(s)) for n, s in ood], "eval_windows": t.eval_windows, "generated": t.generated,
+                    "generated_examples": t.generated_examples}
     description = (f"{len(works)} works in {str(folder)!r} ({len(splits['train'])} train / {len(splits['validation'])} "
                    f"validation / {len(splits['test'])} test), {len(streams['train']):,} training tokens; tokenizer "
                    f"{tok.name} ({tok.vocab_size:,} ids); out of distribution: "
                    + (f"{ood_folder.name} ({len(ood)} works)" if ood else "none") + f", {', '.join(t.generated) or 'no'} "
                    f"generated set(s); {t.context_length} tokens per window")
-    return TextData(folder.name, tok, streams["train"], sets, key, eval_key, description)
+    return TextData(folder.name, tok, streams["train"], sets, depends, eval_depends, description)
 
 
 # ------------------------------------------------------------------------------------------------
-# models (cached)
+# models (artifacts)
 
 
 def build(kind: str, app: TextAppConfig, model_cfg: TransformerConfig, vocab_size: int) -> TaskModule:
@@ -132,39 +135,39 @@ def measure_flops(kind: str, app: TextAppConfig, model_cfg: TransformerConfig, v
 class Trained:
     kind: str
     module: TaskModule
-    key: str
+    depends: dict  # what its training depended on: the key of its artifact, and part of its cells' keys
     meta: dict  # seconds, steps, tokens, parameters, FLOPs per token
 
 
-def train_model(kind: str, app: TextAppConfig, data: TextData, folder: Path,
+def train_model(kind: str, app: TextAppConfig, data: TextData, store: Artifacts,
                 model_cfg: TransformerConfig | None = None) -> Trained:
-    """One language model (trained once on the shared token windows, then loaded)."""
+    """One language model: trained once on the shared token windows (an artifact of `store`; with
+    trainer.checkpoint_dir, resumable from its own Lightning checkpoint), then loaded."""
     model_cfg = model_cfg or app.model
-    parts = [app.think, app.task] if kind == "ebt" else []
-    key = config_key(kind, model_cfg, *parts, app.trainer.settings(), data.key, app.seed)
-    path, meta_path = folder / f"{kind}_{key}.pt", folder / f"{kind}_{key}.json"
+    ebt = kind == "ebt"
+    depends = {"model": model_cfg, "think": app.think if ebt else None, "task": app.task if ebt else None,
+               "trainer": app.trainer.settings(), "data": data.depends, "seed": app.seed}
     L.seed_everything(app.seed, workers=True, verbose=False)
-    module = build(kind, app, model_cfg, data.tokenizer.vocab_size)
-    if path.exists() and meta_path.exists():
-        module.load_state_dict(torch.load(path, weights_only=True))
-        return Trained(kind, module.eval(), key, json.loads(meta_path.read_text()))
-    trainer = app.trainer
-    if trainer.checkpoint_dir:  # one resumable folder per model
-        trainer = dataclasses.replace(trainer, checkpoint_dir=str(Path(trainer.checkpoint_dir) / f"{kind}_{key}"))
-    windows = TokenWindows(data.train, app.text.context_length, trainer.max_steps * trainer.batch_size, app.seed)
-    print(f"training {kind} ({sum(p.numel() for p in module.parameters()):,} parameters, "
-          f"{trainer.max_steps} steps x {trainer.batch_size} windows x {app.text.context_length} tokens)")
-    report = fit_module(module, windows, trainer, seed=None, run_key=key)
-    embedding = module.model.embed.weight.numel()
-    params = sum(p.numel() for n, p in module.named_parameters() if not n.startswith("step_size."))
-    meta = {"seconds": report.seconds, "steps": report.steps,
-            "tokens": report.steps * trainer.batch_size * app.text.context_length,
-            "parameters": params, "non_embedding_parameters": params - embedding, "dim": model_cfg.dim,
-            "alpha": float(module.step_size().detach()) if kind == "ebt" else None,
-            **measure_flops(kind, app, model_cfg, data.tokenizer.vocab_size)}
-    atomic_torch_save(module.state_dict(), path)
-    atomic_write_json(meta_path, meta)
-    return Trained(kind, module.eval(), key, meta)
+
+    def train(module: TaskModule) -> dict:
+        trainer = app.trainer
+        if trainer.checkpoint_dir:  # one resumable folder per model
+            trainer = dataclasses.replace(trainer, checkpoint_dir=str(Path(trainer.checkpoint_dir) /
+                                                                      store.path(kind, depends).name))
+        windows = TokenWindows(data.train, app.text.context_length, trainer.max_steps * trainer.batch_size, app.seed)
+        print(f"training {kind} ({sum(p.numel() for p in module.parameters()):,} parameters, "
+              f"{trainer.max_steps} steps x {trainer.batch_size} windows x {app.text.context_length} tokens)")
+        report = fit_module(module, windows, trainer, seed=None, run_key=cell_key(depends))
+        embedding = module.model.embed.weight.numel()
+        params = sum(p.numel() for n, p in module.named_parameters() if not n.startswith("step_size."))
+        return {"seconds": report.seconds, "steps": report.steps,
+                "tokens": report.steps * trainer.batch_size * app.text.context_length,
+                "parameters": params, "non_embedding_parameters": params - embedding, "dim": model_cfg.dim,
+                "alpha": float(module.step_size().detach()) if ebt else None,
+                **measure_flops(kind, app, model_cfg, data.tokenizer.vocab_size)}
+
+    module, meta = train_or_load(store, kind, depends, build(kind, app, model_cfg, data.tokenizer.vocab_size), train)
+    return Trained(kind, module, depends, meta)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -259,19 +262,18 @@ def evaluate(trained: Trained, name: str, batch: dict[str, Tensor], app: TextApp
     return rows
 
 
-def cell(path: Path, run) -> list[dict]:
-    """A finished cell from disk, or run it and write it atomically."""
-    if path.exists():
-        return json.loads(path.read_text())
-    rows = run()
-    atomic_write_json(path, rows)
-    return rows
-
-
-def evaluation_key(app: TextAppConfig, data: TextData) -> str:
+def evaluation_cell(cells: Cells, model: Trained, name: str, data: TextData, app: TextAppConfig) -> list[dict]:
+    """`evaluate` as a cell, keyed by the model, the evaluation sets and the evaluation grid."""
     t = app.text
-    return config_key("rows-v2", data.eval_key, t.eval_batch, t.think_steps, t.candidate_counts, app.think.infer_steps,
-                      app.think.infer_langevin_std, app.think.stop_policy, app.think.reject_uphill, app.seed)
+    depends = {"model": model.depends, "sets": data.eval_depends,
+               "grid": {"eval_batch": t.eval_batch, "think_steps": t.think_steps, "candidate_counts": t.candidate_counts}}
+    return cells.run(f"{model.kind}__{name}", depends, lambda: evaluate(model, name, data.sets[name], app))
+
+
+def provenance(cells: Cells, models: Artifacts) -> str:
+    """Which cells this run reused and which models it loaded (the experiment layer's ledgers), one line."""
+    done = ", ".join(f"{r.name} {'loaded' if r.reused else f'trained ({r.seconds:.0f} s)'}" for r in models.ledger)
+    return f"This run: {cells.summary()}; models: {done}."
 
 
 # ------------------------------------------------------------------------------------------------
@@ -292,15 +294,12 @@ def run_text_command(app: TextAppConfig) -> int:
     root = Path(app.runtime.output_dir) / folder.name
     data = load_data(app, root)
     print(f"text: {data.description}")
+    cells, models = Cells(root / "cells"), Artifacts(root / "models")
     if t.scaling_dims:
-        return run_scaling(app, data, root)
-    trained = {kind: train_model(kind, app, data, root / "models") for kind in t.models}
-    rows = []
-    for kind, model in trained.items():
-        cells = root / "cells" / f"{kind}_{model.key}_{evaluation_key(app, data)}"
-        for name, batch in data.sets.items():
-            rows += cell(cells / f"{name}.json", lambda: evaluate(model, name, batch, app))
-    write_report(root, app, data, trained, pd.DataFrame(rows))
+        return run_scaling(app, data, root, cells, models)
+    trained = {kind: train_model(kind, app, data, models) for kind in t.models}
+    rows = [r for model in trained.values() for name in data.sets for r in evaluation_cell(cells, model, name, data, app)]
+    write_report(root, app, data, trained, pd.DataFrame(rows), provenance(cells, models))
     return 0
 
 
@@ -311,17 +310,18 @@ def headline(frame: pd.DataFrame, model: str, name: str, infer_steps: int) -> pd
     return rows.iloc[0] if len(rows) else None
 
 
-def write_report(root: Path, app: TextAppConfig, data: TextData, trained: dict[str, Trained], frame: pd.DataFrame) -> None:
+def write_report(root: Path, app: TextAppConfig, data: TextData, trained: dict[str, Trained], frame: pd.DataFrame,
+                 provenance: str) -> None:
     """text.csv, text.md and the plots, atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    atomic_write_csv(frame, root / "text.csv")
+    write_frame(frame, root, "text")
     sets = list(data.sets)
     steps_k = app.think.infer_steps
-    lines = [f"# text: {data.name}", "", data.description + ".", "",
+    lines = [f"# text: {data.name}", "", data.description + ".", "", provenance, "",
              "Perplexity = exp(mean cross-entropy of the scored tokens): every token of the text sets, the closing "
              "brackets (dyck) and the answer digits (arithmetic) of the generated sets. EBT default inference: "
              f"{steps_k} thinking steps from one start (task.init={app.task.init}). FLOPs: matmul FLOPs counted by torch "
@@ -344,44 +344,34 @@ def write_report(root: Path, app: TextAppConfig, data: TextData, trained: dict[s
             "" if (r := headline(frame, kind, name, steps_k)) is None else f"{r['accuracy']:.3f}" for name in sets) + " |")
     ebt = frame[frame["model"] == "ebt"]
     if len(ebt):
-        steps = ebt[ebt["kind"] == "steps"]
-        ks = sorted(steps["steps"].unique())
-        def step_table(column: str, digits: int) -> list[str]:
-            rows = ["| set | " + " | ".join(f"{k} steps" for k in ks) + " |", "|---|" + "---:|" * len(ks)]
-            for name in sets:
-                r = steps[steps["set"] == name].set_index("steps")
-                rows.append(f"| {name} | " + " | ".join(f"{r.loc[k, column]:.{digits}f}" for k in ks) + " |")
-            return rows
+        def by_set(rows: pd.DataFrame, column: str, setting: str, label: str, digits: int) -> str:
+            """`column` as a markdown table: a row per evaluation set, a column per value of `setting`."""
+            table = rows.pivot(index="set", columns=setting, values=column).reindex(sets).rename(columns=label.format)
+            return markdown_table(table.reset_index(), floatfmt=f".{digits}f")
 
+        steps = ebt[ebt["kind"] == "steps"]
         lines += ["", f"## EBT perplexity against thinking steps (one start, task.init={app.task.init})", "",
-                  *step_table("perplexity", 2), "", "Mean energy per position after each number of steps:", "",
-                  *step_table("energy_per_position", 3)]
+                  by_set(steps, "perplexity", "steps", "{} steps", 2), "",
+                  "Mean energy per position after each number of steps:", "",
+                  by_set(steps, "energy_per_position", "steps", "{} steps", 3)]
         verify = ebt[ebt["kind"] == "verify"]
-        ns = sorted(verify["candidates"].unique())
+        n_max = verify["candidates"].max()
         lines += ["", f"## EBT self-verification: N starts, {steps_k} steps each, lowest energy per position", "",
-                  "| set | " + " | ".join(f"N={n}" for n in ns) + " |", "|---|" + "---:|" * len(ns)]
-        for name in sets:
-            r = verify[verify["set"] == name].set_index("candidates")
-            lines.append(f"| {name} | " + " | ".join(f"{r.loc[n, 'perplexity']:.2f}" for n in ns) + " |")
+                  by_set(verify, "perplexity", "candidates", "N={}", 2)]
         average = ebt[ebt["kind"] == "average"]
         if len(average):
             lines += ["", "The energy-free control of the same candidates: their plain average (the mixture of the N "
-                      "next-token distributions):", "", "| set | " + " | ".join(f"N={n}" for n in ns) + " |",
-                      "|---|" + "---:|" * len(ns)]
-            for name in sets:
-                r = average[average["set"] == name].set_index("candidates")
-                lines.append(f"| {name} | " + " | ".join(f"{r.loc[n, 'perplexity']:.2f}" for n in ns) + " |")
+                      "next-token distributions):", "", by_set(average, "perplexity", "candidates", "N={}", 2)]
         if "spearman" in verify:
-            top = verify[verify["candidates"] == max(ns)]
-            lines += ["", f"Does the energy rank the N={max(ns)} candidates of a position by their cross-entropy? Mean "
+            top = verify[verify["candidates"] == n_max].rename(columns={"spearman": "Spearman",
+                                                                        "pick_best": "lowest energy = best"})
+            lines += ["", f"Does the energy rank the N={n_max} candidates of a position by their cross-entropy? Mean "
                       "within-position Spearman correlation of energy against cross-entropy (1 = perfect), and how "
-                      f"often the lowest energy is the lowest cross-entropy (chance {1 / max(ns):.3f}):", "",
-                      "| set | Spearman | lowest energy = best |", "|---|---:|---:|"]
-            for _, r in top.iterrows():
-                lines.append(f"| {r['set']} | {r['spearman']:.3f} | {r['pick_best']:.3f} |")
+                      f"often the lowest energy is the lowest cross-entropy (chance {1 / n_max:.3f}):", "",
+                      markdown_table(top, ["set", "Spearman", "lowest energy = best"], ".3f")]
         alpha = trained["ebt"].meta.get("alpha")
         lines += ["", f"Learned alpha after training: {alpha:.3g}." if alpha is not None else ""]
-    atomic_write_text(root / "text.md", "\n".join(lines) + "\n")
+    write_markdown(["\n".join(lines)], root / "text.md")
 
     for kind_name, column, xlabel, fname in [("steps", "steps", "thinking steps", "perplexity_vs_steps.png"),
                                              ("verify", "candidates", "candidates N (lowest energy per position)",
@@ -406,7 +396,7 @@ def write_report(root: Path, app: TextAppConfig, data: TextData, trained: dict[s
     print(f"\nwritten: {root / 'text.md'}, {root / 'text.csv'}, {root / 'plots'}")
 
 
-def run_scaling(app: TextAppConfig, data: TextData, root: Path) -> int:
+def run_scaling(app: TextAppConfig, data: TextData, root: Path, cells: Cells, models: Artifacts) -> int:
     """Both models at each width on the same tokens: validation perplexity against parameters and FLOPs."""
     import matplotlib
 
@@ -418,25 +408,23 @@ def run_scaling(app: TextAppConfig, data: TextData, root: Path) -> int:
     for dim in t.scaling_dims:
         model_cfg = dataclasses.replace(app.model, dim=dim, heads=dim // t.head_dim)
         for kind in t.models:
-            m = train_model(kind, app, data, root / "models", model_cfg)
-            cells = root / "cells" / f"{kind}_{m.key}_{evaluation_key(app, data)}"
+            m = train_model(kind, app, data, models, model_cfg)
             single = dataclasses.replace(app, text=dataclasses.replace(t, think_steps=[app.think.infer_steps],
                                                                         candidate_counts=[1]))
-            frame = pd.DataFrame(cell(cells / "validation_scaling.json",
-                                      lambda: evaluate(m, "validation", data.sets["validation"], single)))
+            frame = pd.DataFrame(evaluation_cell(cells, m, "validation", data, single))
             r = headline(frame, kind, "validation", app.think.infer_steps)
             rows.append({"model": kind, "dim": dim, "parameters": m.meta["parameters"],
                          "non_embedding_parameters": m.meta["non_embedding_parameters"],
                          "train_flops": m.meta["train_flops_per_token"] * m.meta["tokens"], "tokens": m.meta["tokens"],
                          "seconds": m.meta["seconds"], "perplexity": r["perplexity"]})
     frame = pd.DataFrame(rows)
-    atomic_write_csv(frame, root / "text_scaling.csv")
+    write_frame(frame, root, "text_scaling")
     slopes = {}
     for kind, r in frame.groupby("model", sort=False):
         fit = lambda col: float(np.polyfit(np.log(r[col]), np.log(r["perplexity"]), 1)[0]) if len(r) > 1 else float("nan")  # noqa: E731
         slopes[kind] = {"parameters": fit("parameters"), "non_embedding_parameters": fit("non_embedding_parameters"),
                         "train_flops": fit("train_flops")}
-    lines = [f"# text scaling: {data.name}", "", data.description + ".", "",
+    lines = [f"# text scaling: {data.name}", "", data.description + ".", "", provenance(cells, models), "",
              "Validation perplexity (default inference) of both models at each width, same training tokens.", "",
              "| model | dim | parameters | non-embedding | training FLOPs | train s | perplexity |",
              "|---|---:|---:|---:|---:|---:|---:|"]
@@ -447,7 +435,7 @@ def run_scaling(app: TextAppConfig, data: TextData, root: Path) -> int:
               "| model | vs parameters | vs non-embedding parameters | vs training FLOPs |", "|---|---:|---:|---:|"]
     for kind, s in slopes.items():
         lines.append(f"| {kind} | {s['parameters']:.3f} | {s['non_embedding_parameters']:.3f} | {s['train_flops']:.3f} |")
-    atomic_write_text(root / "text_scaling.md", "\n".join(lines) + "\n")
+    write_markdown(["\n".join(lines)], root / "text_scaling.md")
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     for kind, r in frame.groupby("model", sort=False):
         for ax, col in zip(axes, ["parameters", "train_flops"]):

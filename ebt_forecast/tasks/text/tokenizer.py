@@ -5,17 +5,20 @@ string), knows its `vocab_size` and the id of its document separator `eot` ("<|e
 
 - `gpt2`: the 50,257 ids of GPT-2 (`r50k_base`), read from a `.tiktoken` ranks file; no network.
 - `bpe` (default): a byte-level BPE trained with HF `tokenizers` on the training works only, so the
-  candidate state (batch x sequence x vocabulary) stays small on a CPU; its JSON is cached by a key of
-  the training texts and the vocabulary size.
+  candidate state (batch x sequence x vocabulary) stays small on a CPU; its JSON is an artifact
+  (`experiment.Artifacts`) keyed by a hash of the training texts and the vocabulary size.
 """
 from __future__ import annotations
 
 import hashlib
 import os
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ebt_forecast.data.errors import DataError
+
+if TYPE_CHECKING:
+    from ebt_forecast.experiment import Artifacts
 
 EOT = "<|endoftext|>"
 # GPT-2's pre-tokenisation pattern (tiktoken's r50k_base)
@@ -94,24 +97,25 @@ class ByteBPETokenizer:
         return self.tokenizer.decode(list(ids), skip_special_tokens=False)
 
 
-def texts_key(texts: list[str], *extra) -> str:
-    """A short hash of the training texts and settings: the cache key of a trained tokenizer."""
+def texts_key(texts: list[str]) -> str:
+    """A short hash of the training texts: what a trained tokenizer's key reads of them."""
     h = hashlib.sha256()
     for t in texts:
         h.update(hashlib.sha256(t.encode()).digest())
-    h.update(repr(extra).encode())
     return h.hexdigest()[:12]
 
 
-def make_tokenizer(kind: str, train_texts: list[str], vocab_size: int, gpt2_path: str, cache_dir: Path,
+def make_tokenizer(kind: str, train_texts: list[str], vocab_size: int, gpt2_path: str, store: Artifacts,
                    threads: int = 1) -> TextTokenizer:
-    """GPT-2 from its file, or a byte-level BPE trained on `train_texts` (cached under `cache_dir`)."""
+    """GPT-2 from its file, or a byte-level BPE trained on `train_texts` (trained once, an artifact of `store`)."""
     if kind == "gpt2":
         return GPT2Tokenizer(gpt2_path)
-    path = cache_dir / f"bpe_{vocab_size}_{texts_key(train_texts, vocab_size)}.json"
-    if path.exists():
-        return ByteBPETokenizer.load(path)
-    os.environ.setdefault("RAYON_NUM_THREADS", str(threads))  # tokenizers' thread pool; read once, at first use
-    tok = ByteBPETokenizer.train(train_texts, vocab_size)
-    tok.save(path)
-    return tok
+
+    def train(folder: Path) -> ByteBPETokenizer:
+        os.environ.setdefault("RAYON_NUM_THREADS", str(threads))  # tokenizers' thread pool; read once, at first use
+        tok = ByteBPETokenizer.train(train_texts, vocab_size)
+        tok.save(folder / "tokenizer.json")
+        return tok
+
+    return store.get(f"bpe_{vocab_size}", {"texts": texts_key(train_texts), "vocab_size": vocab_size}, train,
+                     lambda folder: ByteBPETokenizer.load(folder / "tokenizer.json"))
