@@ -20,13 +20,8 @@ from pathlib import Path
 warnings.filterwarnings("ignore", message=".*json.*-module for json-handling")
 
 from ebt_forecast.config import commands, compose, config_dir, register_configs  # noqa: E402
-from ebt_forecast.data.errors import DataError  # noqa: E402
+from ebt_forecast.errors import ConfigError, EBTForecastError, UsageError  # noqa: E402
 from ebt_forecast.tasks.base import AppConfig, task_of_command  # noqa: E402
-from ebt_forecast.think import ConfigError  # noqa: E402
-
-
-class UsageError(ValueError):
-    """A bad command line."""
 
 
 def usage() -> str:
@@ -51,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         if sweep:
             return multirun(command, overrides)
         return run(compose(command, overrides))
-    except (UsageError, ConfigError, DataError) as err:
+    except EBTForecastError as err:
         print(f"ebt-forecast {command}: error: {err}", file=sys.stderr)
         return 2
     except Exception as err:  # Hydra / OmegaConf composition and type errors name the key
@@ -193,7 +188,7 @@ def run_job(cfg) -> int:
             raise ConfigError(f"trainer.strategy={app.trainer.strategy!r} relaunches the command line in each "
                               "process, which a multirun job cannot do: use trainer.strategy=ddp_spawn in a sweep")
         return run(app)
-    except (UsageError, ConfigError, DataError) as err:
+    except EBTForecastError as err:
         print(f"ebt-forecast {app.command}: error: {err}", file=sys.stderr)
         return 2
 

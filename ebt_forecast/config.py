@@ -20,8 +20,7 @@ from ebt_forecast.tasks.base import AppConfig, TaskSpec, task_of_command
 CONFIG_PACKAGE = "ebt_forecast.configs"
 
 
-class ConfigDirError(RuntimeError):
-    """The configs/ folder did not come with this installation of ebt_forecast."""
+from ebt_forecast.errors import ConfigDirError  # noqa: E402, F401  (raised below; importable from here as before)
 
 
 @cache

@@ -1,6 +1,7 @@
 """The control task: energy gradients, bounded planners, LQR recovery, the world model's training, the CLI."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -190,3 +191,68 @@ def test_control_cli_rejects_bad_logged_data(tmp_path, capsys, pendulum_frame):
     assert main(["control", f"control.data={tmp_path / 'nan.parquet'}", f"runtime.output_dir={out}"]) == 2
     assert "NaN" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_failure_auroc_is_sklearns_roc_auc_and_one_for_a_perfect_signal():
+    """The AUROC the control report gives for energy as a failure signal (metrics.auroc, as control.run calls it):
+    sklearn's roc_auc_score on known signals, ties included; 1.0 when every failure has a higher energy than every
+    success, 0.0 reversed, NaN when there is no failure to flag."""
+    from sklearn.metrics import roc_auc_score
+
+    from ebt_forecast.tasks.control import run as control_run
+
+    auroc = control_run.auroc
+    rng = np.random.default_rng(0)
+    for n in (5, 12, 40):
+        failed = rng.random(n) < 0.4
+        failed[:2] = [True, False]
+        energy = rng.normal(size=n) + failed
+        energy[-4:] = energy[0]  # ties
+        assert auroc(energy, failed) == pytest.approx(roc_auc_score(failed, energy), abs=1e-12)
+    failed = np.array([False, True, False, True, True])
+    energy = np.array([0.1, 2.0, -1.0, 0.5, 0.3])
+    assert auroc(energy, failed) == 1.0 and auroc(-energy, failed) == 0.0
+    assert auroc(np.array([1.0, 1.0, 1.0]), np.array([True, False, False])) == 0.5
+    assert np.isnan(auroc(energy, np.zeros(5, dtype=bool)))
+
+
+def test_the_control_report_gives_the_auroc_of_the_test_episodes_energies(tmp_path, monkeypatch):
+    """The control command's failure AUROC, per EBT planner, is the AUROC of the executed plans' energies for the
+    failed test episodes: the episodes here are given known energies and outcomes (from their start state), and the
+    report says sklearn's roc_auc_score of them; 1.000 for the planner whose energy separates them perfectly,
+    0.000 reversed."""
+    import re
+
+    from sklearn.metrics import roc_auc_score
+
+    from ebt_forecast.tasks.control import run as control_run
+
+    def known(starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # (energy, failed) of episodes from these starts
+        theta = starts[:, 0]
+        return np.cos(3 * theta) + theta, np.sin(5 * theta) > 0
+
+    real = control_run.run_episodes
+
+    def episodes_with_known_outcomes(env, controller, starts, *args, **kwargs):
+        log = real(env, controller, starts, *args, **kwargs)
+        if controller.kind not in ("ebt", "ebt_no_energy", "ebt_cem"):
+            return log
+        energy, failed = known(np.asarray(starts))
+        if controller.kind != "ebt":  # a perfect signal (ebt_cem), and the reversed one (ebt_no_energy)
+            energy = (failed.astype(float) if controller.kind == "ebt_cem" else -failed.astype(float)) + 0.01 * energy
+        return dataclasses.replace(log, success=~failed, energy=energy)
+
+    monkeypatch.setattr(control_run, "run_episodes", episodes_with_known_outcomes)
+    args = ["control", "env=pendulum", "runtime.threads=1", f"runtime.output_dir={tmp_path}",
+            "control.transitions=1200", "trainer.max_steps=10", "trainer.progress_bar=false",
+            "control.ensemble_steps=10", "control.eval_starts=10", "control.validation_starts=2",
+            "control.episode_steps=4", "control.budget=30", "control.budgets=[10]", "control.budget_starts=2",
+            "control.seeds=[0]", "control.energy_weights=[1.0]", "task.horizon=5",
+            "model.dim=32", "model.depth=1", "control.ensemble_hidden=32"]
+    assert main(args) == 0
+    energy, failed = known(control_run.held_out_starts(make_env("pendulum"), 10, control_run.TEST_SEED))
+    assert 0 < failed.sum() < len(failed)
+    text = (tmp_path / "pendulum" / "control.md").read_text()
+    reported = {k: float(v) for k, v in re.findall(r"(ebt\w*) (\d\.\d{3})", text.split("## Energy as a failure signal")[1])}
+    assert reported["ebt"] == pytest.approx(roc_auc_score(failed, energy), abs=5e-4)
+    assert reported["ebt_cem"] == 1.0 and reported["ebt_no_energy"] == 0.0

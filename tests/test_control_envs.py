@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from ebt_forecast.data.errors import DataError
+from ebt_forecast.errors import DataError
 from ebt_forecast.tasks.control.data import (collect, held_out_starts, load_transitions, logged_dataset,
                                              save_transitions, transition_columns)
 from ebt_forecast.tasks.control.envs import ENV_NAMES, MAX_POWER, STEP_HOURS, make_env

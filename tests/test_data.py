@@ -474,20 +474,33 @@ def test_split_train_val():
 
 
 def test_gluonts_repository_loader_reads_a_local_copy(tmp_path):
-    """get_dataset's local-copy path works offline: a data set saved in GluonTS's layout loads as a task."""
+    """get_dataset's local-copy path works offline: a data set saved in GluonTS's layout loads as a task whose
+    training series are the written train entries and whose test windows split each written test entry into its
+    first len - 24 points (past) and last prediction_length = 24 points (future), values, order and starts alike."""
     from gluonts.dataset.common import ListDataset, MetaData, TrainDatasets
     from gluonts.dataset.repository.datasets import default_dataset_writer
 
     from ebt_forecast.data import load_gluonts_repository
 
     rng = np.random.default_rng(0)
-    train = ListDataset([{"start": "2020-01-01 00:00", "target": rng.normal(size=200)} for _ in range(3)], freq="h")
-    test = ListDataset([{"start": "2020-01-01 00:00", "target": rng.normal(size=224)} for _ in range(3)], freq="h")
+    starts = ["2020-01-01 00:00", "2020-02-03 05:00", "2021-06-30 23:00"]
+    train_values = [rng.normal(10 * i, 1 + i, size=200 + 10 * i) for i in range(3)]
+    test_values = [np.r_[v, rng.normal(10 * i, 1, size=24)] for i, v in enumerate(train_values)]
+    test_values[1][[3, 50]] = np.nan  # missing values stay missing
+    train = ListDataset([{"start": s, "target": v} for s, v in zip(starts, train_values)], freq="h")
+    test = ListDataset([{"start": s, "target": v} for s, v in zip(starts, test_values)], freq="h")
     TrainDatasets(MetaData(freq="h", prediction_length=24), train, test).save(
         str(tmp_path / "m4_hourly"), writer=default_dataset_writer)
     task = load_gluonts_repository("m4_hourly", path=tmp_path)
     assert (task.horizon, task.season_length, len(task.train), len(task.test_windows)) == (24, 24, 3, 3)
-    assert all(len(w.future) == 24 and len(w.past) == 200 for w in task.test_windows)
+    for start, series, written in zip(starts, task.train, train_values):
+        assert series.start == pd.Period(start, "h")
+        np.testing.assert_allclose(series.target, written, rtol=1e-6)
+    for start, window, written in zip(starts, task.test_windows, test_values):
+        assert window.start == pd.Period(start, "h") and window.forecast_start == pd.Period(start, "h") + len(written) - 24
+        np.testing.assert_allclose(window.past, written[:-24], rtol=1e-6)  # NaN where NaN was written
+        np.testing.assert_allclose(window.future, written[-24:], rtol=1e-6)
+    assert np.isnan(task.test_windows[1].past[[3, 50]]).all()
 
 
 def test_gluonts_repository_loader_names_a_missing_data_set(tmp_path):

@@ -139,11 +139,40 @@ def test_where_training_runs_does_not_change_result_keys_but_precision_does():
     assert replace(default, precision="bf16-mixed").settings()["precision"] == "bf16-mixed"
 
 
-def test_bf16_mixed_precision_trains_on_cpu():
-    module = LineFit()
-    report = fit_module(module, Line(), TrainerConfig(max_steps=4, batch_size=4, warmup_steps=1, progress_bar=False,
-                                                      precision="bf16-mixed"), seed=0)
-    assert report.steps == 4 and module.w.item() > 0
+def test_bf16_mixed_precision_trains_on_cpu(tmp_path):
+    """trainer.precision=bf16-mixed: the forecast EBT's training steps run under bf16 autocast (its linear layers
+    compute in bfloat16), the engine keeps its energy record in float32 with every step's energy finite, and the
+    float32 master weights change and stay float32."""
+    module, data = tiny_forecast_training(str(tmp_path))
+    initial = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    dtypes, records = set(), []
+
+    def record_dtype(layer, inputs, output):
+        if layer.training:
+            dtypes.add(output.dtype)
+
+    hooks = [m.register_forward_hook(record_dtype) for m in module.modules() if isinstance(m, torch.nn.Linear)]
+    real_think = module.think
+
+    def think(*args, **kwargs):
+        result = real_think(*args, **kwargs)
+        records.append(result.record)
+        return result
+
+    module.think = think
+    trainer = TrainerConfig(max_steps=2, batch_size=BATCH, warmup_steps=1, progress_bar=False, precision="bf16-mixed")
+    report = fit_module(module, data, trainer, seed=None)
+    for hook in hooks:
+        hook.remove()
+    assert report.steps == 2
+    assert torch.bfloat16 in dtypes  # autocast was on inside the training steps
+    assert len(records) == 2 and all(r.energies.dtype == torch.float32 for r in records)
+    assert all(torch.isfinite(r.energies[:r.steps_budget]).all() for r in records)  # every step's energy written
+    trained = module.state_dict()
+    assert all(p.dtype == torch.float32 for p in module.parameters())
+    assert all(v.dtype == initial[k].dtype for k, v in trained.items())
+    moved = [k for k in trained if not torch.equal(trained[k], initial[k])]
+    assert len(moved) > 10  # training changed the weights
 
 
 def test_a_rank_other_than_0_reads_the_output_folder_but_writes_and_prints_nothing_there(tmp_path, monkeypatch, capsys):

@@ -120,18 +120,19 @@ def test_passes_per_image_are_the_engine_record_for_the_ebt_and_one_forward_per_
     torch.manual_seed(0)
     clean = torch.rand(5, 3, 8, 8) * 2 - 1
     noisy = add_noise(clean, 0.2, seed=0)
-    ebt = ImageEBTModule(TINY, image_think(), TrainerConfig(), ImageTaskConfig(), SHAPE).eval()
     for uphill in (False, True):  # reject_uphill makes the pipeline read the final energy: one more forward
-        with ebt.thinking_with(reject_uphill=uphill):
-            rows = ebt_rows(ebt, noisy, clean, steps=3, batch=3)  # two chunks: 3 + 2 images
-            for k, row in enumerate(rows):
-                record = ebt.denoise(noisy, k).record
-                final_read = record is not None and bool(torch.isfinite(record.energies[k]).all())
-                assert row["steps"] == k and row["backward_passes"] == k
-                assert row["forward_passes"] == k + final_read == (record.forward_passes / 5 if record else 0)
-                assert row["backward_passes"] == (record.backward_passes / 5 if record else 0)
-                assert row["passes"] == row["forward_passes"] + row["backward_passes"]
-                assert final_read == uphill
+        torch.manual_seed(0)
+        think_cfg = dataclasses.replace(image_think(), reject_uphill=uphill)
+        ebt = ImageEBTModule(TINY, think_cfg, TrainerConfig(), ImageTaskConfig(), SHAPE).eval()
+        rows = ebt_rows(ebt, noisy, clean, steps=3, batch=3)  # two chunks: 3 + 2 images
+        for k, row in enumerate(rows):
+            record = ebt.denoise(noisy, k).record
+            final_read = record is not None and bool(torch.isfinite(record.energies[k]).all())
+            assert row["steps"] == k and row["backward_passes"] == k
+            assert row["forward_passes"] == k + final_read == (record.forward_passes / 5 if record else 0)
+            assert row["backward_passes"] == (record.backward_passes / 5 if record else 0)
+            assert row["passes"] == row["forward_passes"] + row["backward_passes"]
+            assert final_read == uphill
     dit = DiTModule(TINY, TrainerConfig(), SHAPE).eval()
     calls = []
     dit.model.register_forward_hook(lambda *_: calls.append(1))

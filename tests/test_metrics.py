@@ -1,6 +1,5 @@
 import numpy as np
 import pandas as pd
-import properscoring
 import pytest
 
 from ebt_forecast.metrics import (
@@ -86,24 +85,64 @@ def test_seasonal_error_matches_gluonts():
         assert seasonal_error(x, m) == pytest.approx(float(ref), rel=1e-12)
 
 
-def test_crps_matches_properscoring_and_is_scaled():
+def test_crps_is_the_energy_form_by_brute_force_and_is_scaled():
+    """The sample CRPS is E|X - y| - 0.5 E|X - X'| over the samples, computed here by explicit sums over every pair;
+    NaN targets are skipped; crps_scaled = sum crps / sum |y|; one sample gives the absolute error."""
     rng = np.random.default_rng(4)
-    windows = _random_windows(rng, nan=True)
-    scores = [score_window(s, f, p, 1) for p, f, s in windows]
-    agg = aggregate(scores)
+    windows = _random_windows(rng, n_windows=3, horizon=8, num_samples=(30, 7, 1), nan=True)
+    agg = aggregate([score_window(s, f, p, 1) for p, f, s in windows])
     crps, absy = [], []
     for _, f, s in windows:
-        ok = ~np.isnan(f)
-        crps.append(properscoring.crps_ensemble(f[ok], s[:, ok].T))
-        absy.append(np.abs(f[ok]))
-    crps, absy = np.concatenate(crps), np.concatenate(absy)
-    np.testing.assert_allclose(agg["crps"], crps.mean(), rtol=1e-10)
-    np.testing.assert_allclose(agg["crps_scaled"], crps.mean() / absy.mean(), rtol=1e-10)
-    assert agg["num_obs"] == len(crps)
-    # single-sample CRPS is the absolute error (standard estimator)
+        for t, y in enumerate(f):
+            if np.isnan(y):
+                continue
+            x = s[:, t].tolist()
+            skill = sum(abs(xi - y) for xi in x) / len(x)
+            spread = sum(abs(xi - xj) for xi in x for xj in x) / len(x) ** 2
+            crps.append(skill - 0.5 * spread)
+            absy.append(abs(y))
+    assert agg["num_obs"] == len(crps) == 3 * (8 - 2)
+    np.testing.assert_allclose(agg["crps"], np.mean(crps), rtol=1e-10)
+    np.testing.assert_allclose(agg["crps_scaled"], np.sum(crps) / np.sum(absy), rtol=1e-10)
     y = np.array([1.0, -2.0, 3.0])
     sc = score_window(np.array([[1.5, -2.0, 0.0]]), y, np.arange(10.0), 1)
     assert sc["crps_sum"] == pytest.approx(0.5 + 0.0 + 3.0)
+
+
+def test_sample_crps_of_a_gaussian_ensemble_is_the_gaussian_closed_form():
+    """An ensemble of 1000 N(mu, sigma^2) draws, one per stratum of U(0, 1) (mu + sigma Phi^-1((j + 0.5) / 1000)):
+    its CRPS at y is the closed form sigma (z (2 Phi(z) - 1) + 2 phi(z) - 1 / sqrt(pi)), z = (y - mu) / sigma,
+    to 1e-5 (independent draws would need ~1e6 samples for that)."""
+    from scipy.stats import norm
+
+    mu, sigma, m = 3.0, 2.0, 1000
+    y = np.array([3.0, 4.0, -1.0, 9.0])
+    draws = mu + sigma * norm.ppf((np.arange(m) + 0.5) / m)
+    crps = score_window(np.tile(draws[:, None], (1, len(y))), y, np.arange(20.0), 1)["crps_sum"]
+    z = (y - mu) / sigma
+    exact = sigma * (z * (2 * norm.cdf(z) - 1) + 2 * norm.pdf(z) - 1 / np.sqrt(np.pi))
+    assert crps == pytest.approx(exact.sum(), rel=1e-5)
+
+
+def test_quantile_crps_is_twice_the_mean_pinball_loss_over_its_levels():
+    """A quantile forecast (levels=FORECAST_LEVELS): rows that cross are first sorted per step, then the CRPS is
+    2/K sum_k pinball_k(y - q_k), computed here level by level; NaN targets are skipped."""
+    from ebt_forecast.metrics import FORECAST_LEVELS
+
+    rng = np.random.default_rng(9)
+    k = len(FORECAST_LEVELS)
+    ordered = np.sort(rng.normal(10, 3, (k, 4)), axis=0)  # non-crossing quantile paths
+    rows = ordered.copy()
+    rows[[0, 5, 12], 0] = rows[[12, 0, 5], 0]  # step 0's rows cross
+    y = np.array([9.0, 30.0, np.nan, -2.0])
+    sc = score_window(rows, y, np.arange(20.0), 1, levels=FORECAST_LEVELS)
+    by_hand = 0.0
+    for t in (0, 1, 3):
+        for j, tau in enumerate(FORECAST_LEVELS):
+            u = y[t] - ordered[j, t]
+            by_hand += 2 / k * u * (tau - (u < 0))
+    assert sc["crps_estimator"] == f"quantile[{k}]" and sc["num_obs"] == 3
+    assert sc["crps_sum"] == pytest.approx(by_hand, rel=1e-12)
 
 
 def test_perfect_forecast_scores_zero():
@@ -208,3 +247,36 @@ def test_geometric_mean_relative():
 def test_relative_requires_baseline():
     with pytest.raises(ValueError):
         relative_to_baseline(_table(), baseline="nope", metrics=("wql",))
+
+
+def test_relative_over_seeds_averages_each_seeds_geometric_mean_ratio():
+    """Two seeds of an EBT and a seedless baseline on two data sets: per seed, the geometric mean over data sets of
+    the ratio to seasonal naive; then the mean and the sample sd over seeds (numbers worked out by hand). The
+    seedless model joins every seed's table: sd 0, counted under both seeds."""
+    from math import sqrt
+
+    from ebt_forecast.tasks.forecast.benchmark import RELATIVE_METRICS, relative_over_seeds
+
+    nan = float("nan")
+    rows = [  # dataset, model, seed, wql, mase (the other metrics copy wql)
+        ("a", "seasonal_naive", nan, 2.0, 1.0), ("b", "seasonal_naive", nan, 4.0, 1.0),
+        ("a", "autoets", nan, 3.0, 2.0), ("b", "autoets", nan, 2.0, 0.5),
+        ("a", "ebt", 0, 1.0, 0.8), ("b", "ebt", 0, 2.0, 0.5),
+        ("a", "ebt", 1, 1.5, 0.9), ("b", "ebt", 1, 3.0, 0.4),
+    ]
+    table = pd.DataFrame(rows, columns=["dataset", "model", "seed", "wql", "mase"])
+    for metric in RELATIVE_METRICS:
+        if metric not in table:
+            table[metric] = table["wql"]
+    out = relative_over_seeds(table).set_index("model")
+    # ebt: wql ratios (0.5, 0.5) -> 0.5 and (0.75, 0.75) -> 0.75; mase (0.8, 0.5) -> sqrt(0.4), (0.9, 0.4) -> 0.6
+    assert out.loc["ebt", "wql"] == pytest.approx((0.5 + 0.75) / 2)
+    assert out.loc["ebt", "wql_sd"] == pytest.approx(0.25 / sqrt(2))
+    assert out.loc["ebt", "mase"] == pytest.approx((sqrt(0.4) + 0.6) / 2)
+    assert out.loc["ebt", "mase_sd"] == pytest.approx((sqrt(0.4) - 0.6) / sqrt(2))
+    assert out.loc["ebt", "msis"] == pytest.approx(0.625) and out.loc["ebt", "seeds"] == 2
+    # autoets: wql (1.5, 0.5) -> sqrt(0.75), mase (2, 0.5) -> 1, the same under both seeds
+    assert out.loc["autoets", "wql"] == pytest.approx(sqrt(0.75)) and out.loc["autoets", "mase"] == pytest.approx(1.0)
+    assert out.loc["autoets", "wql_sd"] == 0.0 and out.loc["autoets", "seeds"] == 2
+    assert out.loc["seasonal_naive", "wql"] == 1.0 and out.loc["seasonal_naive", "wql_sd"] == 0.0
+    assert list(out.index) == ["ebt", "autoets", "seasonal_naive"]  # lowest relative WQL first

@@ -7,7 +7,8 @@ import pytest
 
 from ebt_forecast.cli import main
 from ebt_forecast.config import compose
-from ebt_forecast.metrics import aggregate, auroc, score_window, selective_wql
+from ebt_forecast.data.types import TestWindow as Window  # not collected as a test class
+from ebt_forecast.metrics import aggregate, auroc, score_window, score_windows, selective_wql
 from ebt_forecast.tasks.forecast import study as study_module
 from ebt_forecast.tasks.forecast.benchmark import trained_ebt
 
@@ -43,31 +44,36 @@ def finished(etth1_file, tmp_path_factory):
 
 
 def test_pass_counts_in_the_table_are_the_engines(finished):
-    """Each row's passes are what the engine's record says for that setting, rerun on the trained model; fixed
-    steps spend (K + 1) M G forward and K M G backward passes per window; the starts alone read M G energies."""
+    """Passes counted by hand, not by rerunning: with K fixed steps, M level paths, G starts and N windows every
+    start takes K gradient steps (N M G K backward and forward passes), and a selection that reads the final energy
+    adds one more energy per start (N M G); energy-free ones (average, refined) do not. This holds for every
+    fixed-budget row (fixed, fixed+uphill, candidates, group, verifier) on the test and the validation windows.
+    top_energy thinks on round(f N) windows after reading every start's energy once; energy_change stops early
+    inside its budget and reads each final energy once."""
     app, out = finished
     table = pd.read_csv(out / "study.csv")
-    datasets = study_module.study_datasets(app)
-    ebt = trained_ebt(datasets[0], app, out / "cache")
-    test = datasets[0].test_windows
-    for label in ("fixed[steps=3,verified,M=21,G=2]", "energy_change[steps=3,verified,M=21,G=2,tol=0.01]",
-                  "top_energy[steps=3,verified,M=21,G=2,top=0.5]", "candidates[steps=2,verified,M=4,G=2]"):
-        row = table[table.label == label].iloc[0]
-        setting = study_module.Setting.of(row.policy, int(row.steps), row.selection, int(row.num_candidates),
-                                          int(row.group), None if pd.isna(row.param) else float(row.param))
-        again = study_module.run_setting(ebt, test, setting)
-        assert (row.forward_passes, row.backward_passes) == (again.forward_passes, again.backward_passes), label
-        np.testing.assert_allclose(row.wql, aggregate([score_window(s, w.future, w.past, 24)
-                                                       for s, w in zip(again.samples, test)])["wql"], rtol=1e-6)
-    fixed = table[(table.policy == "fixed") & (table.selection == "verified")]
+    dataset = study_module.study_datasets(app)[0]
+    n_test = len(dataset.test_windows)
+    assert n_test == 4  # four series, the last horizon of each
+    n_val = 4 * 2  # task.val_windows=6 over four series: ceil(6 / 4) = 2 windows from each
+    ebt = trained_ebt(dataset, app, out / "cache")
+    assert len(ebt.val_windows) == n_val
+    energy_free = {"average", "refined", "median", "proposal"}
+    fixed = table[table.policy.isin(["fixed", "fixed+uphill", "candidates", "group", "verifier"])]
+    assert len(fixed) == 15 + 3 + 2 + 2 + 2 and set(fixed.selection) == {"verified", "weighted", "resample", "average", "refined"}
     for _, r in fixed.iterrows():
-        m, g, k = r.num_candidates, r.group, r.steps
-        assert r.forward_per_window == (k + 1) * m * g if k > 0 else m * g
-        assert r.backward_per_window == k * m * g
-    # the adaptive policies spend fewer passes than the fixed budget they stop inside
+        starts, k = r.num_candidates * r.group, r.steps
+        for prefix, n in (("", n_test), ("val_", n_val)):
+            final = 0 if r.selection in energy_free else n * starts
+            assert (r[f"{prefix}forward_passes"], r[f"{prefix}backward_passes"]) == (n * starts * k + final,
+                                                                                     n * starts * k), (r.label, prefix)
+    m, g, k = 21, 2, app.study.policy_steps
     top = table[table.policy == "top_energy"].iloc[0]
-    budget = fixed[fixed.steps == 3].iloc[0]
-    assert top.backward_passes == pytest.approx(0.5 * budget.backward_passes)
+    thinking = round(top.param * n_test)
+    assert (top.forward_passes, top.backward_passes) == (n_test * m * g + thinking * m * g * (k + 1), thinking * m * g * k)
+    stop = table[table.policy == "energy_change"].iloc[0]
+    assert stop.forward_passes == stop.backward_passes + n_test * m * g
+    assert 0 < stop.backward_passes <= n_test * m * g * k
 
 
 def test_report_has_every_part(finished):
@@ -148,3 +154,88 @@ def test_study_command_on_a_file_and_its_errors(etth1_file, tmp_path, capsys):
     code = main(["study", f"input={tmp_path / 'missing.csv'}", "horizon=24", f"runtime.output_dir={tmp_path}"])
     err = capsys.readouterr().err
     assert code == 2 and "missing.csv" in err
+
+
+def test_the_shared_fixed_cell_equals_a_separate_run_of_each_setting(finished):
+    """Fixed-steps settings that share their thinking (one run, read by several selections) give the rows a separate
+    run of each setting gives: the same metrics and the same passes, on the validation and the test windows."""
+    app, out = finished
+    dataset = study_module.study_datasets(app)[0]
+    ebt = trained_ebt(dataset, app, out / "cache")
+    settings = [s for s in study_module.study_settings(app.study, 21, 2, 2)
+                if s.policy == "fixed" and s.selection in study_module.SHARED_SELECTIONS]
+    assert {s.selection for s in settings} == {"verified", "weighted", "resample", "average"}
+    for steps in app.study.steps:
+        group = [s for s in settings if s.steps == steps]
+        for s, shared in zip(group, study_module.shared_fixed_cell(ebt, dataset, group)):
+            alone = study_module.sweep_cell(ebt, dataset, s, [], out / "cache")
+            assert shared["label"] == alone["label"] == s.label
+            for prefix in ("", "val_"):
+                for metric in study_module.METRICS:
+                    assert shared[prefix + metric] == pytest.approx(alone[prefix + metric], rel=1e-6), (s.label, metric)
+                for passes in ("forward_passes", "backward_passes"):
+                    assert shared[prefix + passes] == alone[prefix + passes], (s.label, prefix + passes)
+
+
+def test_uncertainty_cell_scores_each_signal_against_the_worst_windows(finished, monkeypatch):
+    """The uncertainty cell on the trained EBT: its WQL is the served forecast's; the worst windows are the top
+    worst_fraction by each window's own WQL; each signal's AUROC is sklearn's roc_auc_score of that signal for those
+    windows; the step-0 energy signal is each window's mean over levels of the lowest start energy; the selective
+    WQL drops the highest-signal windows; and an oracle signal (the error itself) lowers the WQL as it withholds."""
+    from dataclasses import replace
+
+    from sklearn.metrics import roc_auc_score
+
+    app, out = finished
+    dataset = study_module.study_datasets(app)[0]
+    ebt = trained_ebt(dataset, app, out / "cache")
+    study = replace(app.study, worst_fraction=0.5, withheld=[0.0, 0.25, 0.5])
+    seen = []
+    real_auroc = study_module.auroc
+    monkeypatch.setattr(study_module, "auroc", lambda signal, positive: seen.append((signal, positive)) or
+                        real_auroc(signal, positive))
+    row = study_module.uncertainty_cell(ebt, dataset, study)
+    windows = dataset.test_windows
+    served = ebt.predict(windows)
+    scores = [score_window(s, w.future, w.past, 24, served.levels) for s, w in zip(served.samples, windows)]
+    errors = np.array([aggregate([s])["wql"] for s in scores])
+    worst = errors >= np.sort(errors)[len(errors) // 2]  # the worse half of the four windows
+    assert worst.sum() == 2 and row["windows"] == 4
+    assert row["wql"] == pytest.approx(aggregate(scores)["wql"], rel=1e-9)
+    assert len(seen) == len(study_module.SIGNALS)
+    starts = ebt.predict(windows, steps=0, selection="verified")
+    step0 = starts.energies.min(axis=-1).mean(axis=-1)  # (N, M, G) -> lowest start per level -> mean over levels
+    for name, (signal, positive) in zip(study_module.SIGNALS, seen):
+        np.testing.assert_array_equal(positive, worst)
+        assert row[f"{name}_auroc"] == pytest.approx(roc_auc_score(worst, signal)), name
+        for x in study.withheld:
+            kept = np.argsort(-signal, kind="stable")[int(round(x * 4)):]
+            assert row[f"{name}_wql@{x:g}"] == pytest.approx(aggregate([scores[i] for i in kept])["wql"]), (name, x)
+    np.testing.assert_allclose(seen[study_module.SIGNALS.index("energy_step0")][0], step0, rtol=1e-6)
+    oracle = selective_wql(scores, errors, [0.0, 0.25, 0.5])
+    assert oracle[0.5] < oracle[0.25] < oracle[0.0]
+
+
+def test_level_shift_ood_cell_forecasts_windows_moved_by_level_shift_sds(finished):
+    """study.level_shift=3: the shifted split moves each window's past and future up by 3 standard deviations of its
+    past; its rows are the EBT's scores on windows shifted that way here, by hand, and differ from in-distribution."""
+    app, out = finished
+    dataset = study_module.study_datasets(app)[0]
+    ebt = trained_ebt(dataset, app, out / "cache")
+    windows = dataset.test_windows
+    moved = study_module.shifted(windows, app.study.level_shift)
+    for w, m in zip(windows, moved):
+        sd = np.nanstd(w.past.astype(np.float64))
+        assert (m.item_id, m.start) == (w.item_id, w.start) and sd > 0
+        np.testing.assert_allclose(m.past - w.past, 3.0 * sd, rtol=1e-4)
+        np.testing.assert_allclose(m.future - w.future, 3.0 * sd, rtol=1e-4)
+    ood = pd.read_csv(out / "study_ood.csv")
+    for steps in app.study.steps:
+        rows = ood[(ood.steps == steps) & (ood.selection == "verified")].set_index("split")
+        by_hand = [Window(w.item_id, w.start, w.past + 3.0 * np.nanstd(w.past), w.future + 3.0 * np.nanstd(w.past))
+                   for w in windows]
+        shifted_wql = score_windows(ebt.predict(by_hand, steps=steps, selection="verified"), by_hand, 24)["wql"]
+        plain_wql = score_windows(ebt.predict(windows, steps=steps, selection="verified"), windows, 24)["wql"]
+        assert rows.loc["level_shift_3sd", "wql"] == pytest.approx(shifted_wql, rel=1e-4)
+        assert rows.loc["in_distribution", "wql"] == pytest.approx(plain_wql, rel=1e-9)
+        assert abs(shifted_wql - plain_wql) > 1e-3

@@ -97,7 +97,7 @@ def trained():
                                    generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
             return (float(token_cross_entropy(thought.samples[:, 0], batch["y"])),
-                    float(token_cross_entropy(twin.eval().encode(batch), batch["y"])))
+                    float(token_cross_entropy(twin.eval().predict(batch), batch["y"])))
 
     before = losses()
     ebt.train(), twin.train()
@@ -170,7 +170,8 @@ def test_text_cli_writes_the_tables_and_reuses_its_cells(tmp_path, capsys):
     assert set(table[table["kind"] == "average"]["candidates"]) == {1, 2}  # the energy-free control
     assert np.isfinite(table[(table["kind"] == "verify") & (table["candidates"] == 2)]["spearman"]).all()
     assert (root / "text.md").exists() and (root / "plots" / "perplexity_vs_steps.png").exists()
-    models = sorted((root / "models").glob("*.pt"))
+    models = sorted((root / "models").glob("*/weights.pt"))
+    assert len(models) == 2
     stamps = [p.stat().st_mtime_ns for p in models]
     capsys.readouterr()
     assert main(args) == 0  # every model and cell is reused

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ebt_forecast.data.errors import DataError
+from ebt_forecast.errors import DataError
 from ebt_forecast.data.frames import frame_to_series, future_timestamps, load_long_frame
 from ebt_forecast.data.types import Series
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,8 @@ import pytest
 import torch
 
 from ebt_forecast.cli import main
-from ebt_forecast.data.errors import DataError
+from ebt_forecast.errors import DataError
+from ebt_forecast.experiment import Artifacts
 from ebt_forecast.nn import TransformerConfig
 from ebt_forecast.tasks.base import TrainerConfig, fit_module
 from ebt_forecast.tasks.video.autoencoder import AutoencoderModule, FrameAutoencoder
@@ -157,7 +159,9 @@ def test_rollouts_feed_each_model_its_own_predictions():
     twin = TransformerPPVideoModule(TINY, TrainerConfig(), d, s + 1).eval()
     ebt = VideoModule(TINY, app.think, TrainerConfig(), VideoTaskConfig(init="last", init_std=0.0), d, s + 1).eval()
     for kind, module in [("transformer_pp", twin), ("ebt", ebt)]:  # the EBT starts at the last frame: deterministic
-        def next_frame(frames):  # the model's default prediction after frames 0..s-1 (teacher-forced, one step)
+        def next_frame(frames, module=module):  # the default prediction after frames 0..s-1 (teacher-forced, one step)
+            if module is twin:  # its forward
+                return module.model(frames)[:, -1].detach()
             x = torch.cat([frames, frames[:, -1:]], 1)
             return module.infer({"x": x}, num_candidates=1, group=1, steps=app.think.infer_steps,
                                 selection="refined").samples[:, 0, -1].detach()
@@ -200,13 +204,13 @@ def test_the_autoencoder_trains_where_and_how_the_trainer_says(tmp_path, monkeyp
     video = VideoRunConfig(frame_size=16, latent_dim=4, ae_width=4, ae_steps=2, ae_batch=4, digit_size=6)
     app = VideoAppConfig(trainer=TrainerConfig(accelerator=accelerator, precision=precision, progress_bar=False),
                          video=video)
-    ae, key, _ = load_or_train_autoencoder(app, sets, tmp_path)
+    ae, key, _ = load_or_train_autoencoder(app, sets, Artifacts(tmp_path))
     assert [(b["accelerator"], b["precision"], b["strategy"], b["devices"]) for b in built] == [
         (accelerator, precision, "auto", 1)]
     assert all(t.dtype == torch.float32 for t in ae.state_dict().values())  # float32 whatever the precision
     assert ae.encode(torch.rand(2, 1, 16, 16)).dtype == torch.float32
     _, key32, _ = load_or_train_autoencoder(dataclasses.replace(app, trainer=TrainerConfig(progress_bar=False)), sets,
-                                            tmp_path)
+                                            Artifacts(tmp_path))
     assert key32 != key and built[-1]["precision"] == "32-true"  # another precision, another model
 
 
@@ -239,7 +243,8 @@ def test_video_cli_writes_the_tables_reuses_its_cells_and_resumes_training(tmp_p
     assert set(rollouts["set"]) == {"digits", "digits_more", "digits_fast", "clips_heldout"}
     assert set(rollouts["k"]) == {1, 2, 4, 8} and np.isfinite(rollouts[["latent_mse", "psnr"]]).all().all()
     assert len(rollouts) == 4 * 4 * 4 and "Autoregressive rollouts" in (out / "video.md").read_text()
-    models = sorted((out / "models").glob("*.pt"))
+    models = sorted((out / "models").glob("*/weights.pt"))
+    assert len(models) == 3
     stamps = [p.stat().st_mtime_ns for p in models]
     capsys.readouterr()
     assert main(args) == 0  # every model and cell is reused
@@ -247,13 +252,12 @@ def test_video_cli_writes_the_tables_reuses_its_cells_and_resumes_training(tmp_p
     assert "training ebt" not in printed and "training the frame autoencoder" not in printed
     assert pd.read_csv(out / "video.csv").equals(table) and pd.read_csv(out / "video_rollout.csv").equals(rollouts)
     assert [p.stat().st_mtime_ns for p in models] == stamps
-    # an interrupted run: the EBT's file is gone but its Lightning checkpoint is there; training resumes from it
-    ebt_file = next(p for p in models if p.name.startswith("ebt_"))
+    # an interrupted run: the EBT's artifact is gone but its Lightning checkpoint is there; training resumes from it
+    ebt_file = next(p for p in models if p.parent.name.startswith("ebt__"))
     weights = torch.load(ebt_file, weights_only=True)
-    ebt_file.unlink()
-    for cells in (out / "cells").iterdir():
-        for f in cells.glob("ebt_*.json"):
-            f.unlink()
+    shutil.rmtree(ebt_file.parent)
+    for f in (out / "cells").glob("ebt__*.json"):
+        f.unlink()
     assert main(args) == 0
     resumed = torch.load(ebt_file, weights_only=True)
     assert all(torch.equal(weights[k], resumed[k]) for k in weights)

@@ -1,5 +1,5 @@
 """Data layer: loaders, validation, windowing and scaling."""
-from ebt_forecast.data.errors import DataError
+from ebt_forecast.errors import DataError
 from ebt_forecast.data.frames import (
     frame_to_series,
     gluonts_to_series,

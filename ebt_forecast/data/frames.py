@@ -13,7 +13,7 @@ import pandas as pd
 from pandas.tseries import offsets as pdo
 from pandas.tseries.frequencies import to_offset
 
-from ebt_forecast.data.errors import DataError
+from ebt_forecast.errors import DataError
 from ebt_forecast.data.types import Series
 
 _MONTHS = ["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"]

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ebt_forecast.data.errors import DataError
+from ebt_forecast.errors import DataError
 from ebt_forecast.data.frames import frame_to_series, load_long_frame, quiet_pandas
 from ebt_forecast.data.types import ForecastDataset, Series, TestWindow
 from ebt_forecast.data.windows import tail_windows

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ebt_forecast.data.errors import DataError
+from ebt_forecast.errors import DataError
 from ebt_forecast.data.types import Series, TestWindow
 
 

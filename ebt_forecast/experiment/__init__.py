@@ -5,13 +5,14 @@
   cell whose key matches, recomputes one whose dependencies changed, and its `ledger` says which.
 - `Artifacts` (artifacts.py): trained models and other files (train or load) on the same keys, each a folder
   that is whole or absent.
-- `train_or_load` (models.py): a torch module trained once and kept as an artifact (weights + meta), then loaded.
+- `train_or_load` / `fit_or_load` (models.py): a torch module trained once (Lightning, resumable) and kept as an
+  artifact (weights + meta), then loaded.
 - `report` (report.py): result frames to CSV, markdown and plots, written atomically.
 """
 from ebt_forecast.experiment.artifacts import Artifacts
 from ebt_forecast.experiment.cells import CellRecord, Cells, cell_key
-from ebt_forecast.experiment.models import train_or_load
-from ebt_forecast.experiment.report import markdown_table, write_frame, write_markdown
+from ebt_forecast.experiment.models import fit_or_load, train_or_load
+from ebt_forecast.experiment.report import markdown_table, plot_panels, ranking_section, write_frame, write_markdown
 
-__all__ = ["Artifacts", "CellRecord", "Cells", "cell_key", "markdown_table", "train_or_load", "write_frame",
+__all__ = ["Artifacts", "CellRecord", "Cells", "cell_key", "fit_or_load", "markdown_table", "plot_panels", "ranking_section", "train_or_load", "write_frame",
            "write_markdown"]

@@ -28,6 +28,10 @@ class Artifacts:
         """The finished folder of this artifact."""
         return Path(self.folder) / f"{safe_name(name)}__{cell_key(depends)}"
 
+    def reused(self, name: str) -> bool:
+        """Whether the last `get` of `name` loaded a finished artifact."""
+        return next(r.reused for r in reversed(self.ledger) if r.name == name)
+
     def get(self, name: str, depends: Any, make: Callable[[Path], T], load: Callable[[Path], T]) -> T:
         """Load the finished artifact, or make it in a temporary folder and move that into place."""
         import time

@@ -3,10 +3,12 @@
 Contract: `train_or_load(store, name, depends, module, train)` returns `(module, meta)`. The first call runs
 `train(module) -> meta` (a JSON-able dict: seconds, steps, ...) and keeps the weights (`weights.pt`, a state dict)
 and `meta.json` in the artifact folder of (name, depends); later calls load the weights into `module` with
-`weights_only=True`. The module comes back in eval mode.
+`weights_only=True`. The module comes back in eval mode. `fit_or_load` is the same with the training written
+once: `fit_module` on a data set, an interrupted run resuming from `<checkpoints>/<name>__<key>/`.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any, Callable
@@ -14,6 +16,7 @@ from typing import Any, Callable
 import torch
 
 from ebt_forecast.experiment.artifacts import Artifacts
+from ebt_forecast.experiment.cells import cell_key, safe_name
 from ebt_forecast.io import atomic_torch_save, atomic_write_json
 
 
@@ -32,3 +35,23 @@ def train_or_load(store: Artifacts, name: str, depends: Any, module: torch.nn.Mo
 
     trained, meta = store.get(name, depends, make, load)
     return trained.eval(), meta
+
+
+def fit_or_load(store: Artifacts, name: str, depends: Any, module: torch.nn.Module, data: Callable[[], Any],
+                trainer_cfg: Any, checkpoints: Path | str | None = None, seed: int | None = None,
+                ) -> tuple[torch.nn.Module, dict]:
+    """`train_or_load` with Lightning training by `fit_module` on `data()` (built only when training runs);
+    `checkpoints` (default: trainer_cfg.checkpoint_dir, if set) holds one resumable folder per (name, key).
+    meta: seconds, steps, parameters."""
+    from ebt_forecast.tasks.base import fit_module
+
+    key = cell_key(depends)
+    root = checkpoints or trainer_cfg.checkpoint_dir
+    if root:
+        trainer_cfg = dataclasses.replace(trainer_cfg, checkpoint_dir=str(Path(root) / f"{safe_name(name)}__{key}"))
+
+    def train(m: torch.nn.Module) -> dict:
+        report = fit_module(m, data(), trainer_cfg, seed=seed, run_key=key)
+        return {"seconds": report.seconds, "steps": report.steps, "parameters": sum(p.numel() for p in m.parameters())}
+
+    return train_or_load(store, name, depends, module, train)

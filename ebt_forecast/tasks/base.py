@@ -228,16 +228,49 @@ def task_of_command(command: str) -> TaskSpec | None:
 # the Lightning module a task subclasses
 
 
-class TaskModule(L.LightningModule):
+class TrainableModule(L.LightningModule):
+    """What every trained model shares: AdamW groups and the warm-up + cosine schedule of `optim_cfg`. The
+    feed-forward twins (Transformer++, DiT) subclass it directly: they predict, they do not think."""
+
+    def __init__(self, optim_cfg: OptimConfig):
+        super().__init__()
+        self.optim_cfg = optim_cfg
+
+    def parameter_groups(self) -> list[dict]:
+        """AdamW groups: matrices with weight decay, gains and biases without."""
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            if not p.requires_grad or name.startswith("step_size."):
+                continue
+            (decay if p.dim() >= 2 else no_decay).append(p)
+        return [{"params": decay, "weight_decay": self.optim_cfg.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0}]
+
+    def configure_optimizers(self):
+        """AdamW over `parameter_groups()`, warm-up then cosine decay to `min_lr_ratio` over max_steps."""
+        cfg = self.optim_cfg
+        optimizer = torch.optim.AdamW(self.parameter_groups(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+        total = max(1, int(self.trainer.max_steps if self.trainer and self.trainer.max_steps > 0 else 1000))
+
+        def schedule(step: int) -> float:
+            if step < cfg.warmup_steps:
+                return (step + 1) / cfg.warmup_steps
+            progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+            return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class TaskModule(TrainableModule):
     """Holds the step size and the thinking settings; a task adds its model, `encode`, `propose`
     and `training_step`. Training steps call `self.think(energy_fn, init)` (create_graph,
     randomised steps and alpha); inference calls `self.infer(batch, ...)`.
     """
 
     def __init__(self, think_cfg: ThinkConfig, optim_cfg: OptimConfig):
-        super().__init__()
+        super().__init__(optim_cfg)
         self.think_cfg = think_cfg.validate()
-        self.optim_cfg = optim_cfg
         self.step_size = StepSize(think_cfg.alpha, learnable=think_cfg.learn_alpha)
 
     # -- what a task supplies ------------------------------------------------------------------
@@ -286,32 +319,13 @@ class TaskModule(L.LightningModule):
             on_step=True, on_epoch=False, batch_size=e.shape[1],
         )
 
-    def configure_optimizers(self):
-        """AdamW groups: matrices with weight decay, gains and biases without, alpha on its own lr."""
-        cfg = self.optim_cfg
-        decay, no_decay = [], []
-        for name, p in self.named_parameters():
-            if not p.requires_grad or name.startswith("step_size."):
-                continue
-            (decay if p.dim() >= 2 else no_decay).append(p)
-        groups = [
-            {"params": decay, "weight_decay": cfg.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
+    def parameter_groups(self) -> list[dict]:
+        """The shared groups, plus alpha on its own learning rate (multiplier x lr) when it is learnable."""
+        groups = super().parameter_groups()
         if self.step_size.raw.requires_grad:
             groups.append({"params": [self.step_size.raw], "weight_decay": 0.0,
-                           "lr": cfg.lr * self.think_cfg.alpha_lr_multiplier})
-        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
-        total = max(1, int(self.trainer.max_steps if self.trainer and self.trainer.max_steps > 0 else 1000))
-
-        def schedule(step: int) -> float:
-            if step < cfg.warmup_steps:
-                return (step + 1) / cfg.warmup_steps
-            progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
-            return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+                           "lr": self.optim_cfg.lr * self.think_cfg.alpha_lr_multiplier})
+        return groups
 
 
 # ------------------------------------------------------------------------------------------------

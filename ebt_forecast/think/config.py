@@ -7,8 +7,7 @@ STOP_POLICIES = ("fixed", "energy_change", "energy_threshold")
 GRADIENTS = ("unrolled", "implicit")
 
 
-class ConfigError(ValueError):
-    """An invalid setting: the message names the key, the value and the allowed range."""
+from ebt_forecast.errors import ConfigError  # noqa: E402  (re-exported: think's settings raise it)
 
 
 def check_settings(node: object, prefix: str, checks: list[tuple[str, bool, str]]) -> None:

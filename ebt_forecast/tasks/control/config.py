@@ -10,7 +10,8 @@ from typing import Optional
 
 from ebt_forecast.nn import TransformerConfig
 from ebt_forecast.tasks.base import AppConfig, TrainerConfig
-from ebt_forecast.think import ConfigError, ThinkConfig
+from ebt_forecast.errors import ConfigError
+from ebt_forecast.think import ThinkConfig
 
 PLANNERS = ("ebt", "ebt_no_energy", "ebt_cem", "ensemble_rs", "ensemble_cem", "ensemble_mppi",
             "true_rs", "true_cem", "true_mppi", "zero", "random")

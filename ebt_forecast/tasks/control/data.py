@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ebt_forecast.data.errors import DataError
+from ebt_forecast.errors import DataError
 from ebt_forecast.tasks.control.envs import BAND_OCCUPIED, ControlEnv
 
 META_COLUMNS = ("episode", "t", "policy")

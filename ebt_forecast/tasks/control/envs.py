@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ebt_forecast.think import ConfigError
+from ebt_forecast.errors import ConfigError
 
 ENV_NAMES = ("pendulum", "mountain_car", "thermal")
 

@@ -19,10 +19,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ebt_forecast.experiment import Artifacts, Cells, cell_key, train_or_load, write_frame, write_markdown
+from ebt_forecast.experiment import Artifacts, Cells, fit_or_load, write_frame, write_markdown
 from ebt_forecast.io import atomic_save_figure
 from ebt_forecast.metrics import auroc
-from ebt_forecast.tasks.base import TrainerConfig, fit_module
+from ebt_forecast.tasks.base import TrainerConfig
 from ebt_forecast.tasks.control.config import PLANNERS, ControlAppConfig
 from ebt_forecast.tasks.control.data import held_out_starts, load_transitions, logged_dataset
 from ebt_forecast.tasks.control.ensemble import EnsembleDynamics, TransitionDataset, ensemble_data
@@ -41,7 +41,7 @@ from ebt_forecast.tasks.control.planners import (
     random_shooting,
     shift,
 )
-from ebt_forecast.think import ConfigError
+from ebt_forecast.errors import ConfigError
 
 VALIDATION_SEED, TEST_SEED = 1, 0  # held-out start streams (both apart from collection's)
 
@@ -120,20 +120,12 @@ def train_world_model(app: ControlAppConfig, env: ControlEnv, train_frame: pd.Da
     """The world-model EBT of one seed (trained once, then loaded)."""
     shape = WorldShape(len(env.state_names), len(env.action_names), len(env.covariate_names),
                        app.task.context_steps, app.task.horizon)
-    key, trainer = cell_key(depends), app.trainer
-    if trainer.checkpoint_dir:  # one resumable folder per model
-        folder = Path(trainer.checkpoint_dir) / f"ebt_seed{seed}__{key}"
-        trainer = dataclasses.replace(trainer, checkpoint_dir=str(folder))
+    trainer = app.trainer
     L.seed_everything(seed, workers=True, verbose=False)
     module = ControlModule(app.model, app.think, app.trainer, app.task, shape, world_stats(train_frame, env))
-
-    def train(m: ControlModule) -> dict:
-        data = WindowDataset(episodes, app.task.context_steps, app.task.horizon,
-                             trainer.max_steps * trainer.batch_size, seed)
-        report = fit_module(m, data, trainer, seed=None, run_key=key)
-        return {"seconds": report.seconds, "steps": report.steps}
-
-    return train_or_load(store, f"ebt_seed{seed}", depends, module, train)[0]
+    data = lambda: WindowDataset(episodes, app.task.context_steps, app.task.horizon,  # noqa: E731
+                                 trainer.max_steps * trainer.batch_size, seed)
+    return fit_or_load(store, f"ebt_seed{seed}", depends, module, data, trainer)[0]
 
 
 def train_ensemble(app: ControlAppConfig, env: ControlEnv, train_frame: pd.DataFrame, seed: int, store: Artifacts,
@@ -145,12 +137,9 @@ def train_ensemble(app: ControlAppConfig, env: ControlEnv, train_frame: pd.DataF
     model = EnsembleDynamics(len(env.state_names), len(env.action_names), len(env.covariate_names),
                              c.ensemble_members, c.ensemble_hidden, trainer, stats)
 
-    def train(m: EnsembleDynamics) -> dict:
-        data = TransitionDataset(inputs, deltas, c.ensemble_members, trainer.max_steps * trainer.batch_size, seed)
-        report = fit_module(m, data, trainer, seed=None)
-        return {"seconds": report.seconds, "steps": report.steps}
-
-    return train_or_load(store, f"ensemble_seed{seed}", depends, model, train)[0]
+    data = lambda: TransitionDataset(inputs, deltas, c.ensemble_members,  # noqa: E731
+                                     trainer.max_steps * trainer.batch_size, seed)
+    return fit_or_load(store, f"ensemble_seed{seed}", depends, model, data, trainer)[0]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from ebt_forecast.tasks.forecast.diagnostics import verification_diagnostics
 from ebt_forecast.tasks.forecast.estimator import EBTPredictor
 from ebt_forecast.tasks.forecast.forecaster import EBTForecaster
 from ebt_forecast.tasks.forecast.sources import choose, fast_forecasts, train_verifier, verifier_rows
-from ebt_forecast.think import ConfigError
+from ebt_forecast.errors import ConfigError
 
 log = logging.getLogger(__name__)
 SEEDLESS = ("seasonal_naive", *STATSFORECAST_MODELS)  # deterministic: one cell whatever the seed

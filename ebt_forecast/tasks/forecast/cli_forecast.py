@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from gluonts.time_feature import get_seasonality
 
-from ebt_forecast.data.errors import DataError
+from ebt_forecast.errors import DataError
 from ebt_forecast.data.frames import frame_to_series, load_long_frame, quiet_pandas
 from ebt_forecast.data.types import ForecastDataset, TestWindow
 from ebt_forecast.io import atomic_write_csv

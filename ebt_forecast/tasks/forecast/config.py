@@ -13,7 +13,8 @@ import numpy as np
 from ebt_forecast.baselines import STATSFORECAST_MODELS
 from ebt_forecast.nn import TransformerConfig
 from ebt_forecast.tasks.base import AppConfig, TrainerConfig
-from ebt_forecast.think import SELECTIONS, ConfigError, ThinkConfig
+from ebt_forecast.errors import ConfigError
+from ebt_forecast.think import SELECTIONS, ThinkConfig
 
 INITS = ("proposal", "seasonal_naive", "noise")
 

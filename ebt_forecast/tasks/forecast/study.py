@@ -291,7 +291,7 @@ def study_datasets(app: ForecastAppConfig) -> list[ForecastDataset]:
         full = user_dataset(app, "study")
         train, test = split_train_val(full.train, full.horizon, 1)
         if not test:
-            from ebt_forecast.data.errors import DataError
+            from ebt_forecast.errors import DataError
 
             raise DataError(f"{app.input}: every series is too short to hold out its last horizon={app.horizon} "
                             f"points and keep horizon + 1 to train on")

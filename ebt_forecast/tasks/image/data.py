@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ebt_forecast.data.errors import DataError
+from ebt_forecast.errors import DataError
 
 # real photographs shipped inside scikit-image (skimage.data) and scikit-learn (load_sample_images)
 SKIMAGE_PHOTOS = ("astronaut", "brick", "camera", "cell", "chelsea", "clock", "coffee", "coins", "grass", "gravel",

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ebt_forecast.nn import TransformerConfig
-from ebt_forecast.tasks.base import OptimConfig, TaskModule, cached_energy_fn
+from ebt_forecast.tasks.base import OptimConfig, TaskModule, TrainableModule, cached_energy_fn
 from ebt_forecast.tasks.image.config import ImageTaskConfig
 from ebt_forecast.tasks.image.model import (
     DiT,
@@ -85,21 +85,15 @@ class ImageEBTModule(TaskModule):
         return loss
 
 
-class DiTModule(TaskModule):
-    """The DiT twin: DDPM noise prediction; denoises by DDIM from the matching time. It has no energy."""
+class DiTModule(TrainableModule):
+    """The DiT twin, a predictor: DDPM noise prediction; denoises by DDIM from the matching time (no energy,
+    no thinking)."""
 
     def __init__(self, model_cfg: TransformerConfig, optim_cfg: OptimConfig, shape: ImageShape,
                  max_sigma: float | None = None):
-        super().__init__(ThinkConfig(enabled=False, learn_alpha=False), optim_cfg)
+        super().__init__(optim_cfg)
         self.model = DiT(model_cfg, shape)
         self.max_time = 1.0 if max_sigma is None else time_of_sigma(max_sigma)  # training times t ~ U[0, max_time]
-
-    def encode(self, batch: dict[str, Tensor]) -> Tensor:
-        return batch["noisy"]
-
-    def propose(self, encoding: Tensor, batch: dict[str, Tensor], num_candidates: int, group: int,
-                generator: torch.Generator | None = None) -> Starts:
-        raise RuntimeError("the DiT twin has no energy: denoise with `denoise(noisy, sigma, steps)`")
 
     def denoise(self, noisy: Tensor, sigma: float, steps: int) -> Tensor:
         """DDIM with `steps` network passes from the time matching noise level sigma."""

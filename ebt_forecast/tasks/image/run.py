@@ -25,10 +25,9 @@ import lightning as L
 import pandas as pd
 import torch
 
-from ebt_forecast.experiment import Artifacts, Cells, cell_key, train_or_load, write_frame, write_markdown
+from ebt_forecast.experiment import Artifacts, Cells, fit_or_load, write_frame, write_markdown
 from ebt_forecast.io import atomic_save_figure
 from ebt_forecast.metrics import psnr
-from ebt_forecast.tasks.base import fit_module
 from ebt_forecast.tasks.image.config import ImageAppConfig
 from ebt_forecast.tasks.image.data import TrainCrops, add_noise, eval_crops, load_photos, split_photos
 from ebt_forecast.tasks.image.model import ImageShape
@@ -48,15 +47,8 @@ def scores(estimate: torch.Tensor, clean: torch.Tensor) -> dict[str, float]:
 def trained(store: Artifacts, name: str, depends: dict, module: L.LightningModule, data: TrainCrops, trainer_cfg,
             checkpoints: Path) -> tuple[L.LightningModule, float]:
     """Train once (an interrupted run resumes from `checkpoints/<name>__<key>`), then load; the training seconds."""
-    key = cell_key(depends)
-    cfg = dataclasses.replace(trainer_cfg, checkpoint_dir=str(checkpoints / f"{name}__{key}"))
-
-    def train(m: L.LightningModule) -> dict:
-        report = fit_module(m, data, cfg, seed=None, run_key=key)
-        return {"seconds": report.seconds, "steps": report.steps, "parameters": sum(p.numel() for p in m.parameters())}
-
-    module, meta = train_or_load(store, name, depends, module, train)
-    how = "loaded" if store.ledger[-1].reused else "trained"
+    module, meta = fit_or_load(store, name, depends, module, lambda: data, trainer_cfg, checkpoints)
+    how = "loaded" if store.reused(name) else "trained"
     print(f"{name}: {how} {store.path(name, depends)} ({meta['steps']} steps in {meta['seconds']:.0f} s)")
     return module, meta["seconds"]
 

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ebt_forecast.data.errors import DataError
+from ebt_forecast.errors import DataError
 
 Work = tuple[str, str]  # (file name, text)
 

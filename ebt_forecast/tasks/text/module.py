@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ebt_forecast.nn import TransformerConfig
-from ebt_forecast.tasks.base import OptimConfig, TaskModule, cached_energy_fn, grouped_energies
+from ebt_forecast.tasks.base import OptimConfig, TaskModule, TrainableModule, cached_energy_fn, grouped_energies
 from ebt_forecast.tasks.text.config import TextTaskConfig
 from ebt_forecast.tasks.text.model import TextContext, TextEBT, TransformerPlusPlusLM
 from ebt_forecast.think import ReplayBuffer, Starts, ThinkConfig, listwise_ranking_loss, mix_replay
@@ -128,24 +128,16 @@ class TextModule(TaskModule):
         return listwise_ranking_loss(energies, errors - errors.min(-1, keepdim=True).values)
 
 
-class TransformerPPModule(TaskModule):
-    """The Transformer++ twin: next-token cross-entropy; its System 1 logits are the only proposal."""
+class TransformerPPModule(TrainableModule):
+    """The Transformer++ twin, a predictor: next-token cross-entropy; it has no energy and does not think."""
 
     def __init__(self, model_cfg: TransformerConfig, optim_cfg: OptimConfig, vocab_size: int, context_length: int):
-        super().__init__(ThinkConfig(enabled=False, learn_alpha=False), optim_cfg)
+        super().__init__(optim_cfg)
         self.model = TransformerPlusPlusLM(model_cfg, vocab_size, context_length)
 
-    def encode(self, batch: dict[str, Tensor]) -> Tensor:
+    def predict(self, batch: dict[str, Tensor]) -> Tensor:
+        """Next-token logits (B, S, V) of the tokens batch["x"] (B, S)."""
         return self.model(batch["x"])
-
-    def propose(self, encoding: Tensor, batch: dict[str, Tensor], num_candidates: int, group: int,
-                generator: torch.Generator | None = None) -> Starts:
-        proposals = encoding.unsqueeze(1).expand(-1, num_candidates, -1, -1)
-
-        def no_energy(x: Tensor, index: Tensor | None) -> Tensor:
-            raise RuntimeError("the Transformer++ twin has no energy: it is System 1 only")
-
-        return Starts(proposals, proposals.unsqueeze(2).expand(-1, -1, group, -1, -1), no_energy)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         loss = token_cross_entropy(self.model(batch["x"]), batch["y"])

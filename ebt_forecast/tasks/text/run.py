@@ -25,10 +25,11 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from ebt_forecast.experiment import Artifacts, Cells, cell_key, markdown_table, train_or_load, write_frame, write_markdown
+from ebt_forecast.experiment import (Artifacts, Cells, cell_key, markdown_table, plot_panels, ranking_section,
+                                     train_or_load, write_frame, write_markdown)
 from ebt_forecast.io import atomic_save_figure
 from ebt_forecast.nn import TransformerConfig
-from ebt_forecast.tasks.base import TaskModule, fit_module
+from ebt_forecast.tasks.base import TrainableModule, fit_module
 from ebt_forecast.tasks.text.config import TextAppConfig
 from ebt_forecast.tasks.text.data import (
     TokenWindows,
@@ -43,7 +44,7 @@ from ebt_forecast.tasks.text.data import (
 from ebt_forecast.metrics import rowwise_spearman
 from ebt_forecast.tasks.text.module import TextModule, TransformerPPModule, position_cross_entropy, token_cross_entropy
 from ebt_forecast.tasks.text.tokenizer import TextTokenizer, make_tokenizer
-from ebt_forecast.think import ConfigError
+from ebt_forecast.errors import ConfigError
 
 GENERATORS = {"dyck": dyck_examples, "arithmetic": arithmetic_examples}
 
@@ -101,7 +102,7 @@ def load_data(app: TextAppConfig, out: Path | None = None) -> TextData:
 # models (artifacts)
 
 
-def build(kind: str, app: TextAppConfig, model_cfg: TransformerConfig, vocab_size: int) -> TaskModule:
+def build(kind: str, app: TextAppConfig, model_cfg: TransformerConfig, vocab_size: int) -> TrainableModule:
     s = app.text.context_length
     if kind == "ebt":
         return TextModule(model_cfg, app.think, app.trainer, app.task, vocab_size, s)
@@ -127,14 +128,14 @@ def measure_flops(kind: str, app: TextAppConfig, model_cfg: TransformerConfig, v
             module.infer(batch, num_candidates=1, group=1, steps=app.think.infer_steps, selection="refined")
         else:
             with torch.no_grad():
-                module.encode(batch)
+                module.predict(batch)
     return {"train_flops_per_token": train, "infer_flops_per_token": counter.get_total_flops() / (b * s)}
 
 
 @dataclass
 class Trained:
     kind: str
-    module: TaskModule
+    module: TrainableModule
     depends: dict  # what its training depended on: the key of its artifact, and part of its cells' keys
     meta: dict  # seconds, steps, tokens, parameters, FLOPs per token
 
@@ -147,9 +148,8 @@ def train_model(kind: str, app: TextAppConfig, data: TextData, store: Artifacts,
     ebt = kind == "ebt"
     depends = {"model": model_cfg, "think": app.think if ebt else None, "task": app.task if ebt else None,
                "trainer": app.trainer.settings(), "data": data.depends, "seed": app.seed}
-    L.seed_everything(app.seed, workers=True, verbose=False)
 
-    def train(module: TaskModule) -> dict:
+    def train(module: TrainableModule) -> dict:
         trainer = app.trainer
         if trainer.checkpoint_dir:  # one resumable folder per model
             trainer = dataclasses.replace(trainer, checkpoint_dir=str(Path(trainer.checkpoint_dir) /
@@ -166,6 +166,7 @@ def train_model(kind: str, app: TextAppConfig, data: TextData, store: Artifacts,
                 "alpha": float(module.step_size().detach()) if ebt else None,
                 **measure_flops(kind, app, model_cfg, data.tokenizer.vocab_size)}
 
+    L.seed_everything(app.seed, workers=True, verbose=False)  # one stream: the initial weights, then training
     module, meta = train_or_load(store, kind, depends, build(kind, app, model_cfg, data.tokenizer.vocab_size), train)
     return Trained(kind, module, depends, meta)
 
@@ -211,7 +212,7 @@ def evaluate(trained: Trained, name: str, batch: dict[str, Tensor], app: TextApp
         y, mask = c["y"], c["mask"]
         if trained.kind != "ebt":
             with torch.no_grad():
-                tally.add(("forward", 0, 1), module.encode(c), y, mask)
+                tally.add(("forward", 0, 1), module.predict(c), y, mask)
             continue
         b, s, v = *c["x"].shape, module.model.vocab_size
         positions += b * s
@@ -265,15 +266,9 @@ def evaluate(trained: Trained, name: str, batch: dict[str, Tensor], app: TextApp
 def evaluation_cell(cells: Cells, model: Trained, name: str, data: TextData, app: TextAppConfig) -> list[dict]:
     """`evaluate` as a cell, keyed by the model, the evaluation sets and the evaluation grid."""
     t = app.text
-    depends = {"model": model.depends, "sets": data.eval_depends,
-               "grid": {"eval_batch": t.eval_batch, "think_steps": t.think_steps, "candidate_counts": t.candidate_counts}}
+    grid = {"eval_batch": t.eval_batch, "think_steps": t.think_steps, "candidate_counts": t.candidate_counts}
+    depends = {"model": model.depends, "sets": data.eval_depends, "grid": grid}
     return cells.run(f"{model.kind}__{name}", depends, lambda: evaluate(model, name, data.sets[name], app))
-
-
-def provenance(cells: Cells, models: Artifacts) -> str:
-    """Which cells this run reused and which models it loaded (the experiment layer's ledgers), one line."""
-    done = ", ".join(f"{r.name} {'loaded' if r.reused else f'trained ({r.seconds:.0f} s)'}" for r in models.ledger)
-    return f"This run: {cells.summary()}; models: {done}."
 
 
 # ------------------------------------------------------------------------------------------------
@@ -298,8 +293,11 @@ def run_text_command(app: TextAppConfig) -> int:
     if t.scaling_dims:
         return run_scaling(app, data, root, cells, models)
     trained = {kind: train_model(kind, app, data, models) for kind in t.models}
-    rows = [r for model in trained.values() for name in data.sets for r in evaluation_cell(cells, model, name, data, app)]
-    write_report(root, app, data, trained, pd.DataFrame(rows), provenance(cells, models))
+    rows = [row for model in trained.values() for name in data.sets
+            for row in evaluation_cell(cells, model, name, data, app)]
+    reused = (f"This run: {cells.summary()}; {sum(r.reused for r in models.ledger)} of {len(models.ledger)} models "
+              "loaded.")
+    write_report(root, app, data, trained, pd.DataFrame(rows), reused)
     return 0
 
 
@@ -311,17 +309,13 @@ def headline(frame: pd.DataFrame, model: str, name: str, infer_steps: int) -> pd
 
 
 def write_report(root: Path, app: TextAppConfig, data: TextData, trained: dict[str, Trained], frame: pd.DataFrame,
-                 provenance: str) -> None:
+                 reused: str) -> None:
     """text.csv, text.md and the plots, atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     write_frame(frame, root, "text")
     sets = list(data.sets)
     steps_k = app.think.infer_steps
-    lines = [f"# text: {data.name}", "", data.description + ".", "", provenance, "",
+    lines = [f"# text: {data.name}", "", data.description + ".", "", reused, "",
              "Perplexity = exp(mean cross-entropy of the scored tokens): every token of the text sets, the closing "
              "brackets (dyck) and the answer digits (arithmetic) of the generated sets. EBT default inference: "
              f"{steps_k} thinking steps from one start (task.init={app.task.init}). FLOPs: matmul FLOPs counted by torch "
@@ -363,12 +357,7 @@ def write_report(root: Path, app: TextAppConfig, data: TextData, trained: dict[s
             lines += ["", "The energy-free control of the same candidates: their plain average (the mixture of the N "
                       "next-token distributions):", "", by_set(average, "perplexity", "candidates", "N={}", 2)]
         if "spearman" in verify:
-            top = verify[verify["candidates"] == n_max].rename(columns={"spearman": "Spearman",
-                                                                        "pick_best": "lowest energy = best"})
-            lines += ["", f"Does the energy rank the N={n_max} candidates of a position by their cross-entropy? Mean "
-                      "within-position Spearman correlation of energy against cross-entropy (1 = perfect), and how "
-                      f"often the lowest energy is the lowest cross-entropy (chance {1 / n_max:.3f}):", "",
-                      markdown_table(top, ["set", "Spearman", "lowest energy = best"], ".3f")]
+            lines += ranking_section(verify, n_max, "position", "cross-entropy")
         alpha = trained["ebt"].meta.get("alpha")
         lines += ["", f"Learned alpha after training: {alpha:.3g}." if alpha is not None else ""]
     write_markdown(["\n".join(lines)], root / "text.md")
@@ -376,8 +365,7 @@ def write_report(root: Path, app: TextAppConfig, data: TextData, trained: dict[s
     for kind_name, column, xlabel, fname in [("steps", "steps", "thinking steps", "perplexity_vs_steps.png"),
                                              ("verify", "candidates", "candidates N (lowest energy per position)",
                                               "perplexity_vs_candidates.png")]:
-        fig, axes = plt.subplots(1, len(sets), figsize=(3.2 * len(sets), 3.2), squeeze=False)
-        for ax, name in zip(axes[0], sets):
+        def draw(ax, name: str, kind_name=kind_name, column=column, xlabel=xlabel) -> None:
             rows = ebt[(ebt["kind"] == kind_name) & (ebt["set"] == name)].sort_values(column)
             if kind_name == "steps":
                 rows = rows[rows["steps"] > 0]
@@ -386,12 +374,9 @@ def write_report(root: Path, app: TextAppConfig, data: TextData, trained: dict[s
             if base is not None:
                 ax.axhline(base["perplexity"], color="gray", ls="--", label="Transformer++")
             ax.set_xscale("log", base=2)
-            ax.set_title(name, fontsize=9)
             ax.set_xlabel(xlabel, fontsize=8)
-        axes[0][0].set_ylabel("perplexity")
-        axes[0][0].legend(fontsize=7)
-        fig.tight_layout()
-        atomic_save_figure(fig, root / "plots" / fname)
+
+        plot_panels(list(sets), draw, root / "plots" / fname, size=3.2, ylabel="perplexity")
     print("\n".join(lines))
     print(f"\nwritten: {root / 'text.md'}, {root / 'text.csv'}, {root / 'plots'}")
 
@@ -424,7 +409,9 @@ def run_scaling(app: TextAppConfig, data: TextData, root: Path, cells: Cells, mo
         fit = lambda col: float(np.polyfit(np.log(r[col]), np.log(r["perplexity"]), 1)[0]) if len(r) > 1 else float("nan")  # noqa: E731
         slopes[kind] = {"parameters": fit("parameters"), "non_embedding_parameters": fit("non_embedding_parameters"),
                         "train_flops": fit("train_flops")}
-    lines = [f"# text scaling: {data.name}", "", data.description + ".", "", provenance(cells, models), "",
+    reused = (f"This run: {cells.summary()}; {sum(r.reused for r in models.ledger)} of {len(models.ledger)} models "
+              "loaded.")
+    lines = [f"# text scaling: {data.name}", "", data.description + ".", "", reused, "",
              "Validation perplexity (default inference) of both models at each width, same training tokens.", "",
              "| model | dim | parameters | non-embedding | training FLOPs | train s | perplexity |",
              "|---|---:|---:|---:|---:|---:|---:|"]

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from ebt_forecast.data.errors import DataError
+from ebt_forecast.errors import DataError
 
 if TYPE_CHECKING:
     from ebt_forecast.experiment import Artifacts

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ebt_forecast.data.errors import DataError
+from ebt_forecast.errors import DataError
 from ebt_forecast.tasks.base import config_key
 from ebt_forecast.tasks.video.config import VideoRunConfig
 

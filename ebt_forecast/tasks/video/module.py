@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ebt_forecast.nn import DoubledContext, TransformerConfig
-from ebt_forecast.tasks.base import OptimConfig, TaskModule, cached_energy_fn, grouped_energies
+from ebt_forecast.tasks.base import OptimConfig, TaskModule, TrainableModule, cached_energy_fn, grouped_energies
 from ebt_forecast.tasks.video.config import VideoTaskConfig
 from ebt_forecast.tasks.video.model import TransformerPlusPlusVideo, VideoEBT
 from ebt_forecast.think import ReplayBuffer, Starts, ThinkConfig, mix_replay
@@ -55,6 +55,13 @@ class VideoModule(TaskModule):
         starts.view(b, -1, s, d)[:, 0] = observed
         return starts
 
+    def predict(self, batch: dict[str, Tensor], steps: int | None = None,
+                generator: torch.Generator | None = None) -> Tensor:
+        """Next-frame latents (B, L - 1, d): one start thought for `steps` (default think.infer_steps)."""
+        steps = self.think_cfg.infer_steps if steps is None else steps
+        return self.infer(batch, num_candidates=1, group=1, steps=steps, selection="refined",
+                          generator=generator).samples[:, 0]
+
     def propose(self, encoding: DoubledContext, batch: dict[str, Tensor], num_candidates: int, group: int,
                 generator: torch.Generator | None = None) -> Starts:
         """M proposals x G starts of next-frame latents per clip."""
@@ -90,24 +97,18 @@ class VideoModule(TaskModule):
         return loss
 
 
-class TransformerPPVideoModule(TaskModule):
-    """The Transformer++ twin: regresses the next latent; its prediction is the only proposal."""
+class TransformerPPVideoModule(TrainableModule):
+    """The Transformer++ twin, a predictor: regresses the next latent; it has no energy and does not think."""
 
     def __init__(self, model_cfg: TransformerConfig, optim_cfg: OptimConfig, latent_dim: int, clip_length: int):
-        super().__init__(ThinkConfig(enabled=False, learn_alpha=False), optim_cfg)
+        super().__init__(optim_cfg)
         self.model = TransformerPlusPlusVideo(model_cfg, latent_dim, clip_length - 1)
 
-    def encode(self, batch: dict[str, Tensor]) -> Tensor:
+    def predict(self, batch: dict[str, Tensor], steps: int | None = None,
+                generator: torch.Generator | None = None) -> Tensor:
+        """Next-frame latents (B, L - 1, d) of clips batch["x"] (B, L, d), frame i+1 from frames 0..i (`steps` and
+        `generator` are the EBT's; the twin ignores them)."""
         return self.model(batch["x"][:, :-1])
-
-    def propose(self, encoding: Tensor, batch: dict[str, Tensor], num_candidates: int, group: int,
-                generator: torch.Generator | None = None) -> Starts:
-        proposals = encoding.unsqueeze(1).expand(-1, num_candidates, -1, -1)
-
-        def no_energy(x: Tensor, index: Tensor | None) -> Tensor:
-            raise RuntimeError("the Transformer++ twin has no energy: it is System 1 only")
-
-        return Starts(proposals, proposals.unsqueeze(2).expand(-1, -1, group, -1, -1), no_energy)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         x = batch["x"]

@@ -1,21 +1,20 @@
 """`ebt-forecast video`: clips -> the frame autoencoder -> the next-frame EBT and its Transformer++ twin -> tables.
 
-Everything is a resumable cell under `<runtime.output_dir>/`: the trained autoencoder and each sequence model
-(`models/<name>_<key>.pt`, loaded with weights_only=True, keyed by config_key of everything they depend on,
-with a JSON of training time and parameters beside them; with `trainer.checkpoint_dir` an interrupted
-training resumes from its last Lightning checkpoint), and one JSON of metrics per (model, evaluation set)
-under `cells/<key>/`. Metrics of predicted next frames (frames 1..L-1 of every clip, teacher-forced): latent
-MSE (standardised latents) and pixel PSNR (the decoded prediction against the true frame), against thinking
-steps and self-verification candidates N; beside them the copy-last-frame baseline and the autoencoder's
-ceiling (the true next latent, decoded). Autoregressive rollouts (`video.rollout_steps`, cells under
-`cells/rollout_<key>/`): from L - 1 true frames each model predicts the next latent, appends it to the
-frames it reads and continues; latent MSE and PSNR at each horizon k. Outputs: video.md, video.csv,
+Everything is resumable on the experiment layer (`ebt_forecast.experiment`) under `<runtime.output_dir>/`: the
+trained autoencoder and each sequence model (`models/<name>__<key>/`: weights, and a meta of training time and
+parameters; with `trainer.checkpoint_dir` an interrupted training resumes from its own Lightning checkpoint) and one
+cell of metrics per (model, evaluation set) (`cells/<model>__<set>__<key>.json`), each keyed by the configuration it
+depends on; video.md says which cells were reused. Metrics of predicted next frames (frames 1..L-1 of every clip,
+teacher-forced): latent MSE (standardised latents) and pixel PSNR (the decoded prediction against the true frame),
+against thinking steps and self-verification candidates N; beside them the copy-last-frame baseline and the
+autoencoder's ceiling (the true next latent, decoded). Autoregressive rollouts (`video.rollout_steps`, cells
+`cells/<model>__rollout__<set>__<key>.json`): from L - 1 true frames each model predicts the next latent, appends
+it to the frames it reads and continues; latent MSE and PSNR at each horizon k. Outputs: video.md, video.csv,
 video_rollout.csv, plots/*.png and strip.png (true against predicted frames).
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -26,17 +25,19 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from ebt_forecast.io import atomic_save_figure, atomic_torch_save, atomic_write_csv, atomic_write_json, atomic_write_text
+from ebt_forecast.experiment import (Artifacts, Cells, cell_key, markdown_table, plot_panels, ranking_section,
+                                     train_or_load, write_frame, write_markdown)
+from ebt_forecast.io import atomic_save_figure
 from ebt_forecast.metrics import psnr, rowwise_spearman
-from ebt_forecast.tasks.base import TaskModule, config_key, fit_module
+from ebt_forecast.tasks.base import TrainableModule, fit_module
 from ebt_forecast.tasks.video.autoencoder import AutoencoderModule, FrameAutoencoder, autoencoder_trainer
 from ebt_forecast.tasks.video.config import VideoAppConfig
 from ebt_forecast.tasks.video.data import VideoSets, WeightedDraws, load_sets
 from ebt_forecast.tasks.video.module import TransformerPPVideoModule, VideoModule
-from ebt_forecast.think import ConfigError
+from ebt_forecast.errors import ConfigError
 
 # ------------------------------------------------------------------------------------------------
-# the autoencoder and the latents (cached)
+# the autoencoder and the latents (artifacts)
 
 
 def source_weights(app: VideoAppConfig, sets: VideoSets) -> list[float]:
@@ -48,36 +49,34 @@ def source_weights(app: VideoAppConfig, sets: VideoSets) -> list[float]:
 
 
 def load_or_train_autoencoder(app: VideoAppConfig, sets: VideoSets,
-                              folder: Path) -> tuple[FrameAutoencoder, str, dict]:
-    """The frame autoencoder, trained once on the training frames (weighted by source) and then loaded; trained
-    where and how `app.trainer` runs (accelerator, devices, strategy, precision), float32 afterwards."""
+                              store: Artifacts) -> tuple[FrameAutoencoder, dict, dict]:
+    """The frame autoencoder, what it depends on and its meta: trained once on the training frames (weighted by
+    source; an artifact of `store`, resumable from its Lightning checkpoint with trainer.checkpoint_dir) and then
+    loaded; trained where and how `app.trainer` runs (accelerator, devices, strategy, precision), float32 after."""
     v = app.video
-    precision = [] if app.trainer.precision == "32-true" else [app.trainer.precision]  # keeps older keys
-    key = config_key("autoencoder", v.frame_size, v.latent_dim, v.ae_width, v.ae_steps, v.ae_batch, v.ae_lr,
-                     v.clip_weight, sets.key, app.seed, *precision)
-    path, meta_path = folder / f"autoencoder_{key}.pt", folder / f"autoencoder_{key}.json"
+    depends = {"autoencoder": {f: getattr(v, f) for f in ("frame_size", "latent_dim", "ae_width", "ae_steps",
+                                                          "ae_batch", "ae_lr", "clip_weight")},
+               "data": sets.key, "seed": app.seed, "precision": app.trainer.precision}
     L.seed_everything(app.seed, workers=True, verbose=False)
     module = AutoencoderModule(v.frame_size, v.latent_dim, v.ae_width, v.ae_lr)
-    if path.exists() and meta_path.exists():
-        module.model.load_state_dict(torch.load(path, weights_only=True))
-        return module.model.eval(), key, json.loads(meta_path.read_text())
-    frames = [torch.from_numpy(c.reshape(-1, *c.shape[2:])) for c in sets.train.values()]
-    trainer = autoencoder_trainer(app.trainer, v.ae_steps, v.ae_batch, v.ae_lr,
-                                  str(Path(app.trainer.checkpoint_dir) / f"autoencoder_{key}")
-                                  if app.trainer.checkpoint_dir else None)
-    print(f"training the frame autoencoder ({sum(p.numel() for p in module.parameters()):,} parameters, "
-          f"{v.ae_steps} steps x {v.ae_batch} frames)")
-    report = fit_module(module, WeightedDraws(frames, source_weights(app, sets), v.ae_steps * v.ae_batch, app.seed,
-                                              key="frame"), trainer, seed=None, run_key=key)
-    model = module.model.float().eval()  # a 64-true / 16-true / bf16-true run leaves its dtype on the weights
-    g = torch.Generator().manual_seed(app.seed)
-    sample = torch.cat([f[torch.randperm(len(f), generator=g)[:4096]] for f in frames])
-    model.fit_standardisation(sample)
-    meta = {"seconds": report.seconds, "steps": report.steps,
-            "parameters": sum(p.numel() for p in model.parameters())}
-    atomic_torch_save(model.state_dict(), path)
-    atomic_write_json(meta_path, meta)
-    return model, key, meta
+
+    def train(model: FrameAutoencoder) -> dict:
+        frames = [torch.from_numpy(c.reshape(-1, *c.shape[2:])) for c in sets.train.values()]
+        root = app.trainer.checkpoint_dir  # one resumable folder per model
+        folder = str(Path(root) / store.path("autoencoder", depends).name) if root else None
+        trainer = autoencoder_trainer(app.trainer, v.ae_steps, v.ae_batch, v.ae_lr, folder)
+        print(f"training the frame autoencoder ({sum(p.numel() for p in module.parameters()):,} parameters, "
+              f"{v.ae_steps} steps x {v.ae_batch} frames)")
+        report = fit_module(module, WeightedDraws(frames, source_weights(app, sets), v.ae_steps * v.ae_batch, app.seed,
+                                                  key="frame"), trainer, seed=None, run_key=cell_key(depends))
+        model.float()  # a 64-true / 16-true / bf16-true run leaves its dtype on the weights
+        g = torch.Generator().manual_seed(app.seed)
+        model.fit_standardisation(torch.cat([f[torch.randperm(len(f), generator=g)[:4096]] for f in frames]))
+        return {"seconds": report.seconds, "steps": report.steps,
+                "parameters": sum(p.numel() for p in model.parameters())}
+
+    ae, meta = train_or_load(store, "autoencoder", depends, module.model, train)
+    return ae, depends, meta
 
 
 @torch.no_grad()
@@ -88,48 +87,48 @@ def encode_clips(ae: FrameAutoencoder, clips: np.ndarray, batch: int = 256) -> T
 
 
 # ------------------------------------------------------------------------------------------------
-# the sequence models (cached)
+# the sequence models (artifacts)
 
 
 @dataclasses.dataclass
 class Trained:
     kind: str
-    module: TaskModule
-    key: str
+    module: TrainableModule
+    depends: dict  # what its training depended on: the key of its artifact, and part of its cells' keys
     meta: dict  # seconds, steps, clips, parameters
 
 
-def build(kind: str, app: VideoAppConfig) -> TaskModule:
+def build(kind: str, app: VideoAppConfig) -> TrainableModule:
     v = app.video
     if kind == "ebt":
         return VideoModule(app.model, app.think, app.trainer, app.task, v.latent_dim, v.clip_length)
     return TransformerPPVideoModule(app.model, app.trainer, v.latent_dim, v.clip_length)
 
 
-def train_model(kind: str, app: VideoAppConfig, latents: list[Tensor], weights: list[float], data_key: str,
-                folder: Path) -> Trained:
-    """One sequence model, trained once on the shared latent clips, then loaded."""
-    parts = [app.think, app.task] if kind == "ebt" else []
-    key = config_key(kind, app.model, *parts, app.trainer.settings(), data_key, app.seed)
-    path, meta_path = folder / f"{kind}_{key}.pt", folder / f"{kind}_{key}.json"
-    L.seed_everything(app.seed, workers=True, verbose=False)
-    module = build(kind, app)
-    if path.exists() and meta_path.exists():
-        module.load_state_dict(torch.load(path, weights_only=True))
-        return Trained(kind, module.eval(), key, json.loads(meta_path.read_text()))
-    trainer = app.trainer
-    if trainer.checkpoint_dir:  # one resumable folder per model
-        trainer = dataclasses.replace(trainer, checkpoint_dir=str(Path(trainer.checkpoint_dir) / f"{kind}_{key}"))
-    params = sum(p.numel() for n, p in module.named_parameters() if not n.startswith("step_size."))
-    print(f"training {kind} ({params:,} parameters, {trainer.max_steps} steps x {trainer.batch_size} clips)")
-    draws = WeightedDraws(latents, weights, trainer.max_steps * trainer.batch_size, app.seed + 7)
-    report = fit_module(module, draws, trainer, seed=None, run_key=key)
-    module.float()  # evaluation reads float32 latents whatever the training precision
-    meta = {"seconds": report.seconds, "steps": report.steps, "clips": report.steps * trainer.batch_size,
-            "parameters": params, "alpha": float(module.step_size().detach()) if kind == "ebt" else None}
-    atomic_torch_save(module.state_dict(), path)
-    atomic_write_json(meta_path, meta)
-    return Trained(kind, module.eval(), key, meta)
+def train_model(kind: str, app: VideoAppConfig, latents: list[Tensor], weights: list[float], ae_depends: dict,
+                store: Artifacts) -> Trained:
+    """One sequence model: trained once on the shared latent clips (an artifact of `store`; with
+    trainer.checkpoint_dir, resumable from its own Lightning checkpoint), then loaded."""
+    ebt = kind == "ebt"
+    depends = {"model": app.model, "think": app.think if ebt else None, "task": app.task if ebt else None,
+               "trainer": app.trainer.settings(), "latents": ae_depends, "seed": app.seed}
+
+    def train(module: TrainableModule) -> dict:
+        trainer = app.trainer
+        if trainer.checkpoint_dir:  # one resumable folder per model
+            trainer = dataclasses.replace(trainer, checkpoint_dir=str(Path(trainer.checkpoint_dir) /
+                                                                      store.path(kind, depends).name))
+        params = sum(p.numel() for n, p in module.named_parameters() if not n.startswith("step_size."))
+        print(f"training {kind} ({params:,} parameters, {trainer.max_steps} steps x {trainer.batch_size} clips)")
+        draws = WeightedDraws(latents, weights, trainer.max_steps * trainer.batch_size, app.seed + 7)
+        report = fit_module(module, draws, trainer, seed=None, run_key=cell_key(depends))
+        module.float()  # evaluation reads float32 latents whatever the training precision
+        return {"seconds": report.seconds, "steps": report.steps, "clips": report.steps * trainer.batch_size,
+                "parameters": params, "alpha": float(module.step_size().detach()) if ebt else None}
+
+    L.seed_everything(app.seed, workers=True, verbose=False)  # one stream: the initial weights, then training
+    module, meta = train_or_load(store, kind, depends, build(kind, app), train)
+    return Trained(kind, module, depends, meta)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -188,7 +187,7 @@ def evaluate(trained: Trained, ae: FrameAutoencoder, name: str, latents: Tensor,
         batch, target, true_frames = {"x": latents[c]}, latents[c][:, 1:], frames[c][:, 1:]
         if trained.kind != "ebt":
             with torch.no_grad():
-                tally.add(("forward", 0, 1), module.encode(batch), target, true_frames)
+                tally.add(("forward", 0, 1), module.predict(batch), target, true_frames)
             continue
         b, s, d = target.shape
         with torch.no_grad():
@@ -246,15 +245,14 @@ def rollout(predict: Callable[[Tensor], Tensor], context: Tensor, horizon: int, 
     return torch.stack(out, 1)
 
 
-def next_latent(module: TaskModule, steps: int, generator: torch.Generator) -> Callable[[Tensor], Tensor]:
+def next_latent(module: VideoModule | TransformerPPVideoModule, steps: int,
+                generator: torch.Generator) -> Callable[[Tensor], Tensor]:
     """A sequence model's default next-latent prediction after frames (B, T, d) -> (B, d): the EBT thinks `steps`
     from one start (as in its one-step evaluation), the Transformer++ twin's forward."""
 
     def predict(frames: Tensor) -> Tensor:
         x = torch.cat([frames, frames[:, -1:]], 1)  # a placeholder next frame: no candidate reads it
-        thought = module.infer({"x": x}, num_candidates=1, group=1, steps=steps, selection="refined",
-                               generator=generator)
-        return thought.samples[:, 0, -1].detach()
+        return module.predict({"x": x}, steps, generator)[:, -1].detach()
 
     return predict
 
@@ -286,28 +284,6 @@ def evaluate_rollouts(trained: Trained | None, ae: FrameAutoencoder, name: str, 
              "psnr": r["psnr"]} for r in tally.rows(None, name)]
 
 
-def cell(path: Path, run) -> list[dict]:
-    """A finished cell from disk, or run it and write it atomically."""
-    if path.exists():
-        return json.loads(path.read_text())
-    rows = run()
-    atomic_write_json(path, rows)
-    return rows
-
-
-def evaluation_key(app: VideoAppConfig, ae_key: str, data_key: str) -> str:
-    v = app.video
-    return config_key("rows-v2", ae_key, data_key, v.eval_batch, v.think_steps, v.candidate_counts, app.think.infer_steps,
-                      app.think.infer_langevin_std, app.think.stop_policy, app.think.reject_uphill, app.seed)
-
-
-def rollout_key(app: VideoAppConfig, ae_key: str, data_key: str) -> str:
-    """The key of the rollout cells: everything they depend on but the models (named in each cell's file)."""
-    v, t = app.video, app.think
-    return config_key("rollout-v1", ae_key, data_key, v.rollout_steps, v.eval_batch, t.infer_steps,
-                      t.infer_langevin_std, t.stop_policy, t.reject_uphill, app.seed)
-
-
 # ------------------------------------------------------------------------------------------------
 # the command
 
@@ -318,34 +294,36 @@ def run_video_command(app: VideoAppConfig) -> int:
         node.validate()
     if app.model.dim % app.model.heads or (app.model.dim // app.model.heads) % 2:
         raise ConfigError(f"model.dim={app.model.dim} / model.heads={app.model.heads}: need an even head width")
-    root = Path(app.runtime.output_dir)
-    sets = load_sets(app.video, app.seed)
+    root, v = Path(app.runtime.output_dir), app.video
+    sets = load_sets(v, app.seed)
     print(f"video: {sets.description}")
-    ae, ae_key, ae_meta = load_or_train_autoencoder(app, sets, root / "models")
+    cells, models = Cells(root / "cells"), Artifacts(root / "models")
+    ae, ae_depends, ae_meta = load_or_train_autoencoder(app, sets, models)
     train_latents = [encode_clips(ae, c) for c in sets.train.values()]
     eval_latents = {name: encode_clips(ae, c) for name, c in sets.evaluation.items()}
-    data_key = config_key(ae_key, sets.key)
     weights = source_weights(app, sets)
-    trained = {kind: train_model(kind, app, train_latents, weights, data_key, root / "models")
-               for kind in app.video.models}
-    rows = []
-    folder = root / "cells" / evaluation_key(app, ae_key, data_key)
+    trained = {kind: train_model(kind, app, train_latents, weights, ae_depends, models) for kind in v.models}
+    grid = {"eval_batch": v.eval_batch, "think_steps": v.think_steps, "candidate_counts": v.candidate_counts}
+    horizons = {"eval_batch": v.eval_batch, "rollout_steps": v.rollout_steps}  # the rollout clips' length too
+    rows, rollouts = [], []
     for name, clips in sets.evaluation.items():
-        rows += cell(folder / f"baselines_{name}.json",
-                     lambda: evaluate_baselines(ae, name, eval_latents[name], clips, app))
-        for kind, model in trained.items():
-            rows += cell(folder / f"{kind}_{model.key}_{name}.json",
-                         lambda: evaluate(model, ae, name, eval_latents[name], clips, app))
-    rollouts = []
-    folder = root / "cells" / f"rollout_{rollout_key(app, ae_key, data_key)}"
+        z = eval_latents[name]
+        rows += cells.run(f"baselines__{name}", {"latents": ae_depends, "grid": {"eval_batch": v.eval_batch}},
+                          lambda: evaluate_baselines(ae, name, z, clips, app))
+        for m in trained.values():
+            rows += cells.run(f"{m.kind}__{name}", {"model": m.depends, "grid": grid},
+                              lambda: evaluate(m, ae, name, z, clips, app))
     for name, clips in sets.rollout.items():
         z = encode_clips(ae, clips)
-        rollouts += cell(folder / f"baselines_{name}.json", lambda: evaluate_rollouts(None, ae, name, z, clips, app))
-        for kind, model in trained.items():
-            rollouts += cell(folder / f"{kind}_{model.key}_{name}.json",
-                             lambda: evaluate_rollouts(model, ae, name, z, clips, app))
+        rollouts += cells.run(f"baselines__rollout__{name}", {"latents": ae_depends, "grid": horizons},
+                              lambda: evaluate_rollouts(None, ae, name, z, clips, app))
+        for m in trained.values():
+            rollouts += cells.run(f"{m.kind}__rollout__{name}", {"model": m.depends, "grid": horizons},
+                                  lambda: evaluate_rollouts(m, ae, name, z, clips, app))
     frame = pd.DataFrame(rows)
-    write_report(root, app, sets, ae_meta, trained, frame, pd.DataFrame(rollouts))
+    reused = (f"This run: {cells.summary()}; {sum(r.reused for r in models.ledger)} of {len(models.ledger)} models "
+              "loaded.")
+    write_report(root, app, sets, ae_meta, trained, frame, pd.DataFrame(rollouts), reused)
     write_strip(root, app, sets, ae, eval_latents, trained)
     return 0
 
@@ -364,20 +342,16 @@ def headline(frame: pd.DataFrame, model: str, name: str) -> pd.Series | None:
 
 
 def write_report(root: Path, app: VideoAppConfig, sets: VideoSets, ae_meta: dict, trained: dict[str, Trained],
-                 frame: pd.DataFrame, rollouts: pd.DataFrame) -> None:
+                 frame: pd.DataFrame, rollouts: pd.DataFrame, reused: str) -> None:
     """video.md, video.csv, video_rollout.csv and the plots, atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
-    atomic_write_csv(frame, root / "video.csv")
+    write_frame(frame, root, "video")
     names = list(sets.evaluation)
     tag = {n: f"{n} (OOD)" if n in sets.ood else n for n in names}
     k = app.think.infer_steps
     models = [*trained, "copy_last", "autoencoder"]
-    lines = ["# video: next-frame prediction", "", sets.description + ".", "",
+    lines = ["# video: next-frame prediction", "", sets.description + ".", "", reused, "",
              f"Frame autoencoder: {ae_meta['parameters']:,} parameters, {ae_meta['steps']} steps, "
              f"{ae_meta['seconds']:.0f} s; latent dim {app.video.latent_dim}. Scored: frames 1..{app.video.clip_length - 1} "
              "of every clip from the true frames before it. Latent MSE in standardised latents; PSNR (dB) of the "
@@ -397,52 +371,38 @@ def write_report(root: Path, app: VideoAppConfig, sets: VideoSets, ae_meta: dict
         lines.append(f"| {model} | {params} | {seconds} | " + " | ".join(cells) + " |")
     ebt = frame[frame["model"] == "ebt"]
     if len(ebt):
+        def by_set(rows: pd.DataFrame, column: str, setting: str, label: str, digits: int) -> str:
+            """`column` as a markdown table: a row per evaluation set (OOD marked), a column per `setting` value."""
+            table = rows.pivot(index="set", columns=setting, values=column).reindex(names)
+            return markdown_table(table.rename(index=tag, columns=label.format).reset_index(), floatfmt=f".{digits}f")
+
         steps = ebt[ebt["kind"] == "steps"]
-        ks = sorted(steps["steps"].unique())
-
-        def table(rows: pd.DataFrame, column: str, key: str, values: list, label, digits: int) -> list[str]:
-            out = ["| set | " + " | ".join(label(x) for x in values) + " |", "|---|" + "---:|" * len(values)]
-            for name in names:
-                r = rows[rows["set"] == name].set_index(key)
-                out.append(f"| {tag[name]} | " + " | ".join(f"{r.loc[x, column]:.{digits}f}" for x in values) + " |")
-            return out
-
-        steps_label = lambda x: f"{x} steps"  # noqa: E731
         lines += ["", f"## EBT against thinking steps (one start, task.init={app.task.init})", "", "Latent MSE:", "",
-                  *table(steps, "latent_mse", "steps", ks, steps_label, 4), "", "PSNR (dB):", "",
-                  *table(steps, "psnr", "steps", ks, steps_label, 2), "", "Mean energy per frame:", "",
-                  *table(steps, "energy_per_frame", "steps", ks, steps_label, 3)]
+                  by_set(steps, "latent_mse", "steps", "{} steps", 4), "", "PSNR (dB):", "",
+                  by_set(steps, "psnr", "steps", "{} steps", 2), "", "Mean energy per frame:", "",
+                  by_set(steps, "energy_per_frame", "steps", "{} steps", 3)]
         verify = ebt[ebt["kind"] == "verify"]
-        ns = sorted(verify["candidates"].unique())
-        n_label = lambda x: f"N={x}"  # noqa: E731
+        n_max = verify["candidates"].max()
         lines += ["", f"## EBT self-verification: N starts, {k} steps each, lowest energy per frame", "",
-                  "Latent MSE:", "", *table(verify, "latent_mse", "candidates", ns, n_label, 4), "", "PSNR (dB):", "",
-                  *table(verify, "psnr", "candidates", ns, n_label, 2)]
+                  "Latent MSE:", "", by_set(verify, "latent_mse", "candidates", "N={}", 4), "", "PSNR (dB):", "",
+                  by_set(verify, "psnr", "candidates", "N={}", 2)]
         mean = ebt[ebt["kind"] == "mean_of_n"]
         if len(mean):
-            nm = sorted(mean["candidates"].unique())
             lines += ["", "Energy-free control, the mean of the same N refined candidates (latent MSE):", "",
-                      *table(mean, "latent_mse", "candidates", nm, n_label, 4)]
+                      by_set(mean, "latent_mse", "candidates", "N={}", 4)]
         if "spearman" in verify:
-            top = verify[verify["candidates"] == max(ns)]
-            lines += ["", f"Does the energy rank the N={max(ns)} candidates of a frame by their latent error? Mean "
-                      "within-frame Spearman correlation of energy against latent squared error (1 = perfect), and "
-                      f"how often the lowest energy is the lowest error (chance {1 / max(ns):.3f}):", "",
-                      "| set | Spearman | lowest energy = best |", "|---|---:|---:|"]
-            for _, r in top.iterrows():
-                lines.append(f"| {tag[r['set']]} | {r['spearman']:.3f} | {r['pick_best']:.3f} |")
+            lines += ranking_section(verify, n_max, "frame", "latent squared error", tag)
         alpha = trained["ebt"].meta.get("alpha") if "ebt" in trained else None
         if alpha is not None:
             lines += ["", f"Learned alpha after training: {alpha:.3g}."]
     if len(rollouts):
         lines += write_rollouts(root, app, frame, rollouts, tag, models)
-    atomic_write_text(root / "video.md", "\n".join(lines) + "\n")
+    write_markdown(["\n".join(lines)], root / "video.md")
 
     for kind, column, xlabel, fname in [("steps", "steps", "thinking steps", "latent_mse_vs_steps.png"),
                                         ("verify", "candidates", "candidates N (lowest energy per frame)",
                                          "latent_mse_vs_candidates.png")]:
-        fig, axes = plt.subplots(1, len(names), figsize=(3.0 * len(names), 3.0), squeeze=False)
-        for ax, name in zip(axes[0], names):
+        def draw(ax, name: str, kind=kind, column=column, xlabel=xlabel) -> None:
             rows = ebt[(ebt["kind"] == kind) & (ebt["set"] == name)].sort_values(column)
             at = np.arange(len(rows))  # evenly spaced settings (0, 1, 2, 4, 8): no log axis, no mathtext
             ax.plot(at, rows["latent_mse"], marker="o", label="EBT")
@@ -454,12 +414,10 @@ def write_report(root: Path, app: VideoAppConfig, sets: VideoSets, ae_meta: dict
             ax.set_yscale("log")  # step 0 (a noise start) sits far above the rest
             ax.yaxis.set_major_formatter(FormatStrFormatter("%.3g"))  # plain numbers: mathtext labels are slow
             ax.yaxis.set_minor_formatter(NullFormatter())
-            ax.set_title(tag[name], fontsize=9)
             ax.set_xlabel(xlabel, fontsize=8)
-        axes[0][0].set_ylabel("latent MSE (log scale)")
-        axes[0][0].legend(fontsize=7)
-        fig.subplots_adjust(left=0.06, right=0.99, bottom=0.17, top=0.9, wspace=0.3)
-        atomic_save_figure(fig, root / "plots" / fname)
+
+        plot_panels(list(names), draw, root / "plots" / fname, ylabel="latent MSE (log scale)", titles=tag,
+                    adjust=dict(left=0.06, right=0.99, bottom=0.17, top=0.9, wspace=0.3))
     print("\n".join(lines))
     print(f"\nwritten: {root / 'video.md'}, {root / 'video.csv'}, {root / 'video_rollout.csv'}, {root / 'plots'}, "
           f"{root / 'strip.png'}")
@@ -472,7 +430,7 @@ def write_rollouts(root: Path, app: VideoAppConfig, frame: pd.DataFrame, rollout
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FormatStrFormatter
 
-    atomic_write_csv(rollouts, root / "video_rollout.csv")
+    write_frame(rollouts, root, "video_rollout")
     s, ks, names = app.video.clip_length - 1, sorted(rollouts["k"].unique()), list(dict.fromkeys(rollouts["set"]))
     fmt = lambda r: f"{r['latent_mse']:.4f} / {r['psnr']:.2f}"  # noqa: E731
     lines = ["", "## Autoregressive rollouts", "",
@@ -527,8 +485,7 @@ def write_strip(root: Path, app: VideoAppConfig, sets: VideoSets, ae: FrameAutoe
     labels, rows = [], []  # rows: (S, H, W) frames
     for name, clips in sets.evaluation.items():
         z = latents[name][:n]
-        predicted = {kind: ae.decode(model.module.infer({"x": z}, num_candidates=1, group=1, steps=app.think.infer_steps,
-                                                        selection="refined", generator=generator).samples[:, 0])
+        predicted = {kind: ae.decode(model.module.predict({"x": z}, app.think.infer_steps, generator))
                      for kind, model in trained.items()}
         for c in range(len(z)):
             labels.append(f"{name} #{c}: true")
