@@ -17,7 +17,7 @@ from ebt_forecast.tasks.control.config import ControlTaskConfig, control_think
 from ebt_forecast.tasks.control.data import collect, save_transitions
 from ebt_forecast.tasks.control.envs import ControlEnv, make_env
 from ebt_forecast.tasks.control.model import WorldShape
-from ebt_forecast.tasks.control.module import ControlModule, WindowDataset, episode_arrays
+from ebt_forecast.tasks.control.module import ControlModule, WindowDataset
 from ebt_forecast.tasks.control.objectives import SimulatorObjective, WorldModelObjective
 from ebt_forecast.tasks.control.planners import cem, energy_descent, mppi, random_shooting
 from ebt_forecast.tasks.control.run import split_episodes, world_stats

@@ -481,14 +481,12 @@ def test_set_crps_term_adds_the_weighted_fair_crps_of_the_refined_level_sets(sea
     grads = [torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True) for loss in (plain, with_crps)]
     expected = torch.autograd.grad(term, params, allow_unused=True)
     changed = 0
-    for p0, p1, e in zip(*grads, expected):
-        if e is None:
-            continue
-        zero = torch.zeros_like(e)
-        torch.testing.assert_close((p1 if p1 is not None else zero) - (p0 if p0 is not None else zero),
-                                   e.float(), rtol=1e-3, atol=1e-6)
+    for p, p0, p1, e in zip(params, *grads, expected):
+        zero = torch.zeros_like(p)
+        p0, p1, e = (zero if v is None else v for v in (p0, p1, e))
+        torch.testing.assert_close(p1 - p0, e.float(), rtol=1e-3, atol=1e-6)  # zero where the term does not reach
         changed += int(e.abs().sum() > 0)
-    assert changed >= 3  # the term trains the weights behind the refined paths
+    assert changed >= 10, changed  # the term trains the weights behind the refined paths (17 tensors here)
 
 
 def test_weighted_selection_lies_between_its_starts(fitted, seasonal_task):

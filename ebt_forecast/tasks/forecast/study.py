@@ -21,7 +21,7 @@ Every part is a cell written to cells/ as it finishes; a rerun reuses cells of t
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +39,7 @@ from ebt_forecast.tasks.base import config_key
 from ebt_forecast.tasks.forecast.benchmark import load_suite, trained_ebt
 from ebt_forecast.tasks.forecast.config import ForecastAppConfig, StudyConfig
 from ebt_forecast.tasks.forecast.forecaster import EBTForecaster, ThoughtForecast, quantile_levels
-from ebt_forecast.think import InferencePolicy
+from ebt_forecast.think import ENERGY_FREE, InferencePolicy
 from ebt_forecast.tasks.forecast.sources import (LEVELS, OWN_SOURCES, fast_forecasts, fast_starts, source_samples,
                                                  think_over_sources, train_verifier)
 
@@ -194,7 +194,9 @@ def shared_fixed_cell(ebt: EBTForecaster, dataset: ForecastDataset, settings: li
             samples = out.samples if s.selection == "verified" else reselect(out, s.selection, ebt.cfg.think.temperature,
                                                                              ebt.cfg.seed)
             spent = seconds + time.perf_counter() - start
-            rows[s].update(scored(_with_samples(out, samples, s.selection), windows, dataset.season_length, spent, prefix))
+            own = out if s.selection not in ENERGY_FREE else replace(  # an energy-free selection reads no final energy
+                out, forward_passes=out.forward_passes - int(np.prod(out.candidates.shape[:3])))
+            rows[s].update(scored(_with_samples(own, samples, s.selection), windows, dataset.season_length, spent, prefix))
     return list(rows.values())
 
 
