@@ -36,3 +36,17 @@ def test_uphill_rejection_as_a_policy_matches_the_config_switch():
     torch.testing.assert_close(by_object.energies, by_config.energies)
     assert not torch.allclose(by_object.energies, without.energies)
     assert by_object.record.policy.reject_uphill
+
+
+def test_fixed_steps_passes_is_what_the_engine_spends():
+    """The pass formula the text and video tables use equals the engine's own record and an energy call counter."""
+    from ebt_forecast.think import fixed_steps_passes
+
+    targets, init = torch.zeros(2, 3), torch.randn(2, 4, 3, generator=torch.Generator().manual_seed(1))
+    cfg = ThinkConfig(alpha=0.1).validate()
+    for steps in (0, 1, 3):
+        for final in (False, True):
+            energy = QuadraticEnergy(targets, 4)
+            record = think(energy, init, cfg, StepSize(0.1), steps=steps, final_energy=final).record
+            assert (record.forward_passes, record.backward_passes) == fixed_steps_passes(steps, 8, final)
+            assert (energy.forward_rows, energy.backward_rows) == fixed_steps_passes(steps, 8, final)

@@ -169,6 +169,11 @@ def test_text_cli_writes_the_tables_and_reuses_its_cells(tmp_path, capsys):
     assert set(table[table["kind"] == "verify"]["candidates"]) == {1, 2}
     assert set(table[table["kind"] == "average"]["candidates"]) == {1, 2}  # the energy-free control
     assert np.isfinite(table[(table["kind"] == "verify") & (table["candidates"] == 2)]["spearman"]).all()
+    # passes per sequence: a thinking step is one forward and one backward per candidate; choosing the lowest of
+    # N > 1 reads N final energies; the Transformer++ predicts in one forward
+    passes = {(r.kind, r.steps, r.candidates): (r.forward_passes, r.backward_passes) for r in table.itertuples()}
+    assert passes[("forward", 0, 1)] == (1, 0) and passes[("steps", 2, 1)] == (2, 2)
+    assert passes[("verify", 2, 2)] == (6, 4) and passes[("average", 2, 2)] == (4, 4)
     assert (root / "text.md").exists() and (root / "plots" / "perplexity_vs_steps.png").exists()
     models = sorted((root / "models").glob("*/weights.pt"))
     assert len(models) == 2

@@ -123,6 +123,12 @@ class InferencePolicy:
         return StopPolicy()
 
 
+def fixed_steps_passes(steps: int, starts: int, final_energy: bool) -> tuple[int, int]:
+    """(forward, backward) passes `think` spends on `starts` candidates under the fixed policy: one energy and one
+    gradient per step, plus the final energy when it is read (a selection that compares energies)."""
+    return starts * (steps + int(final_energy)), starts * steps
+
+
 def make_stop_policy(cfg: ThinkConfig) -> StopPolicy:
     """The stopping policy named by cfg.stop_policy."""
     return InferencePolicy.of(cfg).stop_rule()

@@ -45,6 +45,7 @@ from ebt_forecast.metrics import rowwise_spearman
 from ebt_forecast.tasks.text.module import TextModule, TransformerPPModule, position_cross_entropy, token_cross_entropy
 from ebt_forecast.tasks.text.tokenizer import TextTokenizer, make_tokenizer
 from ebt_forecast.errors import ConfigError
+from ebt_forecast.think import fixed_steps_passes
 
 GENERATORS = {"dyck": dyck_examples, "arithmetic": arithmetic_examples}
 
@@ -188,12 +189,23 @@ class Tally:
         self.sums[setting] += np.array([ce, correct, n, energy])
 
     def rows(self, model: str, name: str, positions: int) -> list[dict]:
+        """One row per setting, with the forward / backward passes one sequence's prediction costs."""
         out = []
         for (kind, steps, candidates), (ce, correct, n, energy) in self.sums.items():
+            forward, backward = sequence_passes(kind, steps, candidates)
             out.append({"model": model, "set": name, "kind": kind, "steps": steps, "candidates": candidates,
                         "tokens": int(n), "ce": ce / n, "perplexity": math.exp(ce / n), "accuracy": correct / n,
-                        "energy_per_position": energy / positions})
+                        "energy_per_position": energy / positions, "forward_passes": forward,
+                        "backward_passes": backward})
         return out
+
+
+def sequence_passes(kind: str, steps: int, candidates: int) -> tuple[int, int]:
+    """Passes per predicted sequence: the Transformer++'s one forward; an EBT thinking step is one forward (the
+    energy) and one backward (its gradient) per candidate, plus the final energies when the lowest is chosen."""
+    if kind == "forward":
+        return 1, 0
+    return fixed_steps_passes(steps, candidates, final_energy=kind == "verify" and candidates > 1)
 
 
 def chunks(batch: dict[str, Tensor], size: int):

@@ -35,6 +35,7 @@ from ebt_forecast.tasks.video.config import VideoAppConfig
 from ebt_forecast.tasks.video.data import VideoSets, WeightedDraws, load_sets
 from ebt_forecast.tasks.video.module import TransformerPPVideoModule, VideoModule
 from ebt_forecast.errors import ConfigError
+from ebt_forecast.think import fixed_steps_passes
 
 # ------------------------------------------------------------------------------------------------
 # the autoencoder and the latents (artifacts)
@@ -156,8 +157,20 @@ class Tally:
     def rows(self, model: str | None, name: str) -> list[dict]:
         """One row per setting; model None: each setting's kind names the model (the baselines)."""
         return [{"model": model or kind, "set": name, "kind": kind, "steps": steps, "candidates": candidates,
-                 "frames": int(n), "latent_mse": se / n, "psnr": ps / n, "energy_per_frame": energy / n}
+                 "frames": int(n), "latent_mse": se / n, "psnr": ps / n, "energy_per_frame": energy / n,
+                 **dict(zip(("forward_passes", "backward_passes"), clip_passes(kind, steps, candidates)))}
                 for (kind, steps, candidates), (se, ps, n, energy) in self.sums.items()]
+
+
+def clip_passes(kind: str, steps: int, candidates: int) -> tuple[int, int]:
+    """Passes per predicted clip: the Transformer++'s one forward, none for copy-last and the autoencoder ceiling;
+    an EBT thinking step is one forward and one backward per candidate, plus the final energies when the lowest
+    is chosen."""
+    if kind in ("forward", "transformer_pp"):
+        return 1, 0
+    if kind in ("copy_last", "autoencoder"):
+        return 0, 0
+    return fixed_steps_passes(steps, candidates, final_energy=kind == "verify" and candidates > 1)
 
 
 def chunks(n: int, size: int):
