@@ -58,7 +58,7 @@ def test_a_seed_sweep_writes_a_result_file_per_job_and_a_rerun_reuses_them(tmp_p
         assert table["reused"].all() and len(table) == len(tables[seed])
         assert (table["wql"].to_numpy() == tables[seed]["wql"].to_numpy()).all()
     assert {p: p.stat().st_mtime_ns for p in tmp_path.glob("seed=*/default/cells/*.json")} == cells
-    assert json.loads(next(iter(cells)).read_text())["rows"]
+    assert json.loads(next(iter(cells)).read_text())["result"]  # the experiment layer keeps a cell's rows as its result
 
 
 def test_a_bad_swept_value_is_a_clean_error(tmp_path, capsys):
