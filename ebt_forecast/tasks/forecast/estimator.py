@@ -61,13 +61,14 @@ class EBTPredictor(Predictor):
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         super().serialize(path)  # gluonts-config.json: lets gluonts' Predictor.deserialize(path) find this class
-        f = self.forecaster
+        verifier = self.forecaster if isinstance(self.forecaster, VerifierForecaster) else None
+        f = verifier.ebt if verifier else self.forecaster  # the EBT whose weights are saved (the verifier's own)
         meta = {"prediction_length": self.prediction_length, "freq": self.freq, "mode": f.mode,
                 "num_samples": self.num_samples, "package_version": __version__, "reserve_windows": f.reserve_windows,
                 "season_length": f.season_length, "config": asdict(f.cfg),
                 "chosen": asdict(f.chosen), "validation_scores": f.validation_scores,
-                "train_seconds": f.train_seconds, "train_steps": f.train_steps,
-                "verifier_choice": getattr(f, "verifier_choice", None)}
+                "train_seconds": self.forecaster.train_seconds, "train_steps": self.forecaster.train_steps,
+                "verifier_choice": verifier.verifier_choice if verifier else None}
         atomic_write_text(path / "predictor.json", json.dumps(meta, indent=2))
         atomic_torch_save(f.module.state_dict(), path / "weights.pt")
 
@@ -80,12 +81,7 @@ class EBTPredictor(Predictor):
                             "written by EBTPredictor.serialize or `ebt-forecast forecast save=DIR`)")
         meta = json.loads((path / "predictor.json").read_text())
         cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ForecasterConfig), meta["config"]))
-        choice = meta.get("verifier_choice")
-        forecaster = VerifierForecaster(cfg) if choice else EBTForecaster(cfg, meta["mode"], reserve_windows=meta.get("reserve_windows", 0))
-        if choice:  # the verifier fits the fast forecasters per window at predict time: it needs the conventions
-            forecaster.verifier_choice = choice
-            forecaster.dataset = ForecastDataset("gluonts", meta["freq"], meta["prediction_length"],
-                                                 meta["season_length"], [])
+        forecaster = EBTForecaster(cfg, meta["mode"], reserve_windows=meta.get("reserve_windows", 0))
         forecaster.season_length = meta["season_length"]
         forecaster.chosen = InferenceSetting(**meta["chosen"])
         forecaster.validation_scores = meta["validation_scores"]
@@ -94,6 +90,13 @@ class EBTPredictor(Predictor):
         forecaster.module = ForecastModule(model_cfg, cfg.think, cfg.trainer, cfg.task, mode=meta["mode"])
         forecaster.module.load_state_dict(torch.load(path / "weights.pt", weights_only=True))
         forecaster.module.eval()
+        if meta.get("verifier_choice"):  # the verifier composes that EBT with the fast forecasters fitted per window
+            verifier = VerifierForecaster(cfg, ebt=forecaster)
+            verifier.verifier_choice = meta["verifier_choice"]
+            verifier.dataset = ForecastDataset("gluonts", meta["freq"], meta["prediction_length"],
+                                               meta["season_length"], [])
+            verifier.train_seconds, verifier.train_steps = forecaster.train_seconds, forecaster.train_steps
+            return cls(verifier, meta["prediction_length"], meta["freq"], meta.get("num_samples"))
         return cls(forecaster, meta["prediction_length"], meta["freq"], meta.get("num_samples"))
 
 

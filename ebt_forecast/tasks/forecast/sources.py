@@ -220,30 +220,35 @@ def train_verifier(ebt: EBTForecaster, dataset: ForecastDataset, fast: list[str]
     return {"pool_windows": len(pool), "train_seconds": report.seconds, "train_steps": report.steps}
 
 
-class VerifierForecaster(EBTForecaster):
-    """The serving contract "slow verifier above fast forecasters", as a forecaster (`task.verifier`).
+class VerifierForecaster:
+    """The serving contract "slow verifier above fast forecasters", as a forecaster (`task.verifier`): it composes
+    an EBT forecaster of its own (`self.ebt`, its parameters and checkpoint) with the fast source forecasters
+    (`self.sources`, statsforecast models fitted per window).
 
-    fit: train its own EBT on the training series minus the pool windows (`task.verifier.out_of_fold`), teach
-    its energy to rank the sources on those pool windows, out of fold, then choose on the
-    validation windows among the energy's settings and the energy-free controls (so the energy is used
-    only where it beat equal weights and the best single source on validation). predict: fit the fast
-    forecasters on each window's past and select among every source's level paths."""
+    fit: train its EBT on the training series minus the pool windows (`task.verifier.out_of_fold`), teach that
+    EBT's energy to rank the sources on those pool windows, out of fold, then choose on the validation windows
+    among the energy's settings and the energy-free controls (so the energy is used only where it beat equal
+    weights and the best single source on validation). predict: fit the fast forecasters on each window's past
+    and select among every source's level paths."""
 
-    def __init__(self, cfg, name: str = "ebt_verifier", cache: Path | None = None):
+    def __init__(self, cfg, name: str = "ebt_verifier", cache: Path | None = None, ebt: EBTForecaster | None = None):
         v = cfg.task.verifier
-        super().__init__(cfg, "ebt", name, reserve_windows=v.pool_windows if v.out_of_fold else 0)
-        self.cache, self.dataset = cache, None
+        self.cfg, self.name, self.cache, self.dataset = cfg, name, cache, None
+        self.ebt = ebt or EBTForecaster(cfg, "ebt", reserve_windows=v.pool_windows if v.out_of_fold else 0)
+        self.sources = list(v.fast_sources)
         self.verifier_choice: dict | None = None
         self.verifier_diagnostics: dict[str, float] = {}
+        self.train_seconds, self.train_steps = 0.0, 0
 
     def fit(self, dataset: ForecastDataset) -> "VerifierForecaster":
-        """EBT, then the verifier, then the validation choice."""
-        super().fit(dataset)
+        """Its EBT, then the energy's teaching on the pool windows, then the validation choice."""
         v = self.cfg.task.verifier
+        self.ebt.fit(dataset)
         self.dataset = dataset
-        report = train_verifier(self, dataset, v.fast_sources, self.cache, windows=v.pool_windows, steps=v.steps)
-        self.train_seconds += report["train_seconds"]
-        rows, self.verifier_diagnostics = verifier_rows(self, dataset, v.fast_sources, {"val": self.val_windows},
+        report = train_verifier(self.ebt, dataset, self.sources, self.cache, windows=v.pool_windows, steps=v.steps)
+        self.train_seconds = self.ebt.train_seconds + report["train_seconds"]
+        self.train_steps = self.ebt.train_steps + report["train_steps"]
+        rows, self.verifier_diagnostics = verifier_rows(self.ebt, dataset, self.sources, {"val": self.ebt.val_windows},
                                                         self.cache)
         self.verifier_choice = choose(rows, "any")
         return self
@@ -252,13 +257,14 @@ class VerifierForecaster(EBTForecaster):
                 num_candidates: int | None = None, **kwargs):
         """Samples from the setting chosen on validation: one path per level, at the 21-level grid (a quantile
         forecast) or, with `num_candidates=S`, at the stratified levels (j + 0.5) / S (S samples), every source
-        made at those levels. Other keyword arguments reach the plain EBT instead."""
+        made at those levels. Other keyword arguments reach its EBT alone instead."""
         if kwargs or self.verifier_choice is None:
-            return super().predict(windows, dataset, num_candidates=num_candidates, **kwargs)
-        choice, fast = self.verifier_choice, self.cfg.task.verifier.fast_sources
-        extra = fast_starts(self.dataset, fast, windows, self.cache, num_paths=num_candidates or LEVELS)
-        out = think_over_sources(self, windows, extra, choice["steps"])
-        samples = source_samples(out.candidates, out.energies, choice["selection"], choice["temperature"], [*OWN_SOURCES, *fast])
+            return self.ebt.predict(windows, dataset, num_candidates=num_candidates, **kwargs)
+        choice = self.verifier_choice
+        extra = fast_starts(self.dataset, self.sources, windows, self.cache, num_paths=num_candidates or LEVELS)
+        out = think_over_sources(self.ebt, windows, extra, choice["steps"])
+        samples = source_samples(out.candidates, out.energies, choice["selection"], choice["temperature"],
+                                 [*OWN_SOURCES, *self.sources])
         label = choice["selection"] + ("" if choice["temperature"] is None else f"@T={choice['temperature']:g}")
         return replace(out, samples=samples, setting=InferenceSetting(choice["steps"], label),
                        levels=quantile_levels(choice["selection"], samples.shape[1]))
