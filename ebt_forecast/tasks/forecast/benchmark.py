@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from gluonts.model.forecast import Forecast
 from tqdm.auto import tqdm
 
 from ebt_forecast.baselines import (
@@ -18,17 +19,20 @@ from ebt_forecast.baselines import (
     PointPlusGaussian,
     SeasonalNaive,
 )
+from ebt_forecast.data.frames import series_to_gluonts
 from ebt_forecast.data.loaders import load_default_suite, load_etth1, load_exchange_rate, load_m4_hourly
-from ebt_forecast.data.types import ForecastDataset
+from ebt_forecast.data.types import ForecastDataset, TestWindow
+from ebt_forecast.errors import ConfigError
 from ebt_forecast.experiment import Artifacts, Cells
 from ebt_forecast.io import atomic_save_figure, atomic_write_csv, atomic_write_text
-from ebt_forecast.metrics import FORECAST_LEVELS, geometric_mean_relative, score_windows
+from ebt_forecast.metrics import FORECAST_LEVELS, geometric_mean_relative
 from ebt_forecast.tasks.forecast.config import ForecastAppConfig
 from ebt_forecast.tasks.forecast.diagnostics import verification_diagnostics
 from ebt_forecast.tasks.forecast.estimator import EBTPredictor
 from ebt_forecast.tasks.forecast.forecaster import EBTForecaster
+from ebt_forecast.tasks.forecast.predictors import (HarnessEstimator, conventions_of, forecast_arrays, score_forecasts,
+                                                    windows_dataset)
 from ebt_forecast.tasks.forecast.sources import choose, fast_forecasts, train_verifier, verifier_rows
-from ebt_forecast.errors import ConfigError
 
 log = logging.getLogger(__name__)
 SEEDLESS = ("seasonal_naive", *STATSFORECAST_MODELS)  # deterministic: one cell whatever the seed
@@ -54,9 +58,9 @@ def load_suite(app: ForecastAppConfig) -> list[ForecastDataset]:
     raise ConfigError(f"suite={app.suite!r} is invalid: must be one of {', '.join(SUITES)}")
 
 
-def _row(dataset: ForecastDataset, model: str, samples, extra: dict, levels: tuple[float, ...] | None = None) -> dict:
-    """One model's test metrics: samples, or a quantile forecast at `levels` (or at a forecast object's own levels)."""
-    scores = score_windows(samples, dataset.test_windows, dataset.season_length, levels)
+def _row(dataset: ForecastDataset, model: str, forecasts: list[Forecast], extra: dict) -> dict:
+    """One model's test metrics from its GluonTS forecasts (each read at its own levels, or as samples)."""
+    scores = score_forecasts(forecasts, dataset.test_windows, dataset.season_length)
     return {"dataset": dataset.name, "model": model, **scores, **extra}
 
 
@@ -86,14 +90,16 @@ def run_ebt_cell(dataset: ForecastDataset, app: ForecastAppConfig, plots: Path, 
     """Train the EBT once, then score its thinking settings: steps x selection, and M candidates."""
     cfg = app.forecaster()
     ebt = trained_ebt(dataset, app, cache)
+    predictor, test_data = EBTPredictor(ebt, dataset.horizon, dataset.freq), windows_dataset(dataset.test_windows)
     budget = {"train_seconds": ebt.train_seconds, "train_steps": ebt.train_steps}
-    out = ebt.predict(dataset.test_windows)
+    forecasts = list(predictor.predict(test_data))
     auto = cfg.task.selection == "auto"
-    label = f"auto: {out.setting.selection}" if auto else out.setting.selection
-    rows = [_row(dataset, "ebt", out, {**budget, **_record(out), "selection": label, "candidates": cfg.task.num_candidates,
-                                        "verify_group": cfg.task.verify_group,
-                                        "validation_scores": json.dumps(ebt.validation_scores)})]
-    plot_fans(dataset, {"ebt": out.samples}, plots / f"{dataset.name}__ebt.png", app.benchmark.plot_series)
+    label = f"auto: {forecasts[0].info['selection']}" if auto else forecasts[0].info["selection"]
+    rows = [_row(dataset, "ebt", forecasts, {**budget, **_record(forecasts), "selection": label,
+                                              "candidates": cfg.task.num_candidates, "verify_group": cfg.task.verify_group,
+                                              "validation_scores": json.dumps(ebt.validation_scores)})]
+    plot_fans(dataset, {"ebt": [f.samples for f in forecasts]}, plots / f"{dataset.name}__ebt.png",
+              app.benchmark.plot_series)
     if not cfg.think.enabled:  # think=no_thinking: every setting would be the proposals again
         return rows
     m0, g0, k0, b = cfg.task.num_candidates, cfg.task.verify_group, cfg.think.infer_steps, app.benchmark
@@ -104,19 +110,19 @@ def run_ebt_cell(dataset: ForecastDataset, app: ForecastAppConfig, plots: Path, 
     settings += [(k0, sel, m, g0) for m in b.candidate_counts for sel in ("refined", "verified", "resample", "lowest")]
     for steps, selection, m, g in dict.fromkeys(settings):
         g = 1 if selection in ("proposal", "refined") else g
-        out = ebt.predict(dataset.test_windows, steps=steps, selection=selection, num_candidates=m, verify_group=g)
-        rows.append(_row(dataset, f"ebt[steps={steps},{selection},M={m},G={g}]", out, {
-            **budget, **_record(out), "candidates": m, "verify_group": g}))
+        forecasts = list(predictor.predict(test_data, num_samples=m, steps=steps, selection=selection, verify_group=g))
+        rows.append(_row(dataset, f"ebt[steps={steps},{selection},M={m},G={g}]", forecasts, {
+            **budget, **_record(forecasts), "candidates": m, "verify_group": g}))
     if ebt.val_windows:
         diag = verification_diagnostics(ebt, ebt.val_windows, dataset.season_length, cfg.think.infer_steps)
         rows[0].update({f"val_{k}": v for k, v in diag.items()})
     return rows
 
 
-def _record(out) -> dict:
-    """The setting a forecast ran and the passes it spent."""
-    return {"steps": out.setting.steps, "selection": out.setting.selection, "forward_passes": out.forward_passes,
-            "backward_passes": out.backward_passes, "nonfinite": out.nonfinite}
+def _record(forecasts: list[Forecast]) -> dict:
+    """The setting a predict call ran and the passes it spent (its forecasts' `info`)."""
+    info = forecasts[0].info
+    return {k: info[k] for k in ("steps", "selection", "forward_passes", "backward_passes", "nonfinite")}
 
 
 def run_verifier_cell(dataset: ForecastDataset, app: ForecastAppConfig, cache: Path) -> list[dict]:
@@ -164,44 +170,67 @@ def _setting(r: dict) -> dict:
             "selection": f"{r['selection']}{temperature}"}
 
 
-def run_cell(dataset: ForecastDataset, model: str, app: ForecastAppConfig, plots: Path, cache: Path) -> list[dict]:
-    """Fit and score one model on one data set; return its result rows."""
-    cfg = app.forecaster()
-    if model == "ebt":
-        return run_ebt_cell(dataset, app, plots, cache)
-    if model == "ebt_verifier":
-        return run_verifier_cell(dataset, app, cache)
-    if model in STATSFORECAST_MODELS:
+class CachedSource:
+    """A statsforecast model's level paths as a harness forecaster, computed once per window set (`cache`)."""
+
+    def __init__(self, model: str, cache: Path):
+        self.model, self.cache = model, cache
+        self.train_seconds, self.train_steps = 0.0, 0
+
+    def fit(self, dataset: ForecastDataset) -> "CachedSource":
+        """Nothing to learn across series: each window's model is fitted on its own past at predict time."""
+        return self
+
+    def predict(self, windows: list[TestWindow], dataset: ForecastDataset) -> np.ndarray:
+        """(N, 21, H) paths at the quantile grid; the wall time counts as the local models' training."""
         start = time.perf_counter()
-        samples = list(fast_forecasts(model, dataset, dataset.test_windows, cache))
-        return [_row(dataset, model, samples, {"train_seconds": time.perf_counter() - start, "train_steps": 0},
-                     FORECAST_LEVELS)]
+        paths = fast_forecasts(self.model, dataset, windows, self.cache)
+        self.train_seconds = time.perf_counter() - start
+        return paths
+
+
+def estimator_for(dataset: ForecastDataset, model: str, app: ForecastAppConfig, cache: Path) -> HarnessEstimator:
+    """Every benchmark model other than the EBT's as a GluonTS Estimator on the data set's conventions."""
+    cfg = app.forecaster()
+    conventions = conventions_of(dataset)
+    if model in STATSFORECAST_MODELS:
+        return HarnessEstimator(lambda: CachedSource(model, cache), conventions, FORECAST_LEVELS)
     if model == "seasonal_naive":
-        forecaster = SeasonalNaive(dataset.season_length)
-    elif model == "transformer_pp":
-        forecaster = EBTForecaster(cfg, "feedforward")
-    elif model == "transformer_pp+gaussian":
-        forecaster = PointPlusGaussian(lambda: EBTForecaster(cfg, "feedforward"), seed=cfg.seed)
-    elif model in ("deepar", "patchtst"):
+        return HarnessEstimator(lambda: SeasonalNaive(dataset.season_length), conventions)
+    if model == "transformer_pp":
+        return HarnessEstimator(lambda: EBTForecaster(cfg, "feedforward"), conventions)
+    if model == "transformer_pp+gaussian":
+        return HarnessEstimator(lambda: PointPlusGaussian(lambda: EBTForecaster(cfg, "feedforward"), seed=cfg.seed),
+                                conventions)
+    if model in ("deepar", "patchtst"):
         # GluonTS models at a fair budget: early stopping on a validation tail, up to `gluonts_budget` x the EBT's steps
         b, t = app.benchmark, cfg.trainer
         context, patch = cfg.window(dataset.horizon, dataset.season_length)
         common = dict(context_length=context, max_steps=int(b.gluonts_budget * t.max_steps), batch_size=t.batch_size,
                       lr=t.lr, seed=cfg.seed, early_stopping_patience=b.gluonts_patience, enable_progress_bar=False)
         if model == "deepar":
-            forecaster = DeepARBaseline(hidden_size=b.deepar_hidden_size, num_layers=b.deepar_num_layers, **common)
-        else:
-            m = cfg.model
-            forecaster = PatchTSTBaseline(d_model=m.dim, nhead=m.heads, num_encoder_layers=m.depth,
-                                          dim_feedforward=int(m.dim * m.ffn_multiplier), patch_len=patch, **common)
-    else:
-        raise ConfigError(f"benchmark.models contains unknown model {model!r}: must be among {', '.join(MODELS)}")
-    forecaster.fit(dataset)
-    samples = forecaster.predict(dataset.test_windows, dataset)
+            return HarnessEstimator(lambda: DeepARBaseline(hidden_size=b.deepar_hidden_size,
+                                                           num_layers=b.deepar_num_layers, **common), conventions)
+        m = cfg.model
+        return HarnessEstimator(lambda: PatchTSTBaseline(d_model=m.dim, nhead=m.heads, num_encoder_layers=m.depth,
+                                                         dim_feedforward=int(m.dim * m.ffn_multiplier),
+                                                         patch_len=patch, **common), conventions)
+    raise ConfigError(f"benchmark.models contains unknown model {model!r}: must be among {', '.join(MODELS)}")
+
+
+def run_cell(dataset: ForecastDataset, model: str, app: ForecastAppConfig, plots: Path, cache: Path) -> list[dict]:
+    """Fit and score one model on one data set through GluonTS's API (Estimator.train -> Predictor.predict ->
+    Forecasts); return its result rows. The EBT and the verifier have cells of their own (many settings each)."""
+    if model == "ebt":
+        return run_ebt_cell(dataset, app, plots, cache)
+    if model == "ebt_verifier":
+        return run_verifier_cell(dataset, app, cache)
+    predictor = estimator_for(dataset, model, app, cache).train(series_to_gluonts(dataset.train, dataset.freq))
+    forecasts = list(predictor.predict(windows_dataset(dataset.test_windows)))
     if model == "transformer_pp":
-        plot_fans(dataset, {model: samples}, plots / f"{dataset.name}__{model}.png", app.benchmark.plot_series)
-    return [_row(dataset, model, samples, {"train_seconds": getattr(forecaster, "train_seconds", 0.0),
-                                        "train_steps": getattr(forecaster, "train_steps", 0)})]
+        plot_fans(dataset, {model: [forecast_arrays(f)[0] for f in forecasts]}, plots / f"{dataset.name}__{model}.png",
+                  app.benchmark.plot_series)
+    return [_row(dataset, model, forecasts, {k: forecasts[0].info[k] for k in ("train_seconds", "train_steps")})]
 
 
 def plot_fans(dataset: ForecastDataset, forecasts: dict[str, list[np.ndarray]], path: Path, count: int) -> None:

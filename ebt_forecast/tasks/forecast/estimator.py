@@ -36,23 +36,26 @@ class EBTPredictor(Predictor):
         super().__init__(prediction_length=prediction_length)
         self.forecaster, self.freq, self.num_samples = forecaster, freq, num_samples
 
-    def predict(self, dataset, num_samples: int | None = None, **kwargs) -> Iterator[SampleForecast]:
+    def predict(self, dataset, num_samples: int | None = None, **thinking) -> Iterator[SampleForecast]:
         """One SampleForecast of the next prediction_length steps after each series' end, with `num_samples`
         sample paths (default: the estimator's `num_samples`, else the 21 paths at the quantile grid
         0.025, 0.05, ..., 0.975); `info` holds what thinking did (setting, the paths' levels, energies of the
-        selected starts, passes for the whole call)."""
+        selected starts, passes for the whole call). `thinking` (steps, selection, verify_group, policy, ...)
+        overrides the validation-chosen setting, as the benchmark's and the study's rows do (for the verifier:
+        its EBT alone)."""
         num_samples = num_samples or self.num_samples
         if num_samples is not None and num_samples < 1:
             raise ValueError(f"num_samples={num_samples} is invalid: must be >= 1")
         series = gluonts_to_series(dataset, self.freq)
         empty = np.full(self.prediction_length, np.nan, dtype=np.float32)
         out = self.forecaster.predict([TestWindow(s.item_id, s.start, s.target, empty) for s in series],
-                                      num_candidates=num_samples)
+                                      num_candidates=num_samples, **thinking)
         with quiet_pandas():
             for i, s in enumerate(series):
                 info = {"steps": out.setting.steps, "selection": out.setting.selection, "levels": out.levels,
                         "energies": out.energies[i], "forward_passes": out.forward_passes,
-                        "backward_passes": out.backward_passes}
+                        "backward_passes": out.backward_passes, "nonfinite": out.nonfinite,
+                        "train_seconds": self.forecaster.train_seconds, "train_steps": self.forecaster.train_steps}
                 yield SampleForecast(samples=out.samples[i], start_date=s.start + len(s.target), item_id=s.item_id,
                                      info=info)
 
