@@ -8,6 +8,7 @@ interrupted `make` leaves only a temporary folder, cleared by the next attempt. 
 from __future__ import annotations
 
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, TypeVar
@@ -34,8 +35,6 @@ class Artifacts:
 
     def get(self, name: str, depends: Any, make: Callable[[Path], T], load: Callable[[Path], T]) -> T:
         """Load the finished artifact, or make it in a temporary folder and move that into place."""
-        import time
-
         final, key = self.path(name, depends), cell_key(depends)
         if final.is_dir():
             self.ledger.append(CellRecord(name, key, True, 0.0))
