@@ -12,7 +12,8 @@
 from ebt_forecast.experiment.artifacts import Artifacts
 from ebt_forecast.experiment.cells import CellRecord, Cells, cell_key
 from ebt_forecast.experiment.models import fit_or_load, train_or_load
-from ebt_forecast.experiment.report import markdown_table, plot_panels, ranking_section, write_frame, write_markdown
+from ebt_forecast.experiment.report import (markdown_table, plot_panels, plot_sweeps, ranking_section, write_frame,
+                                          write_markdown)
 
 __all__ = ["Artifacts", "CellRecord", "Cells", "cell_key", "fit_or_load", "markdown_table", "plot_panels",
-           "ranking_section", "train_or_load", "write_frame", "write_markdown"]
+           "plot_sweeps", "ranking_section", "train_or_load", "write_frame", "write_markdown"]

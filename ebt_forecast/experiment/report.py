@@ -59,3 +59,19 @@ def ranking_section(verify: pd.DataFrame, n_max: int, unit: str, error: str, lab
     return ["", f"Does the energy rank the N={n_max} candidates of a {unit} by their {error}? Mean within-{unit} "
             f"Spearman correlation of energy against {error} (1 = perfect), and how often the lowest energy is the "
             f"lowest {error} (chance {1 / n_max:.3f}):", "", markdown_table(table, floatfmt=".3f")]
+
+
+SWEEPS = (("steps", "steps", "thinking steps"), ("verify", "candidates", "candidates N (lowest energy per {unit})"))
+
+
+def plot_sweeps(rows: pd.DataFrame, names: Sequence[str], unit: str, paths: Sequence[Path],
+                draw: Callable[[Any, pd.DataFrame, str, str], None], **panels: Any) -> None:
+    """The two thinking sweeps of a sequence task, one figure each (`paths`, in `SWEEPS` order): a panel per set
+    with that set's rows of the sweep (kind `steps` against steps, `verify` against candidates), drawn by
+    `draw(ax, rows, column, name)`; `panels` go to `plot_panels`."""
+    for (kind, column, xlabel), path in zip(SWEEPS, paths):
+        def panel(ax, name: str, kind=kind, column=column, xlabel=xlabel) -> None:
+            draw(ax, rows[(rows["kind"] == kind) & (rows["set"] == name)].sort_values(column), column, name)
+            ax.set_xlabel(xlabel.format(unit=unit), fontsize=8)
+
+        plot_panels(names, panel, path, **panels)

@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from ebt_forecast.experiment import (Artifacts, Cells, cell_key, markdown_table, plot_panels, ranking_section,
+from ebt_forecast.experiment import (Artifacts, Cells, cell_key, markdown_table, plot_sweeps, ranking_section,
                                      train_or_load, write_frame, write_markdown)
 from ebt_forecast.io import atomic_save_figure
 from ebt_forecast.nn import TransformerConfig
@@ -374,21 +374,17 @@ def write_report(root: Path, app: TextAppConfig, data: TextData, trained: dict[s
         lines += ["", f"Learned alpha after training: {alpha:.3g}." if alpha is not None else ""]
     write_markdown(["\n".join(lines)], root / "text.md")
 
-    for kind_name, column, xlabel, fname in [("steps", "steps", "thinking steps", "perplexity_vs_steps.png"),
-                                             ("verify", "candidates", "candidates N (lowest energy per position)",
-                                              "perplexity_vs_candidates.png")]:
-        def draw(ax, name: str, kind_name=kind_name, column=column, xlabel=xlabel) -> None:
-            rows = ebt[(ebt["kind"] == kind_name) & (ebt["set"] == name)].sort_values(column)
-            if kind_name == "steps":
-                rows = rows[rows["steps"] > 0]
-            ax.plot(rows[column], rows["perplexity"], marker="o", label="EBT")
-            base = headline(frame, "transformer_pp", name, steps_k)
-            if base is not None:
-                ax.axhline(base["perplexity"], color="gray", ls="--", label="Transformer++")
-            ax.set_xscale("log", base=2)
-            ax.set_xlabel(xlabel, fontsize=8)
+    def draw(ax, rows: pd.DataFrame, column: str, name: str) -> None:
+        rows = rows[rows[column] > 0]  # log axis: the steps sweep's step 0 is left out
+        ax.plot(rows[column], rows["perplexity"], marker="o", label="EBT")
+        base = headline(frame, "transformer_pp", name, steps_k)
+        if base is not None:
+            ax.axhline(base["perplexity"], color="gray", ls="--", label="Transformer++")
+        ax.set_xscale("log", base=2)
 
-        plot_panels(list(sets), draw, root / "plots" / fname, size=3.2, ylabel="perplexity")
+    plot_sweeps(ebt, list(sets), "position", [root / "plots" / "perplexity_vs_steps.png",
+                                              root / "plots" / "perplexity_vs_candidates.png"], draw,
+                size=3.2, ylabel="perplexity")
     print("\n".join(lines))
     print(f"\nwritten: {root / 'text.md'}, {root / 'text.csv'}, {root / 'plots'}")
 

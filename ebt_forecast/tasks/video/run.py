@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from ebt_forecast.experiment import (Artifacts, Cells, cell_key, markdown_table, plot_panels, ranking_section,
+from ebt_forecast.experiment import (Artifacts, Cells, cell_key, markdown_table, plot_sweeps, ranking_section,
                                      train_or_load, write_frame, write_markdown)
 from ebt_forecast.io import atomic_save_figure
 from ebt_forecast.metrics import psnr, rowwise_spearman
@@ -412,25 +412,22 @@ def write_report(root: Path, app: VideoAppConfig, sets: VideoSets, ae_meta: dict
         lines += write_rollouts(root, app, frame, rollouts, tag, models)
     write_markdown(["\n".join(lines)], root / "video.md")
 
-    for kind, column, xlabel, fname in [("steps", "steps", "thinking steps", "latent_mse_vs_steps.png"),
-                                        ("verify", "candidates", "candidates N (lowest energy per frame)",
-                                         "latent_mse_vs_candidates.png")]:
-        def draw(ax, name: str, kind=kind, column=column, xlabel=xlabel) -> None:
-            rows = ebt[(ebt["kind"] == kind) & (ebt["set"] == name)].sort_values(column)
-            at = np.arange(len(rows))  # evenly spaced settings (0, 1, 2, 4, 8): no log axis, no mathtext
-            ax.plot(at, rows["latent_mse"], marker="o", label="EBT")
-            ax.set_xticks(at, [str(x) for x in rows[column]])
-            for model, style in [("transformer_pp", "--"), ("copy_last", ":")]:
-                r = headline(frame, model, name)
-                if r is not None:
-                    ax.axhline(r["latent_mse"], color="gray", ls=style, label=model)
-            ax.set_yscale("log")  # step 0 (a noise start) sits far above the rest
-            ax.yaxis.set_major_formatter(FormatStrFormatter("%.3g"))  # plain numbers: mathtext labels are slow
-            ax.yaxis.set_minor_formatter(NullFormatter())
-            ax.set_xlabel(xlabel, fontsize=8)
+    def draw(ax, rows: pd.DataFrame, column: str, name: str) -> None:
+        at = np.arange(len(rows))  # evenly spaced settings (0, 1, 2, 4, 8): no log axis, no mathtext
+        ax.plot(at, rows["latent_mse"], marker="o", label="EBT")
+        ax.set_xticks(at, [str(x) for x in rows[column]])
+        for model, style in [("transformer_pp", "--"), ("copy_last", ":")]:
+            r = headline(frame, model, name)
+            if r is not None:
+                ax.axhline(r["latent_mse"], color="gray", ls=style, label=model)
+        ax.set_yscale("log")  # step 0 (a noise start) sits far above the rest
+        ax.yaxis.set_major_formatter(FormatStrFormatter("%.3g"))  # plain numbers: mathtext labels are slow
+        ax.yaxis.set_minor_formatter(NullFormatter())
 
-        plot_panels(list(names), draw, root / "plots" / fname, ylabel="latent MSE (log scale)", titles=tag,
-                    adjust=dict(left=0.06, right=0.99, bottom=0.17, top=0.9, wspace=0.3))
+    plot_sweeps(ebt, list(names), "frame", [root / "plots" / "latent_mse_vs_steps.png",
+                                            root / "plots" / "latent_mse_vs_candidates.png"], draw,
+                ylabel="latent MSE (log scale)", titles=tag, adjust=dict(left=0.06, right=0.99, bottom=0.17, top=0.9,
+                                                                         wspace=0.3))
     print("\n".join(lines))
     print(f"\nwritten: {root / 'video.md'}, {root / 'video.csv'}, {root / 'video_rollout.csv'}, {root / 'plots'}, "
           f"{root / 'strip.png'}")
