@@ -24,8 +24,8 @@ def main(overrides: list[str]) -> None:
     app = compose("benchmark", overrides)
     cache = Path(app.runtime.output_dir) / app.suite / "cache"
     for dataset in load_suite(app):
-        v = app.task.verifier  # the verifier's EBT: its pool windows are reserved (never trained on) out of fold
-        ebt = EBTForecaster(app.forecaster(), "ebt", reserve_windows=v.pool_windows if v.out_of_fold else 0)
+        # the verifier's EBT: its pool windows are reserved (never trained on) out of fold
+        ebt = EBTForecaster(app.forecaster(), "ebt", reserve_windows=app.task.verifier.held_out_windows())
         sets = {"test": dataset.test_windows, "val": ebt.split(dataset)[1],
                 "pool": pool_windows(ebt, dataset, app.task.verifier.pool_windows)}
         for name, windows in sets.items():

@@ -136,7 +136,7 @@ def run_verifier_cell(dataset: ForecastDataset, app: ForecastAppConfig, cache: P
     validation); every setting also gets a row `ebt_verifier[...]` / `ebt_verifier_zero_shot[...]` with its
     validation WQL, so each choice can be audited."""
     v = app.task.verifier
-    ebt = trained_ebt(dataset, app, cache, reserve_windows=v.pool_windows if v.out_of_fold else 0)
+    ebt = trained_ebt(dataset, app, cache, reserve_windows=v.held_out_windows())
     sets = {"val": ebt.val_windows, "test": dataset.test_windows}
     zero_shot, zs_diag = verifier_rows(ebt, dataset, v.fast_sources, sets, cache)
     training = train_verifier(ebt, dataset, v.fast_sources, cache, windows=v.pool_windows, steps=v.steps)

@@ -54,6 +54,10 @@ class VerifierConfig:
     steps: int = 200  # optimizer steps of that teaching
     out_of_fold: bool = True  # the verifier's EBT never trains on the pool windows (false: in-sample, as before)
 
+    def held_out_windows(self) -> int:
+        """About how many windows the verifier's EBT holds out of training: the pool out of fold, none in-sample."""
+        return self.pool_windows if self.out_of_fold else 0
+
 
 @dataclass
 class ForecastTaskConfig:

@@ -18,10 +18,10 @@ from gluonts.time_feature import get_seasonality
 from omegaconf import OmegaConf
 
 from ebt_forecast import __version__
-from ebt_forecast.errors import DataError
 from ebt_forecast.data.frames import gluonts_to_series, quiet_pandas
-from ebt_forecast.io import atomic_torch_save, atomic_write_text
 from ebt_forecast.data.types import ForecastDataset, TestWindow
+from ebt_forecast.errors import DataError
+from ebt_forecast.io import atomic_torch_save, atomic_write_text
 from ebt_forecast.tasks.forecast.config import ForecasterConfig
 from ebt_forecast.tasks.forecast.forecaster import EBTForecaster
 from ebt_forecast.tasks.forecast.module import ForecastModule

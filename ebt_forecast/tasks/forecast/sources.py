@@ -234,7 +234,7 @@ class VerifierForecaster:
     def __init__(self, cfg, name: str = "ebt_verifier", cache: Path | None = None, ebt: EBTForecaster | None = None):
         v = cfg.task.verifier
         self.cfg, self.name, self.cache, self.dataset = cfg, name, cache, None
-        self.ebt = ebt or EBTForecaster(cfg, "ebt", reserve_windows=v.pool_windows if v.out_of_fold else 0)
+        self.ebt = ebt or EBTForecaster(cfg, "ebt", reserve_windows=v.held_out_windows())
         self.sources = list(v.fast_sources)
         self.verifier_choice: dict | None = None
         self.verifier_diagnostics: dict[str, float] = {}

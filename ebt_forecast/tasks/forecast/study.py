@@ -392,7 +392,7 @@ def _taught(app: ForecastAppConfig, dataset: ForecastDataset, fast: list[str], c
     """The verifier's own EBT (trained without the pool windows when `task.verifier.out_of_fold`), its energy
     taught to rank the sources on those windows."""
     v = app.task.verifier
-    ebt = trained_ebt(dataset, app, cache, reserve_windows=v.pool_windows if v.out_of_fold else 0)
+    ebt = trained_ebt(dataset, app, cache, reserve_windows=v.held_out_windows())
     train_verifier(ebt, dataset, fast, cache, windows=v.pool_windows, steps=v.steps, twin=twin, context=context)
     return ebt
 
