@@ -150,13 +150,18 @@ def test_world_model_training_lowers_the_prediction_error_and_thinking_lowers_th
     assert energies[-1].mean() < energies[0].mean()
 
 
-def test_control_cli_runs_and_resumes(tmp_path, capsys):
-    args = ["control", "env=pendulum", "runtime.threads=1", f"runtime.output_dir={tmp_path}",
+def tiny_control_args(out, eval_starts: int, episode_steps: int, energy_weights: str) -> list[str]:
+    """A pendulum `control` run small enough for a test, writing under `out`."""
+    return ["control", "env=pendulum", "runtime.threads=1", f"runtime.output_dir={out}",
             "control.transitions=1200", "trainer.max_steps=10", "trainer.progress_bar=false",
-            "control.ensemble_steps=10", "control.eval_starts=3", "control.validation_starts=2",
-            "control.episode_steps=8", "control.budget=30", "control.budgets=[10]", "control.budget_starts=2",
-            "control.seeds=[0]", "control.energy_weights=[0.0,1.0]", "task.horizon=5",
-            "model.dim=32", "model.depth=1", "control.ensemble_hidden=32"]
+            "control.ensemble_steps=10", f"control.eval_starts={eval_starts}", "control.validation_starts=2",
+            f"control.episode_steps={episode_steps}", "control.budget=30", "control.budgets=[10]",
+            "control.budget_starts=2", "control.seeds=[0]", f"control.energy_weights={energy_weights}",
+            "task.horizon=5", "model.dim=32", "model.depth=1", "control.ensemble_hidden=32"]
+
+
+def test_control_cli_runs_and_resumes(tmp_path, capsys):
+    args = tiny_control_args(tmp_path, eval_starts=3, episode_steps=8, energy_weights="[0.0,1.0]")
     assert main(args) == 0
     table = pd.read_csv(tmp_path / "pendulum" / "control.csv")
     assert set(table["planner"]) >= {"ebt", "ebt_no_energy", "ebt_cem", "ensemble_cem", "ensemble_mppi", "true_cem"}
@@ -243,12 +248,7 @@ def test_the_control_report_gives_the_auroc_of_the_test_episodes_energies(tmp_pa
         return dataclasses.replace(log, success=~failed, energy=energy)
 
     monkeypatch.setattr(control_run, "run_episodes", episodes_with_known_outcomes)
-    args = ["control", "env=pendulum", "runtime.threads=1", f"runtime.output_dir={tmp_path}",
-            "control.transitions=1200", "trainer.max_steps=10", "trainer.progress_bar=false",
-            "control.ensemble_steps=10", "control.eval_starts=10", "control.validation_starts=2",
-            "control.episode_steps=4", "control.budget=30", "control.budgets=[10]", "control.budget_starts=2",
-            "control.seeds=[0]", "control.energy_weights=[1.0]", "task.horizon=5",
-            "model.dim=32", "model.depth=1", "control.ensemble_hidden=32"]
+    args = tiny_control_args(tmp_path, eval_starts=10, episode_steps=4, energy_weights="[1.0]")
     assert main(args) == 0
     energy, failed = known(control_run.held_out_starts(make_env("pendulum"), 10, control_run.TEST_SEED))
     assert 0 < failed.sum() < len(failed)
