@@ -12,6 +12,7 @@ from ebt_forecast.cli import main
 from ebt_forecast.nn import TransformerConfig
 from ebt_forecast.tasks.base import TrainerConfig, fit_module
 from ebt_forecast.tasks.text.config import TextTaskConfig, text_think
+from ebt_forecast.think import ThinkConfig
 from ebt_forecast.tasks.text.data import TokenWindows, pack_examples, dyck_examples, split_works
 from ebt_forecast.tasks.text.model import TextEBT, TransformerPlusPlusLM
 from ebt_forecast.metrics import rowwise_spearman
@@ -246,10 +247,14 @@ def test_the_system2_recipe_trains_with_replay_noise_and_random_steps(tmp_path, 
     assert len(trained.replay) == batch + fresh * (steps - 1)  # every fresh row pushed; the 192-row cap not reached
     # random steps: every call's budget lies in [train_steps_min, train_steps] = [2, 3], and both occur
     assert {c["steps"] for c in calls} == {2, 3}
-    # Langevin noise: the first energy evaluation reads start + N(0, 3^2), element by element
+    # Langevin noise: the first energy evaluation reads softmax(start + N(0, 3^2)) (the reference's candidate): its
+    # log is start + noise up to one constant per position
     for c in calls:
-        noise = c["first_energy_input"] - c["init"].reshape(c["first_energy_input"].shape)
-        assert abs(float(noise.mean())) < 0.1 and abs(float(noise.std()) - 3.0) < 0.1
+        p = c["first_energy_input"]
+        assert torch.allclose(p.sum(-1), torch.ones(()), atol=1e-4)
+        noise = p.log() - c["init"].reshape(p.shape)
+        noise = noise - noise.mean(-1, keepdim=True)
+        assert abs(float(noise.std()) - 3.0) < 0.1
     table = pd.read_csv(out / "corpus" / "text.csv")
     default = table[(table["kind"] == "verify") & (table["steps"] == 3)]  # the recipe's 3 inference steps
     assert len(default) == 2 and np.isfinite(default["perplexity"]).all()
@@ -306,3 +311,61 @@ def test_text_cli_rejects_bad_settings(tmp_path, capsys, override, message):
     assert main(["text", f"runtime.output_dir={out}", "runtime.threads=1", *args]) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()  # nothing written
+
+
+def reference_module(step_embedding: bool = True) -> TextModule:
+    """A tiny EBT language model with the reference's candidate (task.candidate=probs)."""
+    torch.manual_seed(0)
+    think = ThinkConfig(train_steps=2, infer_steps=2, alpha=500.0, step_embedding=step_embedding, detach_steps=True,
+                        truncate=False, num_candidates=1)
+    return TextModule(TransformerConfig(dim=16, depth=1, heads=2), think, TrainerConfig(),
+                      TextTaskConfig(init="random", candidate="probs"), vocab_size=11, context_length=6)
+
+
+def test_reference_candidate_update_on_the_language_model():
+    """One inference step of the probs recipe: the state becomes p - alpha dE/dp with p = softmax(state), the
+    gradient taken against p through the model's own Linear(V, D) embedding of p."""
+    module = reference_module().eval()
+    tokens = torch.randint(0, 11, (2, 6), generator=torch.Generator().manual_seed(1))
+    encoding = module.encode({"x": tokens})
+    state = torch.randn(2, 1, 6, 11, generator=torch.Generator().manual_seed(2))
+    result = module.think(module.energy_fn(encoding, 1), state, training=False, steps=1, final_energy=False)
+    p = state.reshape(2, 6, 11).softmax(-1).requires_grad_(True)
+    (g,) = torch.autograd.grad(module.model.energy(encoding.cache, p, step=0).sum(), p)
+    torch.testing.assert_close(result.candidates.reshape(2, 6, 11), p.detach() - 500.0 * g)
+
+
+def test_the_step_embedding_gives_each_step_its_own_landscape():
+    module = reference_module().eval()
+    tokens = torch.randint(0, 11, (2, 6), generator=torch.Generator().manual_seed(1))
+    encoding = module.encode({"x": tokens})
+    p = torch.rand(2, 6, 11).softmax(-1)
+    with torch.no_grad():
+        module.model.step_embed.weight.normal_()  # trained landscapes differ; the init is small but not equal
+        first, second = (module.model.energy(encoding.cache, p, step=t) for t in (0, 1))
+        beyond = module.model.energy(encoding.cache, p, step=5)  # beyond the trained steps: the last landscape
+    assert not torch.allclose(first, second)
+    torch.testing.assert_close(beyond, second)
+    # and the cached energy equals the full doubled sequence in every landscape
+    torch.testing.assert_close(module.model.token_energies(encoding.cache, p, step=1),
+                               module.model.doubled_energies(tokens, p, step=1), atol=1e-5, rtol=1e-5)
+    assert reference_module(step_embedding=False).model.step_embed is None
+
+
+def test_the_system1_recipe_runs_and_reports_scaled_steps_and_the_oracle(tmp_path):
+    corpus = tiny_corpus(tmp_path / "corpus")
+    out = tmp_path / "out"
+    run = [a for a in TINY_TEXT_RUN if not a.startswith(("text.think_steps", "text.candidate_counts"))]
+    assert main(["text", "experiment=text_system1", f"runtime.output_dir={out}", f"text.corpus={corpus}",
+                 "model.dim=32", "model.heads=2", "text.models=[ebt]", "text.think_steps=[1,2,4]",
+                 "text.candidate_counts=[1,2]", *run]) == 0
+    table = pd.read_csv(out / "corpus" / "text.csv")
+    assert set(table["kind"]) == {"steps", "steps_scaled", "verify", "average", "oracle"}
+    scaled = table[table["kind"] == "steps_scaled"]
+    assert sorted(set(scaled["steps"])) == [1, 4]  # every budget but the trained 2 steps
+    for name, rows in table.groupby("set"):
+        verify = rows[(rows["kind"] == "verify") & (rows["candidates"] == 2)]["ce"].item()
+        oracle = rows[(rows["kind"] == "oracle") & (rows["candidates"] == 2)]["ce"].item()
+        assert oracle <= verify + 1e-9
+    report = (out / "corpus" / "text.md").read_text()
+    assert "alpha x 2 / steps" in report and "best-of-N oracle" in report

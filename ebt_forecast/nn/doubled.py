@@ -38,11 +38,15 @@ class DoubledContext:
 class DoubledSequenceEBT(nn.Module):
     """Backbone + energy head over `[observed ; candidate]` embeddings of up to `context_length` positions."""
 
-    def __init__(self, cfg: TransformerConfig, context_length: int):
+    def __init__(self, cfg: TransformerConfig, context_length: int, step_embeddings: int = 0):
         super().__init__()
         self.context_length = context_length
         self.backbone = TransformerPP(cfg)
         self.energy_head = EnergyHead(cfg.dim, reduction="sum")
+        # each thinking step its own landscape: a learned vector per step added to every candidate embedding
+        self.step_embed = nn.Embedding(step_embeddings, cfg.dim) if step_embeddings else None
+        if self.step_embed is not None:
+            nn.init.normal_(self.step_embed.weight, std=0.02)
         s = context_length
         self.register_buffer("observed_positions", torch.arange(s), persistent=False)
         self.register_buffer("candidate_positions", torch.arange(s) + 1, persistent=False)
@@ -55,17 +59,26 @@ class DoubledSequenceEBT(nn.Module):
         hidden, cache = self.backbone.encode_context(observed, self.observed_positions[:s], self.observed_mask[:s, :s])
         return DoubledContext(cache, hidden)
 
-    def candidate_energies(self, cache: KVCache, candidates: Tensor) -> Tensor:
-        """Per-position energies (..., S) of candidate embeddings (..., S, D); `cache` broadcasts against the
-        leading dims (`TransformerPP.expand_cache`)."""
+    def candidate_energies(self, cache: KVCache, candidates: Tensor, step: int | None = None) -> Tensor:
+        """Per-position energies (..., S) of candidate embeddings (..., S, D) in thinking step `step`'s landscape
+        (with step embeddings; None = the first); `cache` broadcasts against the leading dims
+        (`TransformerPP.expand_cache`)."""
+        candidates = self.with_step(candidates, step)
         s = candidates.shape[-2]
         h = self.backbone.forward_with_context(candidates, self.candidate_positions[:s], cache,
                                                self.candidate_mask[:s, :s], self.observed_mask[:s, :s])
         return self.energy_head.token_energies(h)
 
-    def doubled_sequence_energies(self, observed: Tensor, candidates: Tensor) -> Tensor:
+    def with_step(self, candidates: Tensor, step: int | None) -> Tensor:
+        """Candidate embeddings plus step `step`'s embedding (unchanged without step embeddings)."""
+        if self.step_embed is None:
+            return candidates
+        return candidates + self.step_embed.weight[min(step or 0, self.step_embed.num_embeddings - 1)]
+
+    def doubled_sequence_energies(self, observed: Tensor, candidates: Tensor, step: int | None = None) -> Tensor:
         """The same per-position energies (B, S) from the full doubled sequence of observed (B, S, D) and
         candidate (B, S, D) embeddings under `doubled_sequence_mask`, without a cache."""
+        candidates = self.with_step(candidates, step)
         s = observed.shape[-2]
         positions = torch.cat([self.observed_positions[:s], self.candidate_positions[:s]])
         h = self.backbone(torch.cat([observed, candidates], dim=-2), positions,

@@ -43,6 +43,7 @@ from ebt_forecast.think import (
     ThinkRecord,
     ThinkResult,
     Thought,
+    Transform,
     check_settings,
     think,
     think_and_select,
@@ -160,17 +161,17 @@ def cached_energy_fn(cache: KVCache, per_context: int, energy: Callable[[KVCache
     all candidates broadcast the cached keys and values without a copy; a subset gathers its contexts' rows.
     `energy(cache, candidates)` scores candidates (..., *event) against a cache that broadcasts over `...`."""
 
-    def fn(x: Tensor, index: Tensor | None) -> Tensor:
+    def fn(x: Tensor, index: Tensor | None, **landscape: Any) -> Tensor:  # landscape: step=t (step embeddings)
         if index is None:  # every candidate, context-major
-            return grouped_energies(cache, x.view(-1, per_context, *x.shape[1:]), energy).flatten()
-        return energy(TransformerPP.expand_cache(cache, "gather", index // per_context), x)
+            return grouped_energies(cache, x.view(-1, per_context, *x.shape[1:]), energy, **landscape).flatten()
+        return energy(TransformerPP.expand_cache(cache, "gather", index // per_context), x, **landscape)
 
     return fn
 
 
-def grouped_energies(cache: KVCache, candidates: Tensor, energy: Callable[[KVCache, Tensor], Tensor]) -> Tensor:
+def grouped_energies(cache: KVCache, candidates: Tensor, energy: Callable[..., Tensor], **landscape: Any) -> Tensor:
     """`energy` of grouped candidates (B, G, ...) against B cached contexts, broadcast over G without a copy."""
-    return energy(TransformerPP.expand_cache(cache, "grouped", candidate_dims=1), candidates)
+    return energy(TransformerPP.expand_cache(cache, "grouped", candidate_dims=1), candidates, **landscape)
 
 
 def config_key(*parts: Any, length: int = 12) -> str:
@@ -284,9 +285,14 @@ class TaskModule(TrainableModule):
         """M System 1 proposals per prediction, G thinking starts per proposal, and their energy."""
 
     # -- what every task gets ------------------------------------------------------------------
+    def candidate_transform(self) -> Transform | None:
+        """What the energy reads of a thinking state (engine.py); None = the state itself. Text: softmax."""
+        return None
+
     def think(self, energy_fn, init: Tensor, *, training: bool | None = None, **kwargs) -> ThinkResult:
-        """Run the engine with this module's settings (training mode follows the module's)."""
+        """Run the engine with this module's settings and candidate transform (training mode follows the module's)."""
         training = self.training if training is None else training
+        kwargs.setdefault("transform", self.candidate_transform())
         return think(energy_fn, init, self.think_cfg, self.step_size, training=training, **kwargs)
 
     def infer(self, batch: dict[str, Tensor], *, num_candidates: int, group: int, steps: int, selection: str,

@@ -20,6 +20,7 @@ from ebt_forecast.think.engine import (
     StopPolicy,
     ThinkRecord,
     ThinkResult,
+    Transform,
     draw_train_steps,
     fixed_steps_passes,
     make_stop_policy,
@@ -34,7 +35,7 @@ from ebt_forecast.think.step_size import StepSize
 __all__ = [
     "AUTO_SETTINGS", "ENERGY_FREE", "GRADIENTS", "SELECTIONS", "STOP_POLICIES", "ConfigError", "check_settings", "EnergyChangeStop", "EnergyFn",
     "EnergyThresholdStop", "InferencePolicy", "InferenceSetting", "ReplayBuffer", "Starts", "StepSize", "StopPolicy", "ThinkConfig",
-    "ThinkRecord", "ThinkResult", "Thought", "attach_implicit_gradient", "choose_on_validation", "damped_cg", "draw_train_steps", "energy_weighted_resample", "fixed_steps_passes",
+    "ThinkRecord", "ThinkResult", "Thought", "Transform", "attach_implicit_gradient", "choose_on_validation", "damped_cg", "draw_train_steps", "energy_weighted_resample", "fixed_steps_passes",
     "energy_weights", "listwise_ranking_loss", "make_stop_policy", "mix_replay", "select_candidates",
     "select_lowest_energy", "select_lowest_fraction", "sets_without_finite_energy", "think", "think_and_select",
 ]

@@ -29,8 +29,16 @@ class ThinkConfig:
     learn_alpha: bool = True
     alpha_lr_multiplier: float = 1.0  # alpha's own optimizer group: lr = multiplier * peak lr
     alpha_random_scale: float = 1.0  # s >= 1: while training, alpha ~ U[alpha / s, alpha * s] per candidate
-    langevin_std: float = 0.0  # noise added to the candidate before each training step
-    infer_langevin_std: float = 0.0  # the same at inference
+    alpha_random_dims: int = 0  # randomised alpha: one draw per candidate and per index of its first k event dims
+    #                            (text: 1 = per token position, as the reference)
+    infer_alpha_scaling: bool = False  # inference with T steps: alpha x train_steps / T (the reference's video run
+    #                                    thinks 4 steps at alpha 7.5k after training 2 at 30k)
+    langevin_std: float = 0.0  # training: noise added where the energy is evaluated (never carried into the state)
+    infer_langevin_std: float = 0.0  # the same at inference (the reference: 1.0 for text and video)
+    step_embedding: bool = False  # each step its own energy landscape: the energy gets the step index
+    #                               (`energy_fn(x, index, step=t)`, clamped to train_steps - 1 beyond the trained steps)
+    detach_steps: bool = False  # training: the state is detached between steps, so each step's loss trains that
+    #                             step's landscape only (the reference's System 1)
     max_update: float = 0.0  # >0: clamp each element of the update alpha * grad to [-max_update, max_update]
     truncate: bool = True  # only the last training step builds the second-order graph
     gradient: str = "unrolled"  # training: backprop through the steps, or "implicit": at the final candidate only
@@ -55,6 +63,7 @@ class ThinkConfig:
             "alpha": (self.alpha > 0, "> 0"),
             "alpha_lr_multiplier": (self.alpha_lr_multiplier >= 0, ">= 0"),
             "alpha_random_scale": (self.alpha_random_scale >= 1, ">= 1 (1 = off)"),
+            "alpha_random_dims": (self.alpha_random_dims >= 0, ">= 0"),
             "langevin_std": (self.langevin_std >= 0, ">= 0"),
             "infer_langevin_std": (self.infer_langevin_std >= 0, ">= 0"),
             "max_update": (self.max_update >= 0, ">= 0 (0 = off)"),

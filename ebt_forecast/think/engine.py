@@ -3,17 +3,27 @@
 The engine knows nothing about the modality. It sees candidates shaped (B, M, *event) (B
 predictions, M candidates each) and an energy function over a flat set of candidates:
 
-    energy_fn(x, index) -> energies
+    energy_fn(x, index) -> energies          (with cfg.step_embedding: energy_fn(x, index, step=t))
       x:     (N, *event) candidates
       index: None when x holds all B * M candidates in (B, M) order, otherwise the flat
              indices (into B * M) of the rows of x; the prediction a row belongs to is index // M
+      step:  the thinking step whose landscape scores x (0-based, clamped to cfg.train_steps - 1)
       returns (N,) energies
 
 so a task adapter can reuse one cached context for every step and every candidate, and the
 engine can stop thinking on some samples and spend passes only on the others.
+
+One step, for a state s (what the loss and the next step read) and an optional candidate transform T
+(the task's; text: softmax, so the energy scores distributions):
+
+    evaluated = T(s + noise)             noise: Langevin, only where the energy is evaluated
+    g         = dE(evaluated) / d evaluated
+    s'        = T(s + noise) - alpha g   with a transform (the reference's text update p - alpha dE/dp)
+              = s - alpha g              without one: the noise never enters the state
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -24,7 +34,8 @@ from ebt_forecast.think.config import ThinkConfig
 from ebt_forecast.think.implicit import attach_implicit_gradient
 from ebt_forecast.think.step_size import StepSize
 
-EnergyFn = Callable[[Tensor, "Tensor | None"], Tensor]
+EnergyFn = Callable[..., Tensor]  # energy_fn(x, index[, step=t]) -> (N,) energies
+Transform = Callable[[Tensor], Tensor]  # state (N, *event) -> the candidate the energy reads (N, *event)
 
 
 @dataclass
@@ -95,22 +106,28 @@ class InferencePolicy:
     """How one inference call thinks, handed to `think()` and recorded in its `ThinkRecord`: the stopping rule
     (`fixed`: the whole budget; `energy_change`: stop a candidate once |dE| < tolerance; `energy_threshold`: think
     only where the start's energy > threshold) and uphill rejection (a step that raised the energy is undone and
-    its alpha halved). `InferencePolicy.of(cfg)` is the policy a config names; a study builds others without
+    its alpha halved), and alpha scaling (T steps at alpha x train_steps / T). `InferencePolicy.of(cfg)` is the policy a config names; a study builds others without
     touching any module's config."""
 
     stop: str = "fixed"
     tolerance: float = 0.0
     threshold: float = 0.0
     reject_uphill: bool = False
+    alpha_scaling: bool = False  # T steps at alpha x train_steps / T (thinking longer with the trained total step)
 
     @classmethod
     def of(cls, cfg: ThinkConfig) -> "InferencePolicy":
         """The inference policy of a think config."""
+        common = {"reject_uphill": cfg.reject_uphill, "alpha_scaling": cfg.infer_alpha_scaling}
         if cfg.stop_policy == "energy_change":
-            return cls("energy_change", tolerance=cfg.stop_tolerance, reject_uphill=cfg.reject_uphill)
+            return cls("energy_change", tolerance=cfg.stop_tolerance, **common)
         if cfg.stop_policy == "energy_threshold":
-            return cls("energy_threshold", threshold=cfg.energy_threshold, reject_uphill=cfg.reject_uphill)
-        return cls(reject_uphill=cfg.reject_uphill)
+            return cls("energy_threshold", threshold=cfg.energy_threshold, **common)
+        return cls(**common)
+
+    def with_alpha_scaling(self, scaled: bool) -> "InferencePolicy":
+        """This policy with alpha scaling on or off."""
+        return dataclasses.replace(self, alpha_scaling=scaled)
 
     def stop_rule(self) -> StopPolicy:
         """The per-candidate stopping rule."""
@@ -146,6 +163,11 @@ def _per_row(values: Tensor, like: Tensor) -> Tensor:
     return values.view(-1, *[1] * (like.dim() - 1))
 
 
+def _broadcast(values: Tensor, like: Tensor) -> Tensor:
+    """Reshape (N, *lead) to broadcast against (N, *lead, *rest) (per-candidate or per-position alpha)."""
+    return values.reshape(*values.shape, *[1] * (like.dim() - values.dim()))
+
+
 def think(
     energy_fn: EnergyFn,
     init: Tensor,
@@ -158,11 +180,14 @@ def think(
     keep_trajectory: bool = False,
     generator: torch.Generator | None = None,
     policy: InferencePolicy | None = None,
+    transform: Transform | None = None,
 ) -> ThinkResult:
-    """Refine candidates `init` (B, M, *event) by `candidate -= alpha * grad(energy)`.
+    """Refine candidates `init` (B, M, *event) by `candidate -= alpha * grad(energy)` (the module docstring's step).
 
     Training: randomised steps and alpha, Langevin noise and `create_graph` (second order; only
-    the last step when cfg.truncate). Inference: first-order only, with cfg's stopping policy.
+    the last step when cfg.truncate; each step on its own detached state when cfg.detach_steps).
+    Inference: first-order only, with cfg's stopping policy, inference noise, and alpha x train_steps / steps
+    when cfg.infer_alpha_scaling. `transform`: the task's candidate transform (module docstring).
     Training with cfg.gradient="implicit": the steps build no graph; the final candidates get the
     implicit-function-theorem gradient instead (implicit.py; alpha then gets none). `policy`: the inference
     policy (stopping rule, uphill rejection); None = the one cfg names; ignored while training. Training with
@@ -183,9 +208,22 @@ def think(
     x = init.reshape(n, *event)
     if cfg.detach_init or not training:
         x = x.detach()
-    alpha = step_size.randomised((n,), cfg.alpha_random_scale if training else 1.0, generator)
+    alpha = step_size.randomised((n, *event[:cfg.alpha_random_dims]), cfg.alpha_random_scale if training else 1.0,
+                                 generator)
+    if not training and policy.alpha_scaling and steps > 0:
+        alpha = alpha * (max(cfg.train_steps, 1) / steps)
     if not training or implicit:
         alpha = alpha.detach().clone()  # its own memory: uphill rejection halves it per sample
+    detach_steps = training and cfg.detach_steps
+
+    def energy_at(candidates: Tensor, index: Tensor | None, t: int) -> Tensor:
+        """The energy of candidates in step t's landscape (the step index only reaches a step-embedded energy)."""
+        if cfg.step_embedding:
+            return energy_fn(candidates, index, step=max(0, min(t, cfg.train_steps - 1)))
+        return energy_fn(candidates, index)
+
+    def evaluated_of(state: Tensor) -> Tensor:
+        return state if transform is None else transform(state)
 
     energies = torch.full((steps + 1, n), float("nan"), device=x.device, dtype=x.dtype)
     steps_taken = torch.zeros(n, dtype=torch.long, device=x.device)
@@ -193,12 +231,13 @@ def think(
     forward_passes = backward_passes = 0
     trajectory = [x.reshape(batch, num_candidates, *event)] if keep_trajectory else []
 
+    x_out = x  # the latest state with its graph (== x unless cfg.detach_steps)
     uphill = UphillRejection(x) if not training and policy.reject_uphill else None
     with torch.enable_grad():
         active = torch.ones(n, dtype=torch.bool, device=x.device)
         if isinstance(rule, EnergyThresholdStop):
             with torch.no_grad():
-                e0 = energy_fn(x, None)
+                e0 = energy_at(evaluated_of(x), None, 0)
             forward_passes += n
             energies[0] = e0
             active = rule.initial_active(e0) & torch.isfinite(e0)
@@ -212,29 +251,34 @@ def think(
             xa = x if full else x[idx]
             if not build_graph:
                 xa = xa.detach()
-            x_prev = xa  # the candidate before noise: where a non-finite sample stays
-            if noise_std > 0:
-                noise = torch.randn(xa.shape, generator=generator, device=xa.device)
-                xa = xa + noise_std * noise
-            if not xa.requires_grad:
-                xa = xa.requires_grad_(True)
-            e = energy_fn(xa, None if full else idx)
-            (g,) = torch.autograd.grad(e.sum(), xa, create_graph=build_graph)
+            x_prev = xa  # the state before the step: where a non-finite sample stays
+            noisy = xa
+            if noise_std > 0:  # Langevin noise where the energy is evaluated; it never enters the state
+                noisy = xa + noise_std * torch.randn(xa.shape, generator=generator, device=xa.device)
+            evaluated = evaluated_of(noisy)
+            if not evaluated.requires_grad:
+                evaluated = evaluated.requires_grad_(True)
+            anchor = evaluated if transform is not None else (evaluated if noisy is xa else xa)
+            e = energy_at(evaluated, None if full else idx, t)
+            (g,) = torch.autograd.grad(e.sum(), evaluated, create_graph=build_graph)
             forward_passes += idx.numel()
             backward_passes += idx.numel()
 
             finite = torch.isfinite(e.detach()) & torch.isfinite(g.detach()).flatten(1).all(dim=1)
             if uphill is not None:  # step from the lowest-energy candidate seen; halve alpha where a step went up
-                xa, g = uphill.accept(idx, xa.detach(), e.detach(), g.detach(), finite, alpha)
-                x_prev = xa
-            update = _per_row(alpha[idx], g) * g
+                anchor, g = uphill.accept(idx, anchor.detach(), e.detach(), g.detach(), finite, alpha)
+                x_prev = anchor
+            update = _broadcast(alpha[idx], g) * g
             if cfg.max_update > 0:
                 update = update.clamp(-cfg.max_update, cfg.max_update)
-            # a non-finite energy or gradient freezes the sample at its last finite candidate
-            xa_new = torch.where(_per_row(finite, g), xa - update, x_prev)
+            # a non-finite energy or gradient freezes the sample at its last finite state
+            xa_new = torch.where(_per_row(finite, g), anchor - update, x_prev)
             if not build_graph:
                 xa_new = xa_new.detach()
             x = xa_new if full else x.index_copy(0, idx, xa_new.to(x.dtype))
+            x_out = x  # carries this step's graph (the loss reads it)
+            if detach_steps:
+                x = x.detach()
 
             e_now = e.detach().to(energies.dtype)  # bf16 autocast gives bf16 energies
             energies[t, idx] = e_now
@@ -245,26 +289,29 @@ def think(
             active[idx] = keep
             previous[idx] = e_now
             if keep_trajectory and not last_only:
-                trajectory.append(x.reshape(batch, num_candidates, *event))
+                trajectory.append(x_out.reshape(batch, num_candidates, *event))
 
         if implicit:  # the gradient is taken at the final candidate, so its energy is always read
-            x, final = attach_implicit_gradient(energy_fn, x, cfg.implicit_cg_iters, cfg.implicit_damping)
+            last_landscape = lambda c, index: energy_at(evaluated_of(c), index, steps - 1)  # noqa: E731
+            x, final = attach_implicit_gradient(last_landscape, x, cfg.implicit_cg_iters, cfg.implicit_damping)
+            x_out = x
             forward_passes += n
             backward_passes += n
             energies[steps] = final.detach()
         elif final_energy:
             grad_ctx = torch.enable_grad() if training else torch.no_grad()
             with grad_ctx:
-                e_final = energy_fn(x if training else x.detach(), None)
+                e_final = energy_at(evaluated_of(x_out if training else x.detach()), None, steps - 1)
             forward_passes += n
             energies[steps] = e_final.detach()
             final = e_final
             if uphill is not None:
                 x, final = uphill.best(x.detach(), e_final.detach())
+                x_out = x
         else:
             final = _last_finite(energies)
         if keep_trajectory and last_only:
-            trajectory.append(x.reshape(batch, num_candidates, *event))
+            trajectory.append(x_out.reshape(batch, num_candidates, *event))
 
     record = ThinkRecord(
         energies=energies.view(steps + 1, batch, num_candidates),
@@ -276,7 +323,7 @@ def think(
         policy=policy,
     )
     return ThinkResult(
-        candidates=x.reshape(batch, num_candidates, *event),
+        candidates=x_out.reshape(batch, num_candidates, *event),
         energies=final.view(batch, num_candidates),
         trajectory=trajectory,
         record=record,
@@ -299,7 +346,8 @@ class UphillRejection:
         self.x[idx] = torch.where(rows, x, self.x[idx])
         self.g[idx] = torch.where(rows, g, self.g[idx])
         self.e[idx] = torch.where(better, e, self.e[idx])
-        alpha[idx] = torch.where(better | ~finite, alpha[idx], alpha[idx] / 2)
+        keep = _broadcast(better | ~finite, alpha[idx])
+        alpha[idx] = torch.where(keep, alpha[idx], alpha[idx] / 2)
         return self.x[idx], self.g[idx]
 
     def best(self, x: Tensor, e: Tensor) -> tuple[Tensor, Tensor]:

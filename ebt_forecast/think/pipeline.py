@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ebt_forecast.think.candidates import ENERGY_FREE, select_candidates, sets_without_finite_energy
 from ebt_forecast.think.config import ThinkConfig
-from ebt_forecast.think.engine import EnergyFn, InferencePolicy, ThinkRecord, think
+from ebt_forecast.think.engine import EnergyFn, InferencePolicy, ThinkRecord, Transform, think
 from ebt_forecast.think.step_size import StepSize
 
 
@@ -26,6 +26,7 @@ class Starts:
     proposals: Tensor  # (B, M, *event) System 1 proposals
     starts: Tensor  # (B, M, G, *event) thinking starts per proposal; [:, :, 0] is the proposal's own path
     energy_fn: EnergyFn  # energies of the flat (B, M * G) starts, proposal-major
+    transform: Transform | None = None  # the task's candidate transform (engine.py; text: softmax), None = identity
 
 
 @dataclass
@@ -66,7 +67,8 @@ def think_and_select(
         samples = proposals if not cfg.enabled else select_candidates(selection, proposals, grouped, nan, temperature)
         return Thought(samples, proposals, grouped, nan, grouped[:, None, :, 0], nan[:, None, :, 0], None)
     result = think(starts.energy_fn, grouped.reshape(b, m * g, *event), cfg, step_size, training=False, steps=steps,
-                   final_energy=read_final, keep_trajectory=True, generator=generator, policy=policy)
+                   final_energy=read_final, keep_trajectory=True, generator=generator, policy=policy,
+                   transform=starts.transform)
     record = result.record
     final = result.candidates.detach().view(b, m, g, *event)
     energies = result.energies.detach().view(b, m, g) if read_final else nan

@@ -16,6 +16,7 @@ from ebt_forecast.tasks.base import AppConfig, TrainerConfig
 from ebt_forecast.think import ThinkConfig, check_settings
 
 INITS = ("random", "head")
+CANDIDATES = ("logits", "probs")
 LOSS_STEPS = ("all", "last")
 TOKENIZERS = ("bpe", "gpt2")
 MODELS = ("ebt", "transformer_pp")
@@ -52,6 +53,9 @@ class TextTaskConfig:
     #                     add N(0, init_std); "random": logits ~ N(0, init_std) (the reference). At 150 steps "head"
     #                     reached validation perplexity 303 where "random" at 400 steps reached 1,710 (RESULTS 10)
     init_std: float = 1.0
+    candidate: str = "logits"  # "logits": descend the logits through the softmax (today's hybrid); "probs": the
+    #                            reference's update p = softmax(state + noise), state = p - alpha dE/dp, with the
+    #                            energy embedding p by its own Linear(V, D)
     loss_steps: str = "all"  # "all": cross-entropy averaged over the steps (System 1); "last": last step (System 2)
     head_weight: float = 1.0  # init=head: weight of the head's own cross-entropy
     rank_weight: float = 0.0  # >0: teach the energy to verify: `rank_starts` noisy starts (head + N(0, init_std)) think
@@ -62,6 +66,7 @@ class TextTaskConfig:
     def validate(self) -> "TextTaskConfig":
         check_settings(self, "task", [("init", self.init in INITS, f"one of {', '.join(INITS)}"),
                                       ("init_std", self.init_std >= 0, ">= 0"),
+                                      ("candidate", self.candidate in CANDIDATES, f"one of {', '.join(CANDIDATES)}"),
                                       ("loss_steps", self.loss_steps in LOSS_STEPS, f"one of {', '.join(LOSS_STEPS)}"),
                                       ("head_weight", self.head_weight >= 0, ">= 0"),
                                       ("rank_weight", self.rank_weight >= 0, ">= 0"),

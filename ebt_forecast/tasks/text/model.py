@@ -37,15 +37,28 @@ def _embedding(vocab_size: int, dim: int) -> nn.Embedding:
     return emb
 
 
-class TextEBT(DoubledSequenceEBT):
-    """Energy over next-token distributions, one scalar per position (the doubled sequence of `nn.doubled`)."""
+CANDIDATES = ("logits", "probs")
 
-    def __init__(self, cfg: TransformerConfig, vocab_size: int, context_length: int):
+
+class TextEBT(DoubledSequenceEBT):
+    """Energy over next-token distributions, one scalar per position (the doubled sequence of `nn.doubled`).
+
+    `candidate="logits"`: the energy reads logits, embedded as softmax(logits) @ E (the tied input embedding);
+    `candidate="probs"` (the reference): it reads distributions p (the engine's softmax transform made them),
+    embedded by their own bias-free Linear(V, D), xavier-initialised. `step_embeddings`: one learned landscape per
+    thinking step (`nn.doubled`)."""
+
+    def __init__(self, cfg: TransformerConfig, vocab_size: int, context_length: int, candidate: str = "logits",
+                 step_embeddings: int = 0):
         embed = _embedding(vocab_size, cfg.dim)  # drawn before the backbone: the same weights as before the refactor
-        super().__init__(cfg, context_length)
+        super().__init__(cfg, context_length, step_embeddings)
         self.vocab_size = vocab_size
         self.embed = embed
         self.head_norm = RMSNorm(cfg.dim)  # the optional System 1 head: tied logits of the observed stream
+        self.candidate = candidate
+        self.candidate_embed = nn.Linear(vocab_size, cfg.dim, bias=False) if candidate == "probs" else None
+        if self.candidate_embed is not None:
+            nn.init.xavier_uniform_(self.candidate_embed.weight)
 
     def encode(self, tokens: Tensor) -> TextContext:
         """The observed half of (B, S) tokens, once."""
@@ -55,23 +68,25 @@ class TextEBT(DoubledSequenceEBT):
         """System 1 proposal (B, S, V): the tied head on the observed stream."""
         return F.linear(self.head_norm(context.hidden), self.embed.weight)
 
-    def embed_candidates(self, logits: Tensor) -> Tensor:
-        """Logits (..., S, V) -> expected embeddings softmax(logits) @ E (..., S, D)."""
-        return torch.matmul(logits.softmax(-1), self.embed.weight)
+    def embed_candidates(self, candidates: Tensor) -> Tensor:
+        """Candidates (..., S, V) -> embeddings (..., S, D): softmax(logits) @ E, or Linear(V, D)(p)."""
+        if self.candidate_embed is not None:
+            return self.candidate_embed(candidates)
+        return torch.matmul(candidates.softmax(-1), self.embed.weight)
 
-    def token_energies(self, cache: KVCache, logits: Tensor) -> Tensor:
-        """Per-position energies (..., S) of candidate logits (..., S, V); `cache` broadcasts against the
-        leading dims (`TransformerPP.expand_cache`)."""
-        return self.candidate_energies(cache, self.embed_candidates(logits))
+    def token_energies(self, cache: KVCache, candidates: Tensor, step: int | None = None) -> Tensor:
+        """Per-position energies (..., S) of candidates (..., S, V) in step `step`'s landscape; `cache` broadcasts
+        against the leading dims (`TransformerPP.expand_cache`)."""
+        return self.candidate_energies(cache, self.embed_candidates(candidates), step)
 
-    def energy(self, cache: KVCache, logits: Tensor) -> Tensor:
+    def energy(self, cache: KVCache, candidates: Tensor, step: int | None = None) -> Tensor:
         """One energy per window (...): the sum over positions."""
-        return self.token_energies(cache, logits).sum(-1)
+        return self.token_energies(cache, candidates, step).sum(-1)
 
-    def doubled_energies(self, tokens: Tensor, logits: Tensor) -> Tensor:
+    def doubled_energies(self, tokens: Tensor, candidates: Tensor, step: int | None = None) -> Tensor:
         """The same per-position energies (B, S) from the full doubled sequence without a cache (the reference
         the cached path must equal)."""
-        return self.doubled_sequence_energies(self.embed(tokens), self.embed_candidates(logits))
+        return self.doubled_sequence_energies(self.embed(tokens), self.embed_candidates(candidates), step)
 
 
 class TransformerPlusPlusLM(nn.Module):

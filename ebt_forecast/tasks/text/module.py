@@ -4,6 +4,10 @@ Contract (the engine's): a candidate is a window's next-token logits (S, V); `pr
 returns B x M x G starts and `energy_fn(x (N, S, V), index)` -> (N,) energies, where row n belongs to
 window (n if index is None else index[n]) // (M * G). Each window's context is encoded once.
 
+Candidates (`task.candidate`): "logits", descended through the softmax the energy applies, or "probs" (the
+reference): the engine's transform replaces the state by p = softmax(state + noise) at every step, the energy
+embeds p by its own Linear(V, D), and the new state p - alpha dE/dp is read as logits by the next step and the loss.
+
 Training (`TextModule.training_step`): starts from random logits (or the head, `task.init`), optionally
 mixed with replayed final predictions (`think.replay_size`), are refined by `self.think` (second order);
 the loss is the cross-entropy of the refined logits after every step, averaged (System 1,
@@ -48,8 +52,13 @@ class TextModule(TaskModule):
                  task_cfg: TextTaskConfig, vocab_size: int, context_length: int):
         super().__init__(think_cfg, optim_cfg)
         self.task_cfg = task_cfg.validate()
-        self.model = TextEBT(model_cfg, vocab_size, context_length)
+        steps = think_cfg.train_steps if think_cfg.step_embedding else 0
+        self.model = TextEBT(model_cfg, vocab_size, context_length, task_cfg.candidate, steps)
         self.replay = ReplayBuffer(think_cfg.replay_size)
+
+    def candidate_transform(self):
+        """`task.candidate=probs` (the reference): the energy reads softmax(state), the state becomes p - alpha dE/dp."""
+        return (lambda logits: logits.softmax(-1)) if self.task_cfg.candidate == "probs" else None
 
     # -- the task interface --------------------------------------------------------------------
     def encode(self, batch: dict[str, Tensor]) -> TextContext:
@@ -75,15 +84,20 @@ class TextModule(TaskModule):
         proposal, starts = self.initial_logits(encoding, (num_candidates, group), generator)
         proposals = starts[:, :, 0] if self.task_cfg.init == "random" else proposal.unsqueeze(1).expand(
             -1, num_candidates, -1, -1)
-        return Starts(proposals, starts, self.energy_fn(encoding, num_candidates * group))
+        return Starts(proposals, starts, self.energy_fn(encoding, num_candidates * group), self.candidate_transform())
 
     def energy_fn(self, encoding: TextContext, per_window: int):
         """energy_fn(logits (N, S, V), index) -> (N,) with `per_window` candidates per window."""
         return cached_energy_fn(encoding.cache, per_window, self.model.energy)
 
-    def position_energies(self, encoding: TextContext, logits: Tensor) -> Tensor:
-        """Per-position energies (B, G, S) of grouped candidates (B, G, S, V)."""
-        return grouped_energies(encoding.cache, logits, self.model.token_energies)
+    def position_energies(self, encoding: TextContext, logits: Tensor, steps: int | None = None) -> Tensor:
+        """Per-position energies (B, G, S) of grouped thinking states (B, G, S, V) after `steps` steps (the landscape
+        of the last step taken; through the candidate transform)."""
+        transform = self.candidate_transform()
+        candidates = transform(logits) if transform is not None else logits
+        landscape = {"step": max(0, min((steps or 1) - 1, self.think_cfg.train_steps - 1))} \
+            if self.think_cfg.step_embedding else {}
+        return grouped_energies(encoding.cache, candidates, self.model.token_energies, **landscape)
 
     # -- training ------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
@@ -121,7 +135,7 @@ class TextModule(TaskModule):
     def ranking_loss(self, encoding: TextContext, refined: Tensor, targets: Tensor) -> Tensor:
         """Listwise ranking, per position, of refined candidates (B, G, S, V) by their cross-entropy."""
         group = refined.detach()
-        energies = self.position_energies(encoding, group).transpose(1, 2)  # (B, S, G), through the model
+        energies = self.position_energies(encoding, group, self.think_cfg.train_steps).transpose(1, 2)  # (B, S, G)
         errors = position_cross_entropy(group, targets.unsqueeze(1)).transpose(1, 2)
         # regret, not raw cross-entropy: the loss's temperature is relative to the group's mean error, and
         # cross-entropies of ~5 nats that differ by tenths would make near-uniform targets

@@ -45,7 +45,7 @@ from ebt_forecast.metrics import rowwise_spearman
 from ebt_forecast.tasks.text.module import TextModule, TransformerPPModule, position_cross_entropy, token_cross_entropy
 from ebt_forecast.tasks.text.tokenizer import TextTokenizer, make_tokenizer
 from ebt_forecast.errors import ConfigError
-from ebt_forecast.think import fixed_steps_passes
+from ebt_forecast.think import InferencePolicy, fixed_steps_passes
 
 GENERATORS = {"dyck": dyck_examples, "arithmetic": arithmetic_examples}
 
@@ -194,7 +194,7 @@ class Tally:
         for (kind, steps, candidates), (ce, correct, n, energy) in self.sums.items():
             forward, backward = sequence_passes(kind, steps, candidates)
             out.append({"model": model, "set": name, "kind": kind, "steps": steps, "candidates": candidates,
-                        "tokens": int(n), "ce": ce / n, "perplexity": math.exp(ce / n), "accuracy": correct / n,
+                        "tokens": int(n), "ce": ce / n, "perplexity": float(np.exp(min(ce / n, 700.0))), "accuracy": correct / n,
                         "energy_per_position": energy / positions, "forward_passes": forward,
                         "backward_passes": backward})
         return out
@@ -230,24 +230,29 @@ def evaluate(trained: Trained, name: str, batch: dict[str, Tensor], app: TextApp
         positions += b * s
         with torch.no_grad():
             encoding = module.encode(c)
-        # perplexity against thinking steps: one start, thought in increments (equal to one run: fixed steps)
+        # perplexity against thinking steps: one start, each budget thought from the start (a step-embedded energy
+        # and alpha scaling make k steps differ from k increments); beyond the trained steps also with alpha scaled
+        # by train_steps / k (InferencePolicy.alpha_scaling)
         starts = module.propose(encoding, c, 1, 1, generator)
-        x = starts.starts.reshape(b, 1, s, v)
+        x0 = starts.starts.reshape(b, 1, s, v)
         with torch.no_grad():
-            energy = float(starts.energy_fn(x.reshape(b, s, v), None).sum())
-        tally.add(("steps", 0, 1), x[:, 0], y, mask, energy)
-        done = 0
+            energy = float(module.position_energies(encoding, x0, 1).sum())
+        tally.add(("steps", 0, 1), x0[:, 0], y, mask, energy)
         for k in sorted(set(t.think_steps) - {0}):
-            result = module.think(starts.energy_fn, x, training=False, steps=k - done)
-            x, done = result.candidates.detach(), k
-            tally.add(("steps", k, 1), x[:, 0], y, mask, float(result.energies.sum()))
+            for kind, scaled in (("steps", False), ("steps_scaled", True)):
+                if scaled and k == app.think.train_steps:
+                    continue
+                noise = torch.Generator().manual_seed(app.seed + k)  # the same inference noise with and without
+                result = module.think(starts.energy_fn, x0, training=False, steps=k, generator=noise,
+                                      policy=InferencePolicy.of(app.think).with_alpha_scaling(scaled))
+                tally.add((kind, k, 1), result.candidates.detach()[:, 0], y, mask, float(result.energies.sum()))
         # self-verification: N independent starts, think.infer_steps each, lowest energy per position
         starts = module.propose(encoding, c, 1, n_max, generator)
         result = module.think(starts.energy_fn, starts.starts.reshape(b, n_max, s, v), training=False,
-                              steps=app.think.infer_steps)
+                              steps=app.think.infer_steps, generator=generator)
         final = result.candidates.detach()
         with torch.no_grad():
-            energies = module.position_energies(encoding, final)  # (b, N, S)
+            energies = module.position_energies(encoding, final, app.think.infer_steps)  # (b, N, S)
         errors = position_cross_entropy(final, y.unsqueeze(1))  # (b, N, S)
         for n in sorted(set(t.candidate_counts)):
             best = energies[:, :n].argmin(1)  # (b, S)
@@ -257,6 +262,9 @@ def evaluate(trained: Trained, name: str, batch: dict[str, Tensor], app: TextApp
             # the energy-free control of the same candidates: their plain average (a mixture of the N distributions)
             mixture = torch.logsumexp(final[:, :n].log_softmax(-1), dim=1) - math.log(n)
             tally.add(("average", app.think.infer_steps, n), mixture, y, mask)
+            # the best-of-N oracle: per position, the candidate with the lowest cross-entropy (an upper bound)
+            oracle = final[:, :n].gather(1, errors[:, :n].argmin(1)[:, None, :, None].expand(-1, 1, -1, v))[:, 0]
+            tally.add(("oracle", app.think.infer_steps, n), oracle, y, mask)
         # does the energy rank the N candidates of a position by their cross-entropy? (scored positions only)
         scored = mask.bool().numpy()
         e_np, err_np = energies.transpose(1, 2).numpy()[scored], errors.transpose(1, 2).numpy()[scored]  # (P, N)
@@ -360,6 +368,10 @@ def write_report(root: Path, app: TextAppConfig, data: TextData, trained: dict[s
                   by_set(steps, "perplexity", "steps", "{} steps", 2), "",
                   "Mean energy per position after each number of steps:", "",
                   by_set(steps, "energy_per_position", "steps", "{} steps", 3)]
+        scaled = ebt[ebt["kind"] == "steps_scaled"]
+        if len(scaled):
+            lines += ["", f"The same budgets with alpha x {app.think.train_steps} / steps (InferencePolicy.alpha_scaling):",
+                      "", by_set(scaled, "perplexity", "steps", "{} steps", 2)]
         verify = ebt[ebt["kind"] == "verify"]
         n_max = verify["candidates"].max()
         lines += ["", f"## EBT self-verification: N starts, {steps_k} steps each, lowest energy per position", "",
@@ -368,6 +380,10 @@ def write_report(root: Path, app: TextAppConfig, data: TextData, trained: dict[s
         if len(average):
             lines += ["", "The energy-free control of the same candidates: their plain average (the mixture of the N "
                       "next-token distributions):", "", by_set(average, "perplexity", "candidates", "N={}", 2)]
+        oracle = ebt[ebt["kind"] == "oracle"]
+        if len(oracle):
+            lines += ["", "The best-of-N oracle (per position, the candidate with the lowest cross-entropy):", "",
+                      by_set(oracle, "perplexity", "candidates", "N={}", 2)]
         if "spearman" in verify:
             lines += ranking_section(verify, n_max, "position", "cross-entropy")
         alpha = trained["ebt"].meta.get("alpha")
