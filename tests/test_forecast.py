@@ -8,13 +8,14 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from ebt_forecast.baselines import SeasonalNaive
 from ebt_forecast.data.types import ForecastDataset, Series
 from ebt_forecast.data.types import TestWindow as Window  # not collected as a test class
 from ebt_forecast.data.windows import tail_windows
 from ebt_forecast.metrics import score_windows
-from ebt_forecast.nn import TransformerConfig
+from ebt_forecast.nn import TransformerConfig, TransformerPP
 from ebt_forecast.tasks.base import TrainerConfig
 from ebt_forecast.tasks.forecast.config import ForecasterConfig, ForecastLossConfig, ForecastTaskConfig, VerifierConfig
 from ebt_forecast.tasks.forecast.diagnostics import verification_diagnostics
@@ -593,3 +594,25 @@ def test_estimator_with_the_verifier_round_trips(tmp_path):
     assert loaded.forecaster.verifier_choice == predictor.forecaster.verifier_choice
     for a, b in zip(before, loaded.predict(dataset)):
         np.testing.assert_allclose(a.samples, b.samples, rtol=1e-6, atol=1e-6)
+
+
+def test_the_paper_recipe_descends_from_noise_to_the_pattern():
+    """experiment=forecast_paper's settings (every start N(0, 1), no proposal head, xavier energy head, a step
+    embedding, detached steps, every start trained): one thinking step takes noise to a forecast several times
+    better, and each step reads its own landscape."""
+    task = make_task(seasonal_series(4, 1500, seed=0, trend=0.001), num_windows=4)
+    cfg = small_config(max_steps=100, num_candidates=9, task={"context_length": 48, "patch_len": 24, "init": "random",
+                                                             "energy_init": "xavier", "verify_group": 4},
+                       think={"step_embedding": True, "detach_steps": True, "truncate": False, "alpha": 3.0},
+                       loss={"proposal": 0.0, "verify": 0.0, "refine_from": "all", "train_group": 4})
+    ebt = EBTForecaster(cfg, "ebt").fit(task)
+    noise = wql(ebt.predict(task.test_windows, task, steps=0, selection="average").samples, task.test_windows)
+    thought = wql(ebt.predict(task.test_windows, task, steps=2, selection="average").samples, task.test_windows)
+    assert thought < noise / 3
+    model = ebt.module.model
+    assert model.step_embed.num_embeddings == 2 and float(model.energy_head.proj.weight.abs().sum()) > 0
+    cache = model.encode(torch.zeros(1, 48), torch.ones(1, 48))
+    path, level = torch.randn(1, 1, HORIZON), torch.full((1, 1), 0.5)
+    with torch.no_grad():
+        first, second = (model.energy(path, level, TransformerPP.expand_cache(cache, "grouped"), step=t) for t in (0, 1))
+    assert not torch.allclose(first, second)

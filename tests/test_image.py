@@ -11,14 +11,23 @@ import pytest
 import torch
 
 from ebt_forecast.cli import main
+from ebt_forecast.errors import ConfigError
 from ebt_forecast.metrics import psnr
 from ebt_forecast.nn import TransformerConfig
 from ebt_forecast.tasks.base import TrainerConfig, fit_module
-from ebt_forecast.tasks.image.config import ImageTaskConfig, image_think
-from ebt_forecast.tasks.image.data import TrainCrops, add_noise, eval_crops, load_photos, split_photos
+from ebt_forecast.tasks.image.config import ImageRunConfig, ImageTaskConfig, image_think
+from ebt_forecast.tasks.image.data import (
+    TrainCrops,
+    add_noise,
+    as_gaussian,
+    eval_crops,
+    load_photos,
+    q_sample_coefficients,
+    split_photos,
+)
 from ebt_forecast.tasks.image.model import ImageEBT, ImageShape, alpha_bar, patchify, time_of_sigma, unpatchify
 from ebt_forecast.tasks.image.module import DiTModule, ImageEBTModule
-from ebt_forecast.tasks.image.run import dit_rows, ebt_rows, headline, validation_steps
+from ebt_forecast.tasks.image.run import dit_rows, ebt_rows, headline, thinking_rows, validation_steps
 
 TINY = TransformerConfig(dim=32, depth=2, heads=2, ffn_multiplier=2.0)
 SHAPE = ImageShape(channels=3, size=8, patch=4)
@@ -78,6 +87,88 @@ def test_cached_energy_equals_joint_pass_and_gradient_matches_finite_differences
     with torch.no_grad():
         numeric = (model.energy(cache, x + h * direction) - model.energy(cache, x - h * direction)).sum() / (2 * h)
     assert float(numeric) == pytest.approx(float((grad * direction).sum()), rel=1e-5, abs=1e-9)
+
+
+def test_the_unconditional_energy_ignores_the_noisy_image_and_the_conditional_one_reads_it():
+    torch.manual_seed(0)
+    x = torch.randn(3, 3, 8, 8, dtype=torch.float64)
+    y1, y2 = torch.randn(2, 3, 3, 8, 8, dtype=torch.float64)
+    for conditional in (True, False):
+        model = ImageEBT(TransformerConfig(dim=16, depth=1, heads=2), SHAPE, conditional=conditional).double()
+        e1, e2 = (model.energy(model.encode(y).cache, x) for y in (y1, y2))
+        assert torch.allclose(e1, model.joint_energy(y1, x), atol=1e-10)
+        if conditional:
+            assert (e1 - e2).abs().min() > 1e-6  # every candidate's energy moves with its noisy image
+        else:
+            assert torch.equal(e1, e2)  # the same candidate, two different noisy images: the same energy
+            assert torch.equal(model.joint_energy(y1, x), model.joint_energy(y2, x))
+            assert not hasattr(model, "context_embed") and model.condition.requires_grad
+    module = ImageEBTModule(TINY, image_think(), TrainerConfig(), ImageTaskConfig(conditioning="unconditional"),
+                            SHAPE).eval()
+    images = x.float()
+    assert torch.equal(module.energy(y1.float(), images), module.energy(y2.float(), images))
+
+
+def test_q_sample_noise_has_the_schedules_variance():
+    # step 99 of the linear schedule of int(100 / level) steps, betas scaled by 1000 / steps (guided-diffusion)
+    for level, betas in ((0.1, np.linspace(1e-4, 0.02, 1000)), (0.2, np.linspace(2e-4, 0.04, 500))):
+        abar = float(np.prod(1 - betas[:100]))
+        signal, noise = q_sample_coefficients(level)
+        assert (signal, noise) == pytest.approx((abar ** 0.5, (1 - abar) ** 0.5), rel=1e-12)
+    assert q_sample_coefficients(0.1) == pytest.approx((0.9471, 0.3209), abs=1e-4)  # "sigma 0.32, signal x 0.95"
+    signal, noise = q_sample_coefficients(0.1)
+    clean = torch.rand(64, 3, 32, 32) * 2 - 1  # 196,608 pixels
+    noisy = add_noise(clean, 0.1, seed=5, kind="q_sample")
+    residual = noisy - signal * clean  # = sqrt(1 - abar) eps
+    assert float(residual.mean()) == pytest.approx(0.0, abs=0.005)
+    assert float(residual.std()) == pytest.approx(noise, rel=0.01)
+    slope = float(((noisy - noisy.mean()) * (clean - clean.mean())).mean() / clean.var())
+    assert slope == pytest.approx(signal, rel=0.01)
+    gaussian = add_noise(clean, 0.1, seed=5)  # the same (seed, level) draws the same eps for either corruption
+    assert torch.allclose((gaussian - clean) / 0.1, residual / noise, atol=1e-4)
+    gauss, sigma = as_gaussian(noisy, 0.1, "q_sample")  # the DiT's form: clean + sigma * eps
+    assert sigma == pytest.approx(noise / signal) and float((gauss - clean).std()) == pytest.approx(sigma, rel=0.01)
+    crops = TrainCrops([clean[0].numpy()], 8, [0.1], length=2000, seed=0, kind="q_sample")
+    items = [crops[i] for i in range(len(crops))]
+    eps = torch.stack([(d["noisy"] - signal * d["clean"]) / noise for d in items])
+    assert float(eps.std()) == pytest.approx(1.0, rel=0.02)
+    with pytest.raises(ConfigError, match=r"image.train_sigmas=\[1.5\].*\(0, 1\]"):
+        ImageRunConfig(noise="q_sample", train_sigmas=[1.5]).validate()
+    with pytest.raises(ConfigError, match="task.conditioning='noisy'.*conditional, unconditional"):
+        ImageTaskConfig(conditioning="noisy").validate()
+
+
+def test_thinking_rows_scale_alpha_and_verify_seeded_candidates():
+    torch.manual_seed(0)
+    clean = torch.rand(6, 3, 8, 8) * 2 - 1
+    noisy = add_noise(clean, 0.2, seed=0, kind="q_sample")
+    think = dataclasses.replace(image_think(), train_steps=1, train_steps_min=0, infer_steps=2)
+    module = ImageEBTModule(TINY, think, TrainerConfig(), ImageTaskConfig(conditioning="unconditional"), SHAPE).eval()
+    def timeless(rows: list[dict]) -> list[dict]:
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+    rows = thinking_rows(module, noisy, clean, steps=3, counts=[1, 2, 4], noise_std=0.1, batch=4, seed=3)
+    again = thinking_rows(module, noisy, clean, steps=3, counts=[1, 2, 4], noise_std=0.1, batch=4, seed=3)
+    assert timeless(rows) == timeless(again)  # seeded inference noise
+    scaled = {r["steps"]: r for r in rows if r["kind"] == "steps_scaled"}
+    assert sorted(scaled) == [2, 3]  # past train_steps = 1 only
+    plain = {r["steps"]: r for r in ebt_rows(module, noisy, clean, steps=3, batch=4, seed=3)}
+    for k, row in scaled.items():  # each budget from the start: k forwards and k backwards per image
+        assert (row["forward_passes"], row["backward_passes"]) == (k, k)
+        assert row["mse"] != plain[k]["mse"]  # alpha x 1 / k is a different step
+    by = {(r["kind"], r["candidates"]): r for r in rows if r["kind"] != "steps_scaled"}
+    assert by[("verify", 1)]["mse"] == by[("average", 1)]["mse"] == by[("oracle", 1)]["mse"]
+    for n in (1, 2, 4):
+        assert by[("oracle", n)]["mse"] <= by[("verify", n)]["mse"] + 1e-12
+        assert (by[("verify", n)]["forward_passes"], by[("verify", n)]["backward_passes"]) == (n * (2 + (n > 1)), 2 * n)
+    assert by[("oracle", 4)]["mse"] <= by[("oracle", 2)]["mse"] <= by[("oracle", 1)]["mse"]  # nested candidate sets
+    assert -1 <= by[("verify", 4)]["spearman"] <= 1 and 0 <= by[("verify", 4)]["pick_best"] <= 1
+    quiet = {(r["kind"], r["candidates"]): r for r in thinking_rows(module, noisy, clean, steps=2, counts=[1, 4],
+                                                                     noise_std=0.0, batch=4, seed=3)}
+    assert quiet[("verify", 4)]["psnr"] == pytest.approx(quiet[("average", 4)]["psnr"], abs=1e-5)
+    assert quiet[("verify", 4)]["psnr"] == pytest.approx(quiet[("oracle", 4)]["psnr"], abs=1e-5)
+    assert math.isnan(quiet[("verify", 4)]["spearman"])  # no noise: N identical candidates, nothing to rank
+    assert quiet[("verify", 1)]["mse"] == pytest.approx(plain[2]["mse"], abs=1e-7)  # = the plain 2-step row
 
 
 def test_thinking_lowers_energy_and_error_on_a_trained_tiny_model(trained_ebt, photo_data):
@@ -187,6 +278,32 @@ def test_cli_runs_end_to_end_and_a_rerun_resumes(tmp_path, capsys):
     assert (out / "image.csv").read_text() == table
 
 
+def test_the_image_system1_recipe_runs_end_to_end_and_reports_thinking_and_verification(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["image", "experiment=image_system1", f"runtime.output_dir={out}", *TINY_CLI]) == 0
+    printed = capsys.readouterr().out
+    assert "training noise q_sample at level [0.1]" in printed
+    frame = pd.read_csv(out / "image.csv")
+    ebt = frame[frame["model"] == "ebt"]
+    assert set(ebt["kind"]) == {"steps", "steps_scaled", "verify", "average", "oracle"}
+    assert set(frame.loc[frame["model"] == "identity", "kind"]) == {"input"}
+    assert set(frame.loc[frame["model"] == "dit", "kind"]) == {"ddim"}
+    assert sorted(set(ebt.loc[ebt["kind"] == "steps_scaled", "steps"])) == [2]  # trained 1 step, read up to 2
+    for (split, sigma), cell in ebt.groupby(["split", "sigma"]):  # every split and level, the unseen 0.5 too
+        verify = cell[cell["kind"] == "verify"].set_index("candidates")
+        oracle = cell[cell["kind"] == "oracle"].set_index("candidates")
+        assert sorted(verify.index) == sorted(oracle.index) == [1, 2, 4]
+        assert set(cell.loc[cell["kind"] == "verify", "steps"]) == {2}  # think.infer_steps
+        assert (oracle["mse"] <= verify["mse"] + 1e-12).all() and (oracle["psnr"] >= verify["psnr"] - 1e-9).all()
+        assert np.isfinite(verify.loc[4, "spearman"]) and np.isfinite(verify.loc[4, "pick_best"])
+    assert set(ebt["sigma"]) == {0.1, 0.5}
+    report = (out / "image.md").read_text()
+    assert "EBT energy: unconditional, smooth L1 beta 1." in report
+    assert "more thinking steps than trained (train_steps 1)" in report and "2 steps, alpha x 1/2" in report
+    assert "self-verification, N starts at the noisy image, 2 steps each, inference Langevin std 0.05" in report
+    assert "| 0.5 (unseen) |" in report
+
+
 def test_cli_reads_a_folder_of_images(tmp_path, capsys):
     import skimage.data
     import skimage.io
@@ -223,4 +340,11 @@ def test_bad_input_exits_2_with_a_message(tmp_path, capsys):
     assert "image.test_sigmas" in capsys.readouterr().err
     assert main(["image", *TINY_CLI, "image.train_sigmas=[low]"]) == 2
     assert "train_sigmas" in capsys.readouterr().err
+    assert main(["image", *TINY_CLI, "image.noise=q_sample", "image.test_sigmas=[0.1,2.0]"]) == 2
+    err = capsys.readouterr().err
+    assert "image.test_sigmas=[0.1, 2.0] is invalid: must be a non-empty list of levels in (0, 1]" in err
+    assert main(["image", *TINY_CLI, "task.conditioning=none"]) == 2
+    assert "task.conditioning='none'" in capsys.readouterr().err
+    assert main(["image", f"runtime.output_dir={tmp_path / 'x'}", *TINY_CLI, "think.step_embedding=true"]) == 2
+    assert "think.step_embedding=True is invalid for the image task" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()  # nothing half-written

@@ -129,6 +129,36 @@ def test_thinking_lowers_the_energy_and_the_error_of_a_tiny_trained_ebt():
     # (three seeds of this setting: error after 2 steps / at the noise start = 0.63, 0.70, 0.75)
 
 
+def test_the_step_embedding_reaches_the_video_energy():
+    """think.step_embedding: each thinking step scores the candidates in its own landscape, through the cached
+    energy, the module's per-frame energies and the engine's steps."""
+    torch.manual_seed(0)
+    think = ThinkConfig(train_steps=2, infer_steps=2, alpha=0.5, learn_alpha=False, step_embedding=True,
+                        detach_steps=True, truncate=False, num_candidates=1)
+    module = VideoModule(TINY, think, TrainerConfig(), VideoTaskConfig(), 4, 6).double().eval()
+    assert module.model.step_embed.num_embeddings == 2
+    assert VideoModule(TINY, ThinkConfig(), TrainerConfig(), VideoTaskConfig(), 4, 6).model.step_embed is None
+    x = torch.randn(2, 6, 4, dtype=torch.float64)
+    z = torch.randn(2, 5, 4, dtype=torch.float64)
+    encoding = module.encode({"x": x})
+    with torch.no_grad():
+        module.model.step_embed.weight.normal_()  # trained landscapes differ; the init is small but not equal
+        first, second, beyond = (module.model.token_energies(encoding.cache, z, step=t) for t in (0, 1, 7))
+        assert not torch.allclose(first, second)
+        torch.testing.assert_close(beyond, second)  # past the trained steps: the last landscape
+        torch.testing.assert_close(module.model.doubled_energies(x[:, :-1], z, step=1), second)  # cache == doubled
+        torch.testing.assert_close(module.frame_energies(encoding, z[:, None], 0)[:, 0], first)  # a start: step 0's
+        torch.testing.assert_close(module.frame_energies(encoding, z[:, None], 4)[:, 0], second)  # after 4: the last
+    # the engine's two steps descend step 0's landscape, then step 1's
+    result = module.think(module.energy_fn(encoding, 1), z[:, None], training=False, steps=2, final_energy=False)
+    state = z
+    for t in range(2):
+        state = state.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(module.model.energy(encoding.cache, state, step=t).sum(), state)
+        state = (state - 0.5 * g).detach()
+    torch.testing.assert_close(result.candidates[:, 0], state)
+
+
 def test_starts_come_from_noise_or_from_the_last_frame():
     x = torch.randn(3, 6, 4)
     think = ThinkConfig(num_candidates=1)
@@ -234,6 +264,8 @@ def test_video_cli_writes_the_tables_reuses_its_cells_and_resumes_training(tmp_p
     assert set(table["model"]) == {"ebt", "transformer_pp", "copy_last", "autoencoder"}
     ebt = table[table["model"] == "ebt"]
     assert set(ebt[ebt["kind"] == "steps"]["steps"]) == {0, 1, 2} and set(ebt[ebt["kind"] == "verify"]["candidates"]) == {1, 2}
+    assert set(ebt["kind"]) == {"steps", "steps_scaled", "verify", "average", "oracle"}
+    assert set(ebt[ebt["kind"] == "steps_scaled"]["steps"]) == {1}  # every budget but the trained 2 steps
     assert np.isfinite(ebt[(ebt["kind"] == "verify") & (ebt["candidates"] == 2)]["spearman"]).all()
     assert np.isfinite(table["latent_mse"]).all() and np.isfinite(table["psnr"]).all()
     for name in ("video.md", "strip.png", "plots/latent_mse_vs_steps.png", "plots/latent_mse_vs_candidates.png",
@@ -296,3 +328,40 @@ def test_clips_never_cross_the_end_of_a_video():
     assert clips.shape == (7, 4, 1, 1, 1) and float(clips[-1, -1, 0, 0, 0]) == 9.0
     with pytest.raises(DataError, match="longer than its 10 frames"):
         cut_clips(frames, 11, 1)
+
+
+def oracle_and_pick(rows: pd.DataFrame, n: int) -> tuple[float, float, float]:
+    """Latent MSE of the best-of-N oracle, the lowest energy and the plain average of the same N candidates."""
+    value = lambda kind: rows[(rows["kind"] == kind) & (rows["candidates"] == n)]["latent_mse"].item()  # noqa: E731
+    return value("oracle"), value("verify"), value("average")
+
+
+@pytest.mark.parametrize("recipe, train_steps", [("video_system1", 2), ("video_system2", 3)])
+def test_the_reference_recipes_run_and_report_scaled_steps_the_average_and_the_oracle(tmp_path, recipe, train_steps):
+    out = tmp_path / "out"
+    run = [a for a in TINY_RUN if not a.startswith(("video.think_steps", "video.strip_clips"))]
+    args = ["video", f"experiment={recipe}", f"runtime.output_dir={out}", "video.sources=[digits]",
+            "video.models=[ebt]", "video.rollout_steps=[]", "video.strip_clips=0", "video.think_steps=[0,1,2,4]", *run]
+    assert main(args) == 0
+    table = pd.read_csv(out / "video.csv")
+    ebt = table[table["model"] == "ebt"]
+    assert set(ebt["set"]) == {"digits", "digits_more", "digits_fast"}  # in and out of distribution
+    assert set(ebt["kind"]) == {"steps", "steps_scaled", "verify", "average", "oracle"}
+    assert set(ebt[ebt["kind"] == "steps"]["steps"]) == {0, 1, 2, 4}  # more steps than trained
+    assert set(ebt[ebt["kind"] == "steps_scaled"]["steps"]) == {1, 2, 4} - {train_steps}
+    assert set(ebt[ebt["kind"] == "verify"]["steps"]) == {4}  # the reference's 4 inference steps
+    for _, rows in ebt.groupby("set"):
+        for n in (1, 2):
+            oracle, verify, average = oracle_and_pick(rows, n)
+            assert oracle <= verify + 1e-9  # (the average may beat both: it is no single candidate)
+        assert len(set(oracle_and_pick(rows, 1))) == 1  # one candidate: nothing to choose or average
+        pick = rows[(rows["kind"] == "verify") & (rows["candidates"] == 2)]["pick_best"].item()
+        assert 0.0 <= pick <= 1.0
+    report = (out / "video.md").read_text()
+    assert f"alpha x {train_steps} / steps" in report and "best-of-N oracle" in report and "plain average" in report
+    weights = torch.load(next((out / "models").glob("ebt__*/weights.pt")), weights_only=True)
+    assert ("model.step_embed.weight" in weights) == (recipe == "video_system1")
+    for f in (out / "cells").glob("ebt__*.json"):  # recomputed with inference noise: the same rows (seeded)
+        f.unlink()
+    assert main(args) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(out / "video.csv"), table)

@@ -140,6 +140,7 @@ class RuntimeConfig:
 
     threads: int = 2  # torch threads; two processes that each take both cores slow each other 15-40x
     output_dir: str = "results/${command}"
+    eval_device: str = "cpu"  # where evaluation runs (cpu | cuda | cuda:N); training runs where `trainer` says
 
 
 @dataclass

@@ -16,7 +16,9 @@ from ebt_forecast.tasks.base import AppConfig, TrainerConfig
 from ebt_forecast.errors import ConfigError
 from ebt_forecast.think import SELECTIONS, ThinkConfig
 
-INITS = ("proposal", "seasonal_naive", "noise")
+INITS = ("proposal", "seasonal_naive", "noise", "random")
+ENERGY_INITS = ("zero", "xavier")
+REFINE_FROM = ("proposal", "all")
 
 
 def small_backbone() -> TransformerConfig:
@@ -40,6 +42,8 @@ class ForecastLossConfig:
     train_group: int = 3  # starts per level while training: proposal, seasonal naive, perturbed proposal
     verify_noise_train: float = 0.5  # perturbation std, in half-widths of the proposal set
     rank_temperature: float = 0.1  # soft ranking targets softmax(-error / (t * mean error))
+    refine_from: str = "proposal"  # the starts the refinement loss reads: each level's own path (start 0), or "all"
+    #                                (the paper: every start is trained to descend to the target)
     set_crps: float = 0.0  # weight of the fair CRPS (scoringrules) of each refined level set, a proper set score
     detach_context: bool = False  # System 2 losses do not reach the cached context keys / values
 
@@ -65,7 +69,8 @@ class ForecastTaskConfig:
 
     context_length: int = 0  # 0 = auto: 4 horizons (at least 2 seasons), within [32, 512]
     patch_len: int = 0  # 0 = auto: 16 for horizons >= 24, else 4
-    init: str = "proposal"  # start 0 of each level: proposal | seasonal_naive | noise
+    init: str = "proposal"  # start 0 of each level: proposal | seasonal_naive | noise; random: every start N(0, 1)
+    energy_init: str = "zero"  # the energy head's weights: zero (thinking starts as the identity) | xavier (reference)
     num_candidates: int = 21  # M level paths at inference (21 levels j/20 put sample quantiles on 0.05 steps)
     selection: str = "auto"  # one of SELECTIONS, or auto = the best of think.AUTO_SETTINGS on validation windows
     verify_group: int = 2  # G starts per level (proposal, seasonal naive, perturbed proposals)
@@ -104,6 +109,9 @@ class ForecasterConfig:
             ("task.loss.train_group", k.loss.train_group, k.loss.train_group >= 1, ">= 1"),
             ("task.verify_group", k.verify_group, k.verify_group >= 1, ">= 1"),
             ("task.init", k.init, k.init in INITS, f"one of {', '.join(INITS)}"),
+            ("task.energy_init", k.energy_init, k.energy_init in ENERGY_INITS, f"one of {', '.join(ENERGY_INITS)}"),
+            ("task.loss.refine_from", k.loss.refine_from, k.loss.refine_from in REFINE_FROM,
+             f"one of {', '.join(REFINE_FROM)}"),
             ("task.loss.set_crps", k.loss.set_crps, k.loss.set_crps >= 0, ">= 0"),
             ("task.verify_noise", k.verify_noise, k.verify_noise >= 0, ">= 0"),
             ("task.selection", k.selection, k.selection in (*SELECTIONS, "auto"), f"auto or one of {', '.join(SELECTIONS)}"),

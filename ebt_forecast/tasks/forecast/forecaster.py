@@ -88,7 +88,10 @@ class EBTForecaster:
     def model_config(self, horizon: int, season_length: int) -> ForecastModelConfig:
         """The patch EBT's sizes for a data set's horizon and season."""
         context, patch = self.cfg.window(horizon, season_length)
-        return ForecastModelConfig(context, horizon, patch, self.cfg.model, season_length=season_length)
+        think = self.cfg.think
+        return ForecastModelConfig(context, horizon, patch, self.cfg.model, season_length=season_length,
+                                   energy_init=self.cfg.task.energy_init,
+                                   step_embeddings=think.train_steps if think.step_embedding else 0)
 
     def split(self, dataset: ForecastDataset) -> tuple[list[Series], list[TestWindow]]:
         """The series the model trains on (without their validation tails and reserved windows), and the

@@ -35,6 +35,9 @@ class ForecastModelConfig:
     backbone: TransformerConfig = field(default_factory=TransformerConfig)
     level_features: int = 32  # cosine features of the quantile level u
     season_length: int = 1  # for seasonal-naive candidate starts
+    energy_init: str = "zero"  # the energy head's weights: "zero" (thinking starts as the identity) or "xavier" (the
+    #                            reference's: dE/dy is not zero at the start, so refinement trains the backbone at once)
+    step_embeddings: int = 0  # > 0: one learned landscape per thinking step (a step vector added to every horizon token)
 
     @property
     def context_patches(self) -> int:
@@ -75,8 +78,15 @@ class PatchForecastEBT(nn.Module):
         self.candidate_embed = nn.Linear(p, d)
         self.energy_level = LevelEmbedding(cfg.level_features, d)
         self.energy_head = EnergyHead(d, reduction="mean")
-        # a zero energy map starts thinking as the identity: refinement can only learn to add
-        nn.init.zeros_(self.energy_head.proj.weight)
+        # a zero energy map starts thinking as the identity: refinement can only learn to add (but dE/dy = 0 at the
+        # start, so the backbone gets no refinement gradient until the head has moved); xavier is the reference's
+        if cfg.energy_init == "xavier":
+            nn.init.xavier_uniform_(self.energy_head.proj.weight)
+        else:
+            nn.init.zeros_(self.energy_head.proj.weight)
+        self.step_embed = nn.Embedding(cfg.step_embeddings, d) if cfg.step_embeddings else None
+        if self.step_embed is not None:
+            nn.init.normal_(self.step_embed.weight, std=0.02)
         self.register_buffer("context_positions", torch.arange(cfg.context_patches), persistent=False)
         self.register_buffer(
             "horizon_positions", torch.arange(cfg.context_patches, cfg.context_patches + cfg.horizon_patches), persistent=False
@@ -109,7 +119,8 @@ class PatchForecastEBT(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """Proposals (B, M, H) at `levels` and G thinking starts per level (B, M, G, H).
 
-        `init` picks start 0 (the one "refined" follows): the proposal, the seasonal-naive path, or noise."""
+        `init` picks start 0 (the one "refined" follows): the proposal, the seasonal-naive path, or noise; "random"
+        makes every start an independent N(0, 1) path in scaled units (the paper's candidates from noise)."""
         with_median = torch.cat([levels, torch.full_like(levels[:, :1], 0.5)], dim=1)
         paths = self.propose(cache, with_median)
         proposals, median = paths[:, :-1], paths[:, -1]
@@ -117,19 +128,27 @@ class PatchForecastEBT(nn.Module):
         starts = candidate_starts(proposals, median, naive, max(group, 2), noise, generator)
         if init == "seasonal_naive":
             starts = starts[:, :, [1, 0, *range(2, starts.shape[2])]]
+        elif init == "random":
+            starts = torch.randn((*proposals.shape[:2], group, proposals.shape[-1]), generator=generator,
+                                 device=proposals.device)
         elif init == "noise":
             start = torch.randn(starts[:, :, :1].shape, generator=generator, device=starts.device)
             starts = torch.cat([start, starts[:, :, 1:]], dim=2)
         elif init != "proposal":
-            raise ValueError(f"init={init!r} is invalid: must be proposal, seasonal_naive or noise")
+            raise ValueError(f"init={init!r} is invalid: must be proposal, seasonal_naive, noise or random")
         return proposals, starts[:, :, :group]
 
-    def energy(self, candidates: Tensor, levels: Tensor, cache: KVCache) -> Tensor:
-        """Energies of candidate paths (..., horizon) at levels (...) against a cache that broadcasts."""
+    def energy(self, candidates: Tensor, levels: Tensor, cache: KVCache, step: int | None = None) -> Tensor:
+        """Energies of candidate paths (..., horizon) at levels (...) against a cache that broadcasts, in thinking
+        step `step`'s landscape (with step embeddings; None = the last trained one, where final candidates are
+        compared)."""
         c = self.cfg
         pad = c.horizon_patches * c.patch_len - c.horizon
         patches = F.pad(candidates, (0, pad)).unflatten(-1, (c.horizon_patches, c.patch_len))
         extra = self.candidate_embed(patches) + self.energy_level(levels).unsqueeze(-2)
+        if self.step_embed is not None:
+            last = self.step_embed.num_embeddings - 1
+            extra = extra + self.step_embed.weight[last if step is None else min(step, last)]
         return self.energy_head(self._horizon_tokens(extra, cache))
 
     def energy_fn(self, cache: KVCache, levels: Tensor):
@@ -138,11 +157,11 @@ class PatchForecastEBT(nn.Module):
         batch, m = levels.shape
         flat_levels = levels.reshape(-1)
 
-        def fn(x: Tensor, index: Tensor | None) -> Tensor:
+        def fn(x: Tensor, index: Tensor | None, step: int | None = None) -> Tensor:
             if index is None:
-                return self.energy(x.view(batch, m, -1), levels, grouped).reshape(-1)
+                return self.energy(x.view(batch, m, -1), levels, grouped, step).reshape(-1)
             rows = TransformerPP.expand_cache(cache, "gather", torch.div(index, m, rounding_mode="floor"))
-            return self.energy(x, flat_levels[index], rows)
+            return self.energy(x, flat_levels[index], rows, step)
 
         return fn
 

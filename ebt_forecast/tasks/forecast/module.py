@@ -96,9 +96,13 @@ class ForecastModule(TaskModule):
                             keep_trajectory=True, final_energy=False)
         refined = result.trajectory[1:] or [result.candidates]
         # the refinement is taught on the proposals' own path (start 0 of each level): small corrections to good
-        # candidates; the other starts only teach the energy to rank
+        # candidates; the other starts only teach the energy to rank. refine_from=all (the paper): every start
         own = lambda x: x.view(b, m, g, h)[:, :, 0]  # noqa: E731
-        refine_loss = torch.stack([candidate_pinball(own(x), future, levels, mask).mean() for x in refined]).mean()
+        if cfg.refine_from == "all":
+            every = levels.repeat_interleave(g, dim=1)
+            refine_loss = torch.stack([candidate_pinball(x, future, every, mask).mean() for x in refined]).mean()
+        else:
+            refine_loss = torch.stack([candidate_pinball(own(x), future, levels, mask).mean() for x in refined]).mean()
         if cfg.set_crps > 0:
             crps = torch.stack([sr.crps_ensemble(future, own(x).transpose(1, 2), m_axis=-1, estimator="fair",
                                                  backend="torch") for x in refined])  # (T, B, H)

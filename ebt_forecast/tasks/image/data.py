@@ -1,10 +1,22 @@
-"""Photos -> whole-image splits -> seeded crops with Gaussian noise, as dict batches.
+"""Photos -> whole-image splits -> seeded crops with noise (Gaussian or the reference's q_sample), as dict batches.
 
 Contract: `load_photos(folder)` returns {name: float32 array (3, H, W) in [-1, 1]} (grey photos are
 repeated over the three channels; an alpha channel is dropped); `split_photos` assigns whole photos to
 training, validation and test; `TrainCrops` is the training Dataset (index i -> one seeded draw: a random
 crop of a random training photo, a flip, a training noise level, and the DiT's time and noise);
 `eval_crops` cuts a fixed set of crops of held-out photos and `add_noise` corrupts them reproducibly.
+
+Corruptions (`image.noise`), of a clean image x by standard normal noise eps at a level:
+    gaussian:  y = x + level * eps                                      (level = the pixel std)
+    q_sample:  y = sqrt(abar) x + sqrt(1 - abar) eps                    (the official `ebt_denoise.py`)
+where abar = prod_{s <= 99} (1 - beta_s) over the linear DDPM schedule of T = int(100 / level) steps, scaled
+for T steps as guided-diffusion / DiT's `get_named_beta_schedule("linear", T)` does: beta_s = linspace(
+1e-4 k, 0.02 k, T) with k = 1000 / T (float64). The reference builds that schedule
+(`create_diffusion(diffusion_steps=int(diffusion_steps / level))`) but noises at t = diffusion_steps - 1 = 99
+(its `--diffusion_steps 100`), not at the schedule's own last step T - 1 (where abar ~ 4e-5: pure noise).
+Level 0.1: T = 1000, signal x 0.947, noise std 0.321; 0.05: 0.985 / 0.171; 0.2: 0.812 / 0.583;
+0.3: 0.629 / 0.777; 0.5: 0.277 / 0.961. `as_gaussian` maps a q_sample image to the same image in the
+Gaussian form (y / sqrt(abar), std sqrt((1 - abar) / abar)), which the DiT's DDIM start reads.
 """
 from __future__ import annotations
 
@@ -16,6 +28,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ebt_forecast.errors import DataError
+
+Q_SAMPLE_STEPS = 100  # the reference's --diffusion_steps: the schedule has int(100 / level) steps, noised at step 99
 
 # real photographs shipped inside scikit-image (skimage.data) and scikit-learn (load_sample_images)
 SKIMAGE_PHOTOS = ("astronaut", "brick", "camera", "cell", "chelsea", "clock", "coffee", "coins", "grass", "gravel",
@@ -115,12 +129,49 @@ def random_crop(image: np.ndarray, size: int, rng: np.random.Generator) -> np.nd
     return image[:, top:top + size, left:left + size]
 
 
-class TrainCrops(Dataset):
-    """`length` seeded draws: crop of a training photo (uniform over photos), horizontal flip, noise at one of
-    `sigmas`; also the DiT's time t ~ U[0, 1] and noise eps (the same crops train both models)."""
+def linear_betas(steps: int) -> np.ndarray:
+    """The linear DDPM schedule of `steps` steps, scaled as guided-diffusion's `get_named_beta_schedule("linear")`:
+    linspace(1e-4 k, 0.02 k, steps) with k = 1000 / steps (float64; steps = 1000 is Ho et al.'s schedule)."""
+    k = 1000.0 / steps
+    return np.linspace(1e-4 * k, 0.02 * k, steps, dtype=np.float64)
 
-    def __init__(self, photos: list[np.ndarray], size: int, sigmas: list[float], length: int, seed: int):
+
+def q_sample_coefficients(level: float) -> tuple[float, float]:
+    """(sqrt(abar), sqrt(1 - abar)) of the reference's corruption at `level` in (0, 1]: step Q_SAMPLE_STEPS - 1 of
+    `linear_betas(int(Q_SAMPLE_STEPS / level))` (module docstring)."""
+    steps = int(Q_SAMPLE_STEPS / level)
+    if not 0 < level <= 1 or steps < Q_SAMPLE_STEPS:
+        raise ValueError(f"q_sample level {level!r} is invalid: must be in (0, 1]")
+    abar = float(np.cumprod(1.0 - linear_betas(steps))[Q_SAMPLE_STEPS - 1])
+    return abar ** 0.5, (1.0 - abar) ** 0.5
+
+
+def corrupt(clean: Tensor, level: float, eps: Tensor, kind: str = "gaussian") -> Tensor:
+    """The noisy image of `clean` at `level` from standard normal `eps` (module docstring: gaussian or q_sample)."""
+    if kind == "gaussian":
+        return clean + level * eps
+    if kind == "q_sample":
+        signal, noise = q_sample_coefficients(level)
+        return signal * clean + noise * eps
+    raise ValueError(f"noise kind {kind!r} is invalid: must be gaussian or q_sample")
+
+
+def as_gaussian(noisy: Tensor, level: float, kind: str = "gaussian") -> tuple[Tensor, float]:
+    """The noisy image in the form clean + sigma * eps and its sigma (the identity for gaussian noise)."""
+    if kind == "gaussian":
+        return noisy, level
+    signal, noise = q_sample_coefficients(level)
+    return noisy / signal, noise / signal
+
+
+class TrainCrops(Dataset):
+    """`length` seeded draws: crop of a training photo (uniform over photos), horizontal flip, noise of `kind` at one
+    of `sigmas` (levels); also the DiT's time t ~ U[0, 1] and noise eps (the same crops train both models)."""
+
+    def __init__(self, photos: list[np.ndarray], size: int, sigmas: list[float], length: int, seed: int,
+                 kind: str = "gaussian"):
         self.photos, self.size, self.sigmas, self.length, self.seed = photos, size, list(sigmas), length, seed
+        self.kind = kind
 
     def __len__(self) -> int:
         return self.length
@@ -134,7 +185,7 @@ class TrainCrops(Dataset):
         sigma = float(self.sigmas[rng.integers(len(self.sigmas))])
         noise = torch.from_numpy(rng.standard_normal(clean.shape, dtype=np.float32))
         eps = torch.from_numpy(rng.standard_normal(clean.shape, dtype=np.float32))
-        return {"clean": clean, "noisy": clean + sigma * noise, "sigma": torch.tensor(sigma),
+        return {"clean": clean, "noisy": corrupt(clean, sigma, noise, self.kind), "sigma": torch.tensor(sigma),
                 "t": torch.tensor(rng.random(), dtype=torch.float32), "eps": eps}
 
 
@@ -144,7 +195,8 @@ def eval_crops(photos: list[np.ndarray], size: int, count: int, seed: int) -> Te
     return torch.from_numpy(np.stack([random_crop(photos[i % len(photos)], size, rng) for i in range(count)]).copy())
 
 
-def add_noise(clean: Tensor, sigma: float, seed: int) -> Tensor:
-    """clean + sigma * N(0, 1), the noise fixed by (seed, sigma) so every model sees the same noisy images."""
+def add_noise(clean: Tensor, sigma: float, seed: int, kind: str = "gaussian") -> Tensor:
+    """`clean` corrupted at level sigma (gaussian: clean + sigma * N(0, 1); or q_sample), the noise fixed by
+    (seed, sigma) so every model sees the same noisy images."""
     g = torch.Generator().manual_seed(seed * 1000003 + int(round(sigma * 1e6)))
-    return clean + sigma * torch.randn(clean.shape, generator=g)
+    return corrupt(clean, sigma, torch.randn(clean.shape, generator=g), kind)

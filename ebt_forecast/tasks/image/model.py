@@ -14,6 +14,11 @@ Thinking descends E over x (the engine: x <- x - alpha * dE/dx), so a thinking s
 one backward of the candidate half against the cached context (`TransformerPP.forward_with_context`).
 Patch i of the context and of the candidate share rotary position i and the learned position embedding.
 
+Unconditional (`conditional=False`, the reference's E(x)): the context tokens are a learned constant
+c_1 ... c_P (`condition`, the counterpart of the reference's `learned_adaln_condition` in this
+context-attention backbone) instead of W_c y_i + pos_i, so the energy never reads y; the noisy image only
+enters as the start of thinking. `encode(noisy)` then reads only the batch size.
+
 `DiT`: the same backbone width, depth and heads (Transformer++ attention and SwiGLU blocks) over the
 patches of x_t, conditioned on the diffusion time by adaLN-Zero (per block: shift, scale and gate of both
 sub-layers from the time embedding), predicting the noise eps (DDPM). It has no context: it denoises a
@@ -77,13 +82,17 @@ class ImageContext:
 
 
 class ImageEBT(nn.Module):
-    """Energy of a candidate clean image given the noisy one: the mean of per-patch scalars."""
+    """Energy of a candidate clean image given the noisy one (or, unconditional, given a learned constant): the mean
+    of per-patch scalars."""
 
-    def __init__(self, cfg: TransformerConfig, shape: ImageShape):
+    def __init__(self, cfg: TransformerConfig, shape: ImageShape, conditional: bool = True):
         super().__init__()
-        self.shape = shape
+        self.shape, self.conditional = shape, conditional
         n = shape.patches
-        self.context_embed = nn.Linear(shape.patch_dim, cfg.dim)
+        if conditional:
+            self.context_embed = nn.Linear(shape.patch_dim, cfg.dim)
+        else:  # the learned constant condition: P context tokens that no input changes
+            self.condition = nn.Parameter(torch.randn(n, cfg.dim) * 0.02)
         self.candidate_embed = nn.Linear(shape.patch_dim, cfg.dim)
         self.position = nn.Parameter(torch.randn(n, cfg.dim) * 0.02)
         self.backbone = TransformerPP(cfg)
@@ -91,9 +100,15 @@ class ImageEBT(nn.Module):
         self.register_buffer("positions", torch.arange(n), persistent=False)
         self.register_buffer("mask", bidirectional_mask(n), persistent=False)
 
+    def context_tokens(self, noisy: Tensor) -> Tensor:
+        """The context (B, P, D): the embedded noisy patches, or (unconditional) the learned constant per image."""
+        if not self.conditional:
+            return self.condition.expand(noisy.shape[0], *self.condition.shape)
+        return self.context_embed(patchify(noisy, self.shape.patch)) + self.position
+
     def encode(self, noisy: Tensor) -> ImageContext:
         """The noisy images (B, C, H, W), once."""
-        tokens = self.context_embed(patchify(noisy, self.shape.patch)) + self.position
+        tokens = self.context_tokens(noisy)
         _, cache = self.backbone.encode_context(tokens, self.positions, self.mask)
         return ImageContext(cache)
 
@@ -110,7 +125,7 @@ class ImageEBT(nn.Module):
     def joint_energy(self, noisy: Tensor, candidates: Tensor) -> Tensor:
         """The same energies (B,) from one pass over [context ; candidate] without a cache (the reference)."""
         n = self.shape.patches
-        ctx = self.context_embed(patchify(noisy, self.shape.patch)) + self.position
+        ctx = self.context_tokens(noisy)
         cand = self.candidate_embed(patchify(candidates, self.shape.patch)) + self.position
         mask = torch.ones(2 * n, 2 * n, dtype=torch.bool, device=noisy.device)
         mask[:n, n:] = False  # the context never sees the candidate

@@ -6,18 +6,23 @@ B x M x G starts, all equal to the noisy image (the identity: step 0 is the nois
 (n if index is None else index[n]) // (M * G). Each noisy image is encoded once.
 
 Training (`ImageEBTModule.training_step`): the candidate starts at the noisy image and is refined by
-`self.think` (second order through the steps); the loss is the smooth L1 distance of the refined image to
-the clean one after every step, averaged (`task.loss_steps=all`), or after the last (`last`).
+`self.think` (second order through the steps); the loss is the smooth L1 distance (beta `task.huber_beta`)
+of the refined image to the clean one after every step, averaged (`task.loss_steps=all`), or after the
+last (`last`). `task.conditioning=unconditional`: the energy scores x alone against a learned constant
+condition (model.py), so the noisy image is only the start.
 The DiT trains on the DDPM noise-prediction loss at uniform times t in [0, 1] (cosine schedule; or in
 [0, t(max_sigma)], `image.dit_max_sigma`), on the same
 crops (the noisy image unused; t and the noise come from the seeded dataset).
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ebt_forecast.errors import ConfigError
 from ebt_forecast.nn import TransformerConfig
 from ebt_forecast.tasks.base import OptimConfig, TaskModule, TrainableModule, cached_energy_fn
 from ebt_forecast.tasks.image.config import ImageTaskConfig
@@ -30,7 +35,7 @@ from ebt_forecast.tasks.image.model import (
     ddim_denoise,
     time_of_sigma,
 )
-from ebt_forecast.think import Starts, ThinkConfig, Thought
+from ebt_forecast.think import InferencePolicy, Starts, ThinkConfig, Thought, think_and_select
 
 
 class ImageEBTModule(TaskModule):
@@ -38,9 +43,12 @@ class ImageEBTModule(TaskModule):
 
     def __init__(self, model_cfg: TransformerConfig, think_cfg: ThinkConfig, optim_cfg: OptimConfig,
                  task_cfg: ImageTaskConfig, shape: ImageShape):
+        if think_cfg.step_embedding:
+            raise ConfigError("think.step_embedding=True is invalid for the image task: its energy has one landscape "
+                              "(the reference image recipes think 1 step, or 2-3 on one landscape); set it to false")
         super().__init__(think_cfg, optim_cfg)
         self.task_cfg = task_cfg.validate()
-        self.model = ImageEBT(model_cfg, shape)
+        self.model = ImageEBT(model_cfg, shape, conditional=task_cfg.conditioning == "conditional")
 
     # -- the task interface --------------------------------------------------------------------
     def encode(self, batch: dict[str, Tensor]) -> ImageContext:
@@ -58,10 +66,21 @@ class ImageEBTModule(TaskModule):
         """energy_fn(images (N, C, H, W), index) -> (N,) with `per_image` candidates per noisy image."""
         return cached_energy_fn(encoding.cache, per_image, self.model.energy)
 
-    def denoise(self, noisy: Tensor, steps: int) -> Thought:
+    def denoise(self, noisy: Tensor, steps: int, *, starts: int = 1, generator: torch.Generator | None = None,
+                policy: InferencePolicy | None = None, noise_std: float | None = None,
+                final_energy: bool = False) -> Thought:
         """Think `steps` steps from the noisy images (B, C, H, W): `path[:, t, 0]` is the image after t steps,
-        `samples[:, 0]` the last, `record` the passes the engine spent (None when it spent none)."""
-        return self.infer({"noisy": noisy}, num_candidates=1, group=1, steps=steps, selection="refined")
+        `samples[:, 0]` the last, `record` the passes the engine spent (None when it spent none). `starts` > 1:
+        that many starts per image, all at the noisy image (they differ only by the inference Langevin noise,
+        drawn from `generator`), every one's final image in `grouped[:, 0]` (B, starts, C, H, W) and, with
+        `final_energy`, its energy in `energies[:, 0]`. `policy`: the inference policy (default: the one the think
+        config names); `noise_std`: the inference Langevin std (default: think.infer_langevin_std)."""
+        cfg = self.think_cfg if noise_std is None else dataclasses.replace(self.think_cfg, infer_langevin_std=noise_std)
+        batch = {"noisy": noisy}
+        with torch.no_grad():
+            proposed = self.propose(self.encode(batch), batch, 1, starts, generator)
+        return think_and_select(proposed, cfg, self.step_size, steps=steps, selection="refined", generator=generator,
+                                policy=policy, final_energy=final_energy)
 
     @torch.no_grad()
     def energy(self, noisy: Tensor, images: Tensor) -> Tensor:

@@ -93,6 +93,8 @@ class TextRunConfig:
     generated: list[str] = field(default_factory=lambda: list(GENERATED))
     generated_examples: int = 400
     models: list[str] = field(default_factory=lambda: list(MODELS))
+    twin_max_steps: Optional[int] = None  # the Transformer++'s training steps; None = trainer.max_steps (the EBT's
+    #                                        tokens); more steps: the twin at about the EBT's training FLOPs
     scaling_dims: list[int] = field(default_factory=list)  # non-empty: the scaling experiment at these widths
     head_dim: int = 32  # scaling: heads = dim // head_dim
 
@@ -107,6 +109,7 @@ class TextRunConfig:
                    "a non-empty list of ints >= 1"),
                   ("generated", all(g in GENERATED for g in self.generated), f"a list of {', '.join(GENERATED)}"),
                   ("generated_examples", self.generated_examples >= 1, ">= 1"),
+                  ("twin_max_steps", self.twin_max_steps is None or self.twin_max_steps >= 1, "None or >= 1"),
                   ("models", bool(self.models) and all(m in MODELS for m in self.models),
                    f"a non-empty list of {', '.join(MODELS)}"),
                   ("scaling_dims", all(d >= self.head_dim and d % self.head_dim == 0 for d in self.scaling_dims),

@@ -147,11 +147,13 @@ def train_model(kind: str, app: TextAppConfig, data: TextData, store: Artifacts,
     trainer.checkpoint_dir, resumable from its own Lightning checkpoint), then loaded."""
     model_cfg = model_cfg or app.model
     ebt = kind == "ebt"
+    trainer_cfg = app.trainer if ebt or not app.text.twin_max_steps else dataclasses.replace(
+        app.trainer, max_steps=app.text.twin_max_steps)
     depends = {"model": model_cfg, "think": app.think if ebt else None, "task": app.task if ebt else None,
-               "trainer": app.trainer.settings(), "data": data.depends, "seed": app.seed}
+               "trainer": trainer_cfg.settings(), "data": data.depends, "seed": app.seed}
 
     def train(module: TrainableModule) -> dict:
-        trainer = app.trainer
+        trainer = trainer_cfg
         if trainer.checkpoint_dir:  # one resumable folder per model
             trainer = dataclasses.replace(trainer, checkpoint_dir=str(Path(trainer.checkpoint_dir) /
                                                                       store.path(kind, depends).name))
@@ -218,9 +220,12 @@ def evaluate(trained: Trained, name: str, batch: dict[str, Tensor], app: TextApp
     t, module, tally = app.text, trained.module, Tally()
     n_max = max(t.candidate_counts)
     ranking = defaultdict(float)  # within-position Spearman of energy vs cross-entropy over the N_max candidates
-    generator = torch.Generator().manual_seed(app.seed)
+    device = torch.device(app.runtime.eval_device)
+    module = module.to(device)
+    generator = torch.Generator(device).manual_seed(app.seed)
     positions = 0
     for c in chunks(batch, t.eval_batch):
+        c = {k: v.to(device) for k, v in c.items()}
         y, mask = c["y"], c["mask"]
         if trained.kind != "ebt":
             with torch.no_grad():
@@ -242,7 +247,7 @@ def evaluate(trained: Trained, name: str, batch: dict[str, Tensor], app: TextApp
             for kind, scaled in (("steps", False), ("steps_scaled", True)):
                 if scaled and k == app.think.train_steps:
                     continue
-                noise = torch.Generator().manual_seed(app.seed + k)  # the same inference noise with and without
+                noise = torch.Generator(device).manual_seed(app.seed + k)  # the same noise with and without
                 result = module.think(starts.energy_fn, x0, training=False, steps=k, generator=noise,
                                       policy=InferencePolicy.of(app.think).with_alpha_scaling(scaled))
                 tally.add((kind, k, 1), result.candidates.detach()[:, 0], y, mask, float(result.energies.sum()))
@@ -266,14 +271,16 @@ def evaluate(trained: Trained, name: str, batch: dict[str, Tensor], app: TextApp
             oracle = final[:, :n].gather(1, errors[:, :n].argmin(1)[:, None, :, None].expand(-1, 1, -1, v))[:, 0]
             tally.add(("oracle", app.think.infer_steps, n), oracle, y, mask)
         # does the energy rank the N candidates of a position by their cross-entropy? (scored positions only)
-        scored = mask.bool().numpy()
-        e_np, err_np = energies.transpose(1, 2).numpy()[scored], errors.transpose(1, 2).numpy()[scored]  # (P, N)
+        scored = mask.bool().cpu().numpy()
+        e_np = energies.transpose(1, 2).cpu().numpy()[scored]  # (P, N)
+        err_np = errors.transpose(1, 2).cpu().numpy()[scored]
         rho = rowwise_spearman(e_np, err_np)
         picks = np.take_along_axis(err_np, e_np.argmin(-1)[:, None], -1)[:, 0] <= err_np.min(-1) + 1e-9
         ranking["spearman"] += float(np.nansum(rho))
         ranking["ranked"] += int(np.isfinite(rho).sum())
         ranking["picked_best"] += int(picks.sum())
         ranking["positions"] += len(picks)
+    module.cpu()
     rows = tally.rows("ebt" if trained.kind == "ebt" else "transformer_pp", name, max(positions, 1))
     if ranking["positions"]:
         for row in rows:  # the ranking diagnostics over the N_max candidates, on the self-verification rows
@@ -398,9 +405,10 @@ def write_report(root: Path, app: TextAppConfig, data: TextData, trained: dict[s
             ax.axhline(base["perplexity"], color="gray", ls="--", label="Transformer++")
         ax.set_xscale("log", base=2)
 
-    plot_sweeps(ebt, list(sets), "position", [root / "plots" / "perplexity_vs_steps.png",
-                                              root / "plots" / "perplexity_vs_candidates.png"], draw,
-                size=3.2, ylabel="perplexity")
+    if len(ebt):  # a run of the twin alone has no sweeps to draw
+        plot_sweeps(ebt, list(sets), "position", [root / "plots" / "perplexity_vs_steps.png",
+                                                  root / "plots" / "perplexity_vs_candidates.png"], draw,
+                    size=3.2, ylabel="perplexity")
     print("\n".join(lines))
     print(f"\nwritten: {root / 'text.md'}, {root / 'text.csv'}, {root / 'plots'}")
 

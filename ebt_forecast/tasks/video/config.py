@@ -3,8 +3,18 @@
 `ebt-forecast video` reads `task` (how the EBT's candidates start and which steps its loss reads), `video`
 (data, frame size, autoencoder, clips, evaluation grid, rollout horizons) and the shared `model`, `think` and
 `trainer` nodes (the autoencoder too trains where and how `trainer` says), whose video defaults are below.
-Recipes: the defaults are System 1 (2 steps, learnable alpha, loss averaged over the steps);
-`experiment=video_system2` is System 2 (randomised steps and alpha, Langevin noise, replay, loss on the last step).
+Recipes (REFERENCE "EBT mechanics"):
+- the defaults, a hybrid tuned to the standardised latents: 2 steps on one landscape, second order through both
+  (no detach), alpha 1 learnable, loss averaged over the steps, no noise, no replay, 2 steps at inference;
+- `experiment=video_system1`, the reference's System 1: 2 steps, each its own landscape (a learned step
+  embedding) on a state detached between steps, alpha 30000 learnable (lr x 90000), no training noise, loss
+  averaged over the steps;
+- `experiment=video_system2`, the reference's System 2: one landscape, 2-3 randomised steps, alpha 3000 fixed and
+  randomised x/÷2 per clip and frame, Langevin noise 1.0, a replay buffer of 192 clips, truncation, loss on the
+  last step.
+Both reference recipes infer with Langevin noise 1.0, 4 steps at alpha x train_steps / 4, and self-verification
+from independent N(0, 1) starts (the reference: 4 samples, lowest final energy per frame). They keep the
+reference's values although our latents are standardised (unit scale), not SD-VAE latents: see the yaml files.
 """
 from __future__ import annotations
 
@@ -25,7 +35,8 @@ def video_backbone() -> TransformerConfig:
 
 
 def video_think() -> ThinkConfig:
-    """System 1 recipe: 2 steps, learnable alpha, second order through every step (the loss reads every step)."""
+    """The default (a hybrid, not a reference recipe): 2 steps on one landscape, learnable alpha 1 (lr x 10), second
+    order through every step (no truncation, no detach; the loss reads every step), no noise; 2 steps at inference."""
     return ThinkConfig(train_steps=2, infer_steps=2, alpha=1.0, learn_alpha=True, alpha_lr_multiplier=10.0,
                        truncate=False, num_candidates=1)
 

@@ -12,7 +12,10 @@ P = Linear(d, D), the latent projection shared by observed frames and candidates
 
 The doubled sequence (backbone, energy head, positions, masks, the cached path and its uncached reference)
 is `nn.doubled.DoubledSequenceEBT`, the same as the text EBT's; this file adds only the latent projection.
-Thinking descends the energy over the candidate latents (B, S, d).
+With `step_embeddings` > 0 (`think.step_embedding`, the reference's System 1) each thinking step has its own
+landscape: step t's learned vector is added to every candidate embedding P c_i (`step` in the energies below;
+None = the first, steps past the trained ones read the last). Thinking descends the energy over the candidate
+latents (B, S, d).
 
 `TransformerPlusPlusVideo`: the same projection and backbone causal over the frame latents, and a linear
 head to the next frame's latent.
@@ -27,10 +30,11 @@ from ebt_forecast.nn import causal_mask
 
 
 class VideoEBT(DoubledSequenceEBT):
-    """Energy over next-frame latents, one scalar per position."""
+    """Energy over next-frame latents, one scalar per position; `step_embeddings`: one learned landscape per
+    thinking step (`nn.doubled`)."""
 
-    def __init__(self, cfg: TransformerConfig, latent_dim: int, context_length: int):
-        super().__init__(cfg, context_length)
+    def __init__(self, cfg: TransformerConfig, latent_dim: int, context_length: int, step_embeddings: int = 0):
+        super().__init__(cfg, context_length, step_embeddings)
         self.latent_dim = latent_dim
         self.project = nn.Linear(latent_dim, cfg.dim)
 
@@ -38,18 +42,19 @@ class VideoEBT(DoubledSequenceEBT):
         """The observed half of (B, S, d) frame latents, once."""
         return self.encode_observed(self.project(latents))
 
-    def token_energies(self, cache: KVCache, candidates: Tensor) -> Tensor:
-        """Per-position energies (..., S) of candidate latents (..., S, d); `cache` broadcasts against the
-        leading dims (`TransformerPP.expand_cache`)."""
-        return self.candidate_energies(cache, self.project(candidates))
+    def token_energies(self, cache: KVCache, candidates: Tensor, step: int | None = None) -> Tensor:
+        """Per-position energies (..., S) of candidate latents (..., S, d) in step `step`'s landscape; `cache`
+        broadcasts against the leading dims (`TransformerPP.expand_cache`)."""
+        return self.candidate_energies(cache, self.project(candidates), step)
 
-    def energy(self, cache: KVCache, candidates: Tensor) -> Tensor:
+    def energy(self, cache: KVCache, candidates: Tensor, step: int | None = None) -> Tensor:
         """One energy per clip (...): the sum over positions."""
-        return self.token_energies(cache, candidates).sum(-1)
+        return self.token_energies(cache, candidates, step).sum(-1)
 
-    def doubled_energies(self, latents: Tensor, candidates: Tensor) -> Tensor:
-        """The same per-position energies (B, S) from the full doubled sequence, without a cache."""
-        return self.doubled_sequence_energies(self.project(latents), self.project(candidates))
+    def doubled_energies(self, latents: Tensor, candidates: Tensor, step: int | None = None) -> Tensor:
+        """The same per-position energies (B, S) from the full doubled sequence, without a cache (the reference
+        the cached path must equal)."""
+        return self.doubled_sequence_energies(self.project(latents), self.project(candidates), step)
 
 
 class TransformerPlusPlusVideo(nn.Module):

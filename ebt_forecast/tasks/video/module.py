@@ -8,8 +8,10 @@ clip (n if index is None else index[n]) // (M * G). Each clip's frames are encod
 Training (`VideoModule.training_step`): starts from noise (or the last frame's latent plus noise,
 `task.init`), optionally mixed with replayed final predictions (`think.replay_size`), are refined by
 `self.think` (second order); the loss is the smooth L1 distance of the refined latents to the true next
-latents after every step, averaged (System 1, `task.loss_steps=all`), or after the last step (System 2,
-`last`). The twin regresses the next latent with the same loss and is System 1 only.
+latents after every step, averaged (`task.loss_steps=all`: the default hybrid and System 1), or after the last
+step (System 2, `last`). With `think.step_embedding` each step scores in its own landscape (the engine passes
+`step=t` through `energy_fn` to `VideoEBT.energy`); with `think.detach_steps` (System 1) each step's loss trains
+that step's landscape only. The twin regresses the next latent with the same loss and is System 1 only.
 """
 from __future__ import annotations
 
@@ -36,7 +38,8 @@ class VideoModule(TaskModule):
                  task_cfg: VideoTaskConfig, latent_dim: int, clip_length: int):
         super().__init__(think_cfg, optim_cfg)
         self.task_cfg = task_cfg.validate()
-        self.model = VideoEBT(model_cfg, latent_dim, clip_length - 1)
+        steps = think_cfg.train_steps if think_cfg.step_embedding else 0  # one landscape per trained step
+        self.model = VideoEBT(model_cfg, latent_dim, clip_length - 1, steps)
         self.replay = ReplayBuffer(think_cfg.replay_size)
 
     # -- the task interface --------------------------------------------------------------------
@@ -72,9 +75,13 @@ class VideoModule(TaskModule):
         """energy_fn(latents (N, S, d), index) -> (N,) with `per_clip` candidates per clip."""
         return cached_energy_fn(encoding.cache, per_clip, self.model.energy)
 
-    def position_energies(self, encoding: DoubledContext, candidates: Tensor) -> Tensor:
-        """Per-position energies (B, G, S) of grouped candidates (B, G, S, d)."""
-        return grouped_energies(encoding.cache, candidates, self.model.token_energies)
+    def frame_energies(self, encoding: DoubledContext, latents: Tensor, steps: int | None = None) -> Tensor:
+        """Per-frame energies (B, G, S) of grouped candidate latents (B, G, S, d) after `steps` thinking steps: in the
+        landscape of the last step taken (with step embeddings; 0 / None steps: the first step's, the one a start
+        is scored in; past the trained steps: the last)."""
+        landscape = {"step": max(0, min((steps or 1) - 1, self.think_cfg.train_steps - 1))} \
+            if self.think_cfg.step_embedding else {}
+        return grouped_energies(encoding.cache, latents, self.model.token_energies, **landscape)
 
     # -- training ------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:

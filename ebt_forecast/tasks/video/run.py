@@ -6,8 +6,9 @@ parameters; with `trainer.checkpoint_dir` an interrupted training resumes from i
 cell of metrics per (model, evaluation set) (`cells/<model>__<set>__<key>.json`), each keyed by the configuration it
 depends on; video.md says which cells were reused. Metrics of predicted next frames (frames 1..L-1 of every clip,
 teacher-forced): latent MSE (standardised latents) and pixel PSNR (the decoded prediction against the true frame),
-against thinking steps and self-verification candidates N; beside them the copy-last-frame baseline and the
-autoencoder's ceiling (the true next latent, decoded). Autoregressive rollouts (`video.rollout_steps`, cells
+against thinking steps (each budget from the start, with and without alpha scaling) and self-verification
+candidates N (beside the energy-free average of the same N and the best-of-N oracle, and how well the energy ranks
+them: `evaluate`); beside them the copy-last-frame baseline and the autoencoder's ceiling (the true next latent, decoded). Autoregressive rollouts (`video.rollout_steps`, cells
 `cells/<model>__rollout__<set>__<key>.json`): from L - 1 true frames each model predicts the next latent, appends
 it to the frames it reads and continues; latent MSE and PSNR at each horizon k. Outputs: video.md, video.csv,
 video_rollout.csv, plots/*.png and strip.png (true against predicted frames).
@@ -35,7 +36,7 @@ from ebt_forecast.tasks.video.config import VideoAppConfig
 from ebt_forecast.tasks.video.data import VideoSets, WeightedDraws, load_sets
 from ebt_forecast.tasks.video.module import TransformerPPVideoModule, VideoModule
 from ebt_forecast.errors import ConfigError
-from ebt_forecast.think import fixed_steps_passes
+from ebt_forecast.think import InferencePolicy, fixed_steps_passes
 
 # ------------------------------------------------------------------------------------------------
 # the autoencoder and the latents (artifacts)
@@ -135,6 +136,9 @@ def train_model(kind: str, app: VideoAppConfig, latents: list[Tensor], weights: 
 # ------------------------------------------------------------------------------------------------
 # evaluation
 
+EBT_ROWS = 2  # the layout of the EBT's evaluation rows (part of its cells' keys: a cell of an older layout is not
+#              read back). 2: budgets thought from the start, steps_scaled, average and oracle, ranking per N
+
 
 class Tally:
     """Latent squared error, per-frame PSNR and counts, per setting."""
@@ -191,11 +195,27 @@ def evaluate_baselines(ae: FrameAutoencoder, name: str, latents: Tensor, clips: 
 
 def evaluate(trained: Trained, ae: FrameAutoencoder, name: str, latents: Tensor, clips: np.ndarray,
              app: VideoAppConfig) -> list[dict]:
-    """Every evaluation row of one model on one set (deterministic: starts drawn from app.seed)."""
+    """Every evaluation row of one model on one set (deterministic: starts and inference noise drawn from seeded
+    generators).
+
+    EBT rows (kind, steps, candidates):
+    - `steps` (k, 1): one start thought k steps (`video.think_steps`), each budget from the start (a step-embedded
+      energy and alpha scaling make k steps differ from k increments), under the config's policy without alpha
+      scaling; `steps_scaled` (k, 1): the same start and noise at alpha x train_steps / k (every k but the trained
+      number of steps);
+    - `verify` (infer_steps, N): N independent starts (`video.candidate_counts`) thought think.infer_steps each
+      (the config's policy and inference noise), per frame the candidate of lowest final energy; beside it the
+      energy-free control `average` (the plain mean of the same N refined latents) and the best-of-N `oracle`
+      (per frame the candidate with the lowest latent error, a bound no verifier can beat);
+    - on the `verify` rows with N > 1: `spearman`, the mean within-frame Spearman of energy against latent error
+      over the N candidates, and `pick_best`, how often the lowest energy is the lowest error (chance 1 / N).
+    """
     v, module, tally = app.video, trained.module, Tally(ae)
     frames = torch.from_numpy(clips)
     generator = torch.Generator().manual_seed(app.seed)
-    ranking = defaultdict(float)  # within-frame Spearman of energy vs latent error over the N_max candidates
+    counts = sorted(set(v.candidate_counts))
+    n_max = max(counts)
+    ranking = defaultdict(lambda: np.zeros(4))  # N -> Spearman sum, ranked frames, lowest energy = best, frames
     for c in chunks(len(latents), v.eval_batch):
         batch, target, true_frames = {"x": latents[c]}, latents[c][:, 1:], frames[c][:, 1:]
         if trained.kind != "ebt":
@@ -205,45 +225,52 @@ def evaluate(trained: Trained, ae: FrameAutoencoder, name: str, latents: Tensor,
         b, s, d = target.shape
         with torch.no_grad():
             encoding = module.encode(batch)
-        # against thinking steps: one start, thought in increments (equal to one run: fixed steps)
+        # against thinking steps: one start, each budget thought from the start, with and without alpha scaling
         starts = module.propose(encoding, batch, 1, 1, generator)
-        x = starts.starts.reshape(b, 1, s, d)
-        done = 0
-        for k in sorted(set(v.think_steps) | {0}):
-            if k > done:
-                x, done = module.think(starts.energy_fn, x, training=False, steps=k - done).candidates.detach(), k
-            if k in v.think_steps:
-                with torch.no_grad():
-                    energy = float(starts.energy_fn(x.reshape(b, s, d), None).sum())
-                tally.add(("steps", k, 1), x[:, 0], target, true_frames, energy)
-        # self-verification: N independent starts, think.infer_steps each, lowest energy per position
-        n_max = max(v.candidate_counts)
+        x0 = starts.starts.reshape(b, 1, s, d)
+        if 0 in v.think_steps:
+            with torch.no_grad():
+                energy = float(module.frame_energies(encoding, x0, 0).sum())
+            tally.add(("steps", 0, 1), x0[:, 0], target, true_frames, energy)
+        for k in sorted(set(v.think_steps) - {0}):
+            for kind, scaled in (("steps", False), ("steps_scaled", True)):
+                if scaled and k == app.think.train_steps:
+                    continue  # alpha x train_steps / k = alpha: the `steps` row
+                noise = torch.Generator().manual_seed(app.seed + k)  # the same inference noise with and without
+                result = module.think(starts.energy_fn, x0, training=False, steps=k, generator=noise,
+                                      policy=InferencePolicy.of(app.think).with_alpha_scaling(scaled))
+                tally.add((kind, k, 1), result.candidates.detach()[:, 0], target, true_frames,
+                          float(result.energies.sum()))
+        # self-verification: N independent starts, think.infer_steps each, lowest energy per frame
+        k = app.think.infer_steps
         starts = module.propose(encoding, batch, 1, n_max, generator)
-        result = module.think(starts.energy_fn, starts.starts.reshape(b, n_max, s, d), training=False,
-                              steps=app.think.infer_steps)
+        result = module.think(starts.energy_fn, starts.starts.reshape(b, n_max, s, d), training=False, steps=k,
+                              generator=generator)
         final = result.candidates.detach()
         with torch.no_grad():
-            energies = module.position_energies(encoding, final)  # (b, N, S)
-        for n in sorted(set(v.candidate_counts)):
+            energies = module.frame_energies(encoding, final, k)  # (b, N, S)
+        errors = ((final - target[:, None]) ** 2).mean(-1)  # (b, N, S)
+        for n in counts:
             best = energies[:, :n].argmin(1)  # (b, S)
             chosen = final[:, :n].gather(1, best[:, None, :, None].expand(-1, 1, -1, d))[:, 0]
             picked = energies[:, :n].gather(1, best[:, None])[:, 0]
-            tally.add(("verify", app.think.infer_steps, n), chosen, target, true_frames, float(picked.sum()))
-            if n > 1:  # the energy-free control: the mean of the same N refined candidates
-                tally.add(("mean_of_n", app.think.infer_steps, n), final[:, :n].mean(1), target, true_frames)
-        # does the energy rank the N candidates of a frame by their latent error?
-        errors = ((final - target[:, None]) ** 2).mean(-1)  # (b, N, S)
-        e_np, err_np = energies.transpose(1, 2).flatten(0, 1).numpy(), errors.transpose(1, 2).flatten(0, 1).numpy()
-        rho = rowwise_spearman(e_np, err_np)
-        ranking["spearman"] += float(np.nansum(rho))
-        ranking["ranked"] += int(np.isfinite(rho).sum())
-        ranking["picked_best"] += int((err_np[np.arange(len(e_np)), e_np.argmin(-1)] <= err_np.min(-1) + 1e-12).sum())
-        ranking["frames"] += len(e_np)
+            tally.add(("verify", k, n), chosen, target, true_frames, float(picked.sum()))
+            tally.add(("average", k, n), final[:, :n].mean(1), target, true_frames)  # the energy-free control
+            oracle = final[:, :n].gather(1, errors[:, :n].argmin(1)[:, None, :, None].expand(-1, 1, -1, d))[:, 0]
+            tally.add(("oracle", k, n), oracle, target, true_frames)
+            if n > 1:  # does the energy rank the N candidates of a frame by their latent error?
+                e_np = energies[:, :n].transpose(1, 2).flatten(0, 1).numpy()  # (frames, N)
+                err_np = errors[:, :n].transpose(1, 2).flatten(0, 1).numpy()
+                rho = rowwise_spearman(e_np, err_np)
+                picks = np.take_along_axis(err_np, e_np.argmin(-1)[:, None], -1)[:, 0] <= err_np.min(-1) + 1e-12
+                ranking[n] += np.array([np.nansum(rho), np.isfinite(rho).sum(), picks.sum(), len(picks)])
     rows = tally.rows(trained.kind, name)
-    for row in rows:  # the ranking diagnostics over the N_max candidates, on the self-verification rows
-        if ranking["frames"] and row["kind"] == "verify" and row["candidates"] == max(v.candidate_counts):
-            row["spearman"] = ranking["spearman"] / max(ranking["ranked"], 1)
-            row["pick_best"] = ranking["picked_best"] / ranking["frames"]
+    for row in rows:  # the ranking diagnostics over each N's candidates, on the self-verification rows
+        n = row["candidates"]
+        if row["kind"] == "verify" and n in ranking and ranking[n][3]:
+            rho_sum, ranked, picked, count = ranking[n]
+            row["spearman"] = rho_sum / max(ranked, 1)
+            row["pick_best"] = picked / count
     return rows
 
 
@@ -324,7 +351,8 @@ def run_video_command(app: VideoAppConfig) -> int:
         rows += cells.run(f"baselines__{name}", {"latents": ae_depends, "grid": {"eval_batch": v.eval_batch}},
                           lambda: evaluate_baselines(ae, name, z, clips, app))
         for m in trained.values():
-            rows += cells.run(f"{m.kind}__{name}", {"model": m.depends, "grid": grid},
+            model_grid = {**grid, "rows": EBT_ROWS} if m.kind == "ebt" else grid
+            rows += cells.run(f"{m.kind}__{name}", {"model": m.depends, "grid": model_grid},
                               lambda: evaluate(m, ae, name, z, clips, app))
     for name, clips in sets.rollout.items():
         z = encode_clips(ae, clips)
@@ -389,22 +417,41 @@ def write_report(root: Path, app: VideoAppConfig, sets: VideoSets, ae_meta: dict
             table = rows.pivot(index="set", columns=setting, values=column).reindex(names)
             return markdown_table(table.rename(index=tag, columns=label.format).reset_index(), floatfmt=f".{digits}f")
 
+        t = app.think
+        noise = f"inference noise {t.infer_langevin_std:g}" if t.infer_langevin_std > 0 else "no inference noise"
         steps = ebt[ebt["kind"] == "steps"]
-        lines += ["", f"## EBT against thinking steps (one start, task.init={app.task.init})", "", "Latent MSE:", "",
-                  by_set(steps, "latent_mse", "steps", "{} steps", 4), "", "PSNR (dB):", "",
+        lines += ["", f"## EBT against thinking steps (one start, task.init={app.task.init})", "",
+                  f"Each budget thought from the same start ({noise}; trained with {t.train_steps} steps"
+                  + (f", {t.train_steps} step landscapes" if t.step_embedding else "") + "), alpha unscaled. "
+                  "Latent MSE:", "", by_set(steps, "latent_mse", "steps", "{} steps", 4), "", "PSNR (dB):", "",
                   by_set(steps, "psnr", "steps", "{} steps", 2), "", "Mean energy per frame:", "",
                   by_set(steps, "energy_per_frame", "steps", "{} steps", 3)]
+        scaled = ebt[ebt["kind"] == "steps_scaled"]
+        if len(scaled):
+            lines += ["", f"The same budgets with alpha x {t.train_steps} / steps (thinking longer with smaller steps, "
+                      "InferencePolicy.alpha_scaling). Latent MSE:", "",
+                      by_set(scaled, "latent_mse", "steps", "{} steps", 4), "", "PSNR (dB):", "",
+                      by_set(scaled, "psnr", "steps", "{} steps", 2)]
         verify = ebt[ebt["kind"] == "verify"]
         n_max = verify["candidates"].max()
-        lines += ["", f"## EBT self-verification: N starts, {k} steps each, lowest energy per frame", "",
-                  "Latent MSE:", "", by_set(verify, "latent_mse", "candidates", "N={}", 4), "", "PSNR (dB):", "",
-                  by_set(verify, "psnr", "candidates", "N={}", 2)]
-        mean = ebt[ebt["kind"] == "mean_of_n"]
-        if len(mean):
-            lines += ["", "Energy-free control, the mean of the same N refined candidates (latent MSE):", "",
-                      by_set(mean, "latent_mse", "candidates", "N={}", 4)]
-        if "spearman" in verify:
+        policy = f"alpha x {t.train_steps} / {k}" if t.infer_alpha_scaling and k != t.train_steps else "alpha unscaled"
+        lines += ["", f"## EBT self-verification: N independent starts, {k} steps each ({noise}, {policy}), lowest "
+                  "energy per frame", "", "Latent MSE:", "", by_set(verify, "latent_mse", "candidates", "N={}", 4), "",
+                  "PSNR (dB):", "", by_set(verify, "psnr", "candidates", "N={}", 2)]
+        average = ebt[ebt["kind"] == "average"]
+        if len(average):
+            lines += ["", "The energy-free control of the same candidates, their plain average (latent MSE):", "",
+                      by_set(average, "latent_mse", "candidates", "N={}", 4)]
+        oracle = ebt[ebt["kind"] == "oracle"]
+        if len(oracle):
+            lines += ["", "The best-of-N oracle, per frame the candidate with the lowest latent error (latent MSE; no "
+                      "verifier can beat it):", "", by_set(oracle, "latent_mse", "candidates", "N={}", 4)]
+        if "spearman" in verify and verify["spearman"].notna().any():
             lines += ranking_section(verify, n_max, "frame", "latent squared error", tag)
+            ranked = verify[verify["candidates"] > 1]
+            if ranked["candidates"].nunique() > 1:
+                lines += ["", "Lowest energy = lowest latent error, per N (chance 1 / N):", "",
+                          by_set(ranked, "pick_best", "candidates", "N={}", 3)]
         alpha = trained["ebt"].meta.get("alpha") if "ebt" in trained else None
         if alpha is not None:
             lines += ["", f"Learned alpha after training: {alpha:.3g}."]
@@ -416,6 +463,13 @@ def write_report(root: Path, app: VideoAppConfig, sets: VideoSets, ae_meta: dict
         at = np.arange(len(rows))  # evenly spaced settings (0, 1, 2, 4, 8): no log axis, no mathtext
         ax.plot(at, rows["latent_mse"], marker="o", label="EBT")
         ax.set_xticks(at, [str(x) for x in rows[column]])
+        place = {x: i for i, x in enumerate(rows[column])}
+        beside = [("steps_scaled", "alpha scaled")] if column == "steps" else [("average", "average"),
+                                                                                ("oracle", "oracle")]
+        for kind, label in beside:  # the same sweep's companions, at the same x positions
+            other = ebt[(ebt["kind"] == kind) & (ebt["set"] == name) & ebt[column].isin(place)].sort_values(column)
+            if len(other):
+                ax.plot([place[x] for x in other[column]], other["latent_mse"], marker=".", ls="-.", label=label)
         for model, style in [("transformer_pp", "--"), ("copy_last", ":")]:
             r = headline(frame, model, name)
             if r is not None:
