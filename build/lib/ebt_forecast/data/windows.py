@@ -1,0 +1,178 @@
+"""Model-side windowing: train/val splits, random training windows, inference batches and scaling."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ebt_forecast.errors import DataError
+from ebt_forecast.data.types import Series, TestWindow
+
+
+def mean_abs_scale(context: np.ndarray, min_scale: float = 1e-5) -> float:
+    """Mean |x| over the observed (non-NaN) context values; 1.0 if none observed or all zero."""
+    x = np.asarray(context, dtype=np.float64)
+    x = np.abs(x[np.isfinite(x)])
+    if x.size == 0:
+        return 1.0
+    scale = float(x.mean())
+    if scale == 0.0:  # all-zero context: keep values as they are (Chronos convention)
+        return 1.0
+    return max(scale, min_scale)
+
+
+def tail_windows(s: Series, horizon: int, num_windows: int) -> tuple[Series, list[TestWindow]]:
+    """Cut `num_windows` non-overlapping windows of `horizon` from the end of `s` (expanding past)."""
+    n = len(s.target)
+    cut = n - num_windows * horizon
+    if horizon < 1 or num_windows < 1 or cut < 1:
+        raise DataError(f"series {s.item_id!r}: length {n} too short for {num_windows} window(s) of {horizon}")
+    target = np.asarray(s.target, dtype=np.float32)
+    windows = [
+        TestWindow(item_id=s.item_id, start=s.start, past=target[:o].copy(), future=target[o:o + horizon].copy())
+        for o in range(cut, n, horizon)
+    ]
+    return Series(item_id=s.item_id, start=s.start, target=target[:cut].copy()), windows
+
+
+def split_train_val(series: list[Series], horizon: int, val_windows: int = 1) -> tuple[list[Series], list[TestWindow]]:
+    """Cut the last val_windows*horizon points of each series into validation windows."""
+    train, val = [], []
+    for s in series:
+        # Split only if at least horizon+1 training points remain; otherwise keep the series whole.
+        if len(s.target) - val_windows * horizon < horizon + 1:
+            train.append(s)
+            continue
+        short, windows = tail_windows(s, horizon, val_windows)
+        train.append(short)
+        val.extend(windows)
+    return train, val
+
+
+def _pad_left(x: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Last `length` values of x left-padded with NaN, and the observed mask."""
+    x = np.asarray(x, dtype=np.float32)[-length:] if length > 0 else np.zeros(0, np.float32)
+    out = np.full(length, np.nan, dtype=np.float32)
+    if len(x):
+        out[length - len(x):] = x
+    mask = np.isfinite(out)
+    return out, mask
+
+
+def _scaled(x: np.ndarray, mask: np.ndarray, scale: float) -> torch.Tensor:
+    """Divide by scale and zero the missing entries."""
+    return torch.from_numpy(np.where(mask, x / scale, 0.0).astype(np.float32))
+
+
+class TrainWindowDataset(Dataset):
+    """Deterministic random (context + horizon) training windows drawn from a list of Series.
+
+    Item `i` is drawn with numpy Generator seeded by (seed, i), uniformly over all valid
+    (series, window end) pairs, so longer series give more windows. A valid window has at
+    least one observed value in both its context and its future; series with fewer than
+    horizon+1 observed values are skipped. Short histories are left-padded with mask 0.
+    Values are divided by `scale` (mean |x| of the observed context); NaN -> 0 with mask 0.
+    """
+
+    def __init__(self, series: list[Series], context_length: int, horizon: int,
+                 num_samples: int = 10_000, seed: int = 0, min_scale: float = 1e-5) -> None:
+        if context_length < 1 or horizon < 1 or num_samples < 1:
+            raise DataError("context_length, horizon and num_samples must be >= 1")
+        self.context_length, self.horizon = context_length, horizon
+        self.num_samples, self.seed, self.min_scale = num_samples, seed, min_scale
+        self.targets: list[np.ndarray] = []
+        self.ends: list[np.ndarray] = []  # valid exclusive window ends per kept series
+        h, c = horizon, context_length
+        for s in series:
+            y = np.asarray(s.target, dtype=np.float32)
+            obs = np.isfinite(y)
+            if obs.sum() < h + 1:
+                continue
+            cum = np.r_[0, np.cumsum(obs)]
+            e = np.arange(h + 1, len(y) + 1)  # future = y[e-h:e], context = y[max(0, e-h-c):e-h]
+            fut_obs = cum[e] - cum[e - h]
+            ctx_obs = cum[e - h] - cum[np.maximum(0, e - h - c)]
+            e = e[(fut_obs > 0) & (ctx_obs > 0)]
+            if len(e):
+                self.targets.append(y)
+                self.ends.append(e)
+        if not self.ends:
+            raise DataError(f"no series has a usable window (need >= {h + 1} observed points "
+                            f"and observed values in both context and future)")
+        self.cum_counts = np.cumsum([len(e) for e in self.ends])
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    @property
+    def num_windows(self) -> int:
+        """Number of distinct valid (series, end) windows."""
+        return int(self.cum_counts[-1])
+
+    def __getitem__(self, idx: int) -> dict[str, torch.Tensor]:
+        if not 0 <= idx < self.num_samples:
+            raise IndexError(idx)
+        rng = np.random.default_rng([self.seed, idx])
+        k = int(rng.integers(self.num_windows))
+        j = int(np.searchsorted(self.cum_counts, k, side="right"))
+        end = int(self.ends[j][k - (self.cum_counts[j - 1] if j else 0)])
+        y, h = self.targets[j], self.horizon
+        ctx, ctx_mask = _pad_left(y[max(0, end - h - self.context_length):end - h], self.context_length)
+        fut = y[end - h:end]
+        fut_mask = np.isfinite(fut)
+        scale = mean_abs_scale(ctx, self.min_scale)
+        return {
+            "context": _scaled(ctx, ctx_mask, scale),
+            "context_mask": torch.from_numpy(ctx_mask.astype(np.float32)),
+            "future": _scaled(fut, fut_mask, scale),
+            "future_mask": torch.from_numpy(fut_mask.astype(np.float32)),
+            "scale": torch.tensor(scale, dtype=torch.float32),
+        }
+
+
+def make_inference_batch(pasts: list[np.ndarray], context_length: int,
+                         min_scale: float = 1e-5) -> dict[str, torch.Tensor]:
+    """Batch the last context_length points of each past: scaled, left-padded, masked tensors."""
+    if context_length < 1:
+        raise DataError("context_length must be >= 1")
+    ctxs, masks, scales = [], [], []
+    for past in pasts:
+        ctx, mask = _pad_left(past, context_length)
+        scale = mean_abs_scale(ctx, min_scale)
+        ctxs.append(_scaled(ctx, mask, scale))
+        masks.append(torch.from_numpy(mask.astype(np.float32)))
+        scales.append(scale)
+    if not ctxs:
+        empty = torch.zeros(0, context_length)
+        return {"context": empty, "context_mask": empty.clone(), "scale": torch.zeros(0)}
+    return {
+        "context": torch.stack(ctxs),
+        "context_mask": torch.stack(masks),
+        "scale": torch.tensor(scales, dtype=torch.float32),
+    }
+
+
+def seasonal_naive_path(context: torch.Tensor, mask: torch.Tensor, season: int, horizon: int,
+                        fallback: torch.Tensor | None = None) -> torch.Tensor:
+    """The last season of each context (B, L) repeated over the horizon: (B, H).
+
+    A missing value (mask 0) takes the same phase one or more whole seasons earlier; where none is
+    observed, `fallback` (B, H), by default the last observed value of the row (0 if none). With a
+    context shorter than one season this is the naive forecast (the fallback). The seasonal-naive
+    baseline and the EBT's seasonal-naive start both use this one rule.
+    """
+    length = context.shape[-1]
+    m = max(int(season), 1)
+    if fallback is None:
+        positions = torch.arange(length, device=context.device).expand_as(mask)
+        last = torch.where(mask > 0, positions, -1).amax(-1, keepdim=True) if length else mask.new_full((len(mask), 1), -1).long()
+        last_value = context.gather(-1, last.clamp(min=0)) if length else torch.zeros_like(last, dtype=context.dtype)
+        fallback = torch.where(last >= 0, last_value, torch.zeros_like(last_value)).expand(-1, horizon)
+    if m > length:
+        return fallback
+    phase = length - m + torch.arange(horizon, device=context.device) % m  # (H,)
+    index = phase[:, None] - m * torch.arange(length // m + 1, device=context.device)  # (H, K): seasons back
+    observed = (mask[:, index.clamp(min=0)] > 0) & (index >= 0)  # (B, H, K)
+    first = observed.float().argmax(-1, keepdim=True)  # the most recent observed season of each phase
+    values = context[:, index.clamp(min=0)].gather(-1, first).squeeze(-1)
+    return torch.where(observed.any(-1), values, fallback)

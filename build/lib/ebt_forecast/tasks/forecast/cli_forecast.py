@@ -1,0 +1,108 @@
+"""The `forecast` command: fit on every series of a file and write quantiles of the next H steps."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from gluonts.time_feature import get_seasonality
+
+from ebt_forecast.errors import DataError
+from ebt_forecast.data.frames import frame_to_series, load_long_frame, quiet_pandas
+from ebt_forecast.data.types import ForecastDataset, TestWindow
+from ebt_forecast.io import atomic_write_csv
+from ebt_forecast.metrics import QUANTILE_LEVELS, forecast_quantiles
+from ebt_forecast.tasks.forecast.estimator import EBTPredictor
+from ebt_forecast.tasks.forecast.forecaster import EBTForecaster
+from ebt_forecast.tasks.forecast.sources import VerifierForecaster
+
+
+def forecast_frame(task: ForecastDataset, samples: list[np.ndarray], levels: tuple[float, ...] | None = None) -> pd.DataFrame:
+    """Tidy output: one row per series and future step with the mean and the 0.1..0.9 quantiles (rows of a quantile
+    forecast at exactly those `levels`, or sample quantiles)."""
+    from ebt_forecast.data.frames import future_timestamps  # continues each series' own stamps (W-SUN, ME, 15min...)
+
+    frames = []
+    with quiet_pandas():
+        for s, series_samples in zip(task.train, samples):
+            stamps = future_timestamps(s, task.horizon)
+            q = forecast_quantiles(series_samples, QUANTILE_LEVELS, levels)
+            frame = pd.DataFrame({"item_id": s.item_id, "timestamp": stamps, "mean": series_samples.mean(0)})
+            for level, values in zip(QUANTILE_LEVELS, q):
+                frame[f"{level:g}"] = values
+            frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def user_dataset(app, command: str = "forecast") -> ForecastDataset:
+    """Validate input= / horizon= / freq= and load the user's file as a ForecastDataset (no test windows)."""
+    if not app.input:
+        raise DataError(f"{command} needs input=PATH (a CSV or Parquet file in long form)")
+    if app.horizon <= 0:
+        raise DataError(f"horizon={app.horizon} is invalid: must be a positive number of steps")
+    min_length = app.min_length or app.horizon + 1
+    frame = load_long_frame(app.input, id_col=app.id_col, time_col=app.time_col, target_col=app.target_col,
+                            freq=app.freq, min_length=min_length)
+    freq = frame.attrs["freq"]
+    series = frame_to_series(frame, freq)
+    with quiet_pandas():
+        season = int(get_seasonality(app.freq or freq))
+    return ForecastDataset(Path(app.input).stem, freq, app.horizon, season, series)
+
+
+def load_predictor(app) -> EBTPredictor:
+    """The predictor saved in app.predictor; its horizon and frequency fill horizon= / freq= (a conflict is an error)."""
+    predictor = EBTPredictor.deserialize(Path(app.predictor))
+    if app.horizon and app.horizon != predictor.prediction_length:
+        raise DataError(f"horizon={app.horizon} conflicts with the predictor in {app.predictor}, trained for "
+                        f"horizon {predictor.prediction_length}: drop horizon= or train a new one")
+    app.horizon = predictor.prediction_length
+    app.freq = app.freq or predictor.freq
+    return predictor
+
+
+def run_forecast(app) -> Path:
+    """Validate the request; fit the EBT on every series of app.input (or load app.predictor), save it to
+    app.save if asked, and write app.output atomically."""
+    if not app.input:
+        raise DataError("forecast needs input=PATH (a CSV or Parquet file in long form)")
+    if not app.output and not app.save:
+        raise DataError("forecast needs output=OUT.csv (or save=DIR to only train and save a predictor)")
+    if app.predictor and app.save:
+        raise DataError("predictor= loads a trained predictor and save= saves a new one: give one of them")
+    predictor = load_predictor(app) if app.predictor else None
+    dataset = user_dataset(app)
+    if predictor is None:
+        cfg = app.forecaster()
+        forecaster = (VerifierForecaster(cfg) if cfg.task.verifier.enabled else EBTForecaster(cfg, "ebt")).fit(dataset)
+        predictor = EBTPredictor(forecaster, dataset.horizon, dataset.freq)
+        if app.save:
+            save_predictor(predictor, Path(app.save))
+    if not app.output:
+        return Path(app.save)
+    windows = [TestWindow(s.item_id, s.start, s.target, np.full(app.horizon, np.nan, np.float32))
+               for s in dataset.train]
+    out = predictor.forecaster.predict(windows)
+    return atomic_write_csv(forecast_frame(dataset, out.samples, out.levels), app.output)
+
+
+def save_predictor(predictor: EBTPredictor, folder: Path) -> None:
+    """Serialize into a temporary sibling folder, then rename it into place (a saved predictor is whole or absent)."""
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    predictor.serialize(tmp)
+    if folder.exists():
+        shutil.rmtree(folder)
+    tmp.replace(folder)
+
+
+def run_forecast_command(app) -> int:
+    """`ebt-forecast forecast`: validate the config, forecast, say where the file is."""
+    app.forecaster()  # fail at start on invalid model / think / trainer / task values
+    written = run_forecast(app)
+    if app.save:
+        print(f"saved the predictor to {app.save} (forecast more files with predictor={app.save})")
+    if app.output:
+        print(f"wrote {written}")
+    return 0
