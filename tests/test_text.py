@@ -126,7 +126,9 @@ def test_the_ranking_loss_teaches_the_energy_to_rank_candidates_by_cross_entropy
     bpe = ByteBPETokenizer.train([TEXT], 300)
     data = TokenWindows(np.asarray(bpe.encode(TEXT), dtype=np.int64), 16, 16, seed=0)
     batch = {k: torch.stack([data[i][k] for i in range(16)]) for k in ("x", "y")}
-    ebt = TextModule(TINY, text_think(), TrainerConfig(), TextTaskConfig(rank_weight=1.0), 300, 16)
+    hybrid = ThinkConfig(train_steps=2, infer_steps=2, alpha=50.0, truncate=False, num_candidates=1)  # text_hybrid
+    ebt = TextModule(TINY, hybrid, TrainerConfig(), TextTaskConfig(rank_weight=1.0, init="head", candidate="logits"),
+                     300, 16)
     with torch.no_grad():  # four candidates per position: the head's logits and three noisy copies
         head = ebt.model.head_logits(ebt.encode(batch))
         group = head.unsqueeze(1) + torch.randn((16, 4, 16, 300), generator=torch.Generator().manual_seed(0))
@@ -369,3 +371,22 @@ def test_the_system1_recipe_runs_and_reports_scaled_steps_and_the_oracle(tmp_pat
         assert oracle <= verify + 1e-9
     report = (out / "corpus" / "text.md").read_text()
     assert "alpha x 2 / steps" in report and "best-of-N oracle" in report
+
+
+@pytest.mark.parametrize("recipe, expected", [
+    ([], {"init": "random", "candidate": "probs", "alpha": 500.0, "step_embedding": True, "infer_noise": 1.0}),
+    (["experiment=text_system1"], {"init": "random", "candidate": "probs", "alpha": 500.0, "step_embedding": True,
+                                   "infer_noise": 1.0}),
+    (["experiment=text_system2"], {"init": "random", "candidate": "probs", "alpha": 5.0, "step_embedding": False,
+                                   "infer_noise": 1.0}),
+    (["experiment=text_hybrid"], {"init": "head", "candidate": "logits", "alpha": 50.0, "step_embedding": False,
+                                  "infer_noise": 0.0}),
+])
+def test_the_text_recipes_compose(recipe, expected):
+    """The default is the reference's System 1; the earlier hybrid stays one experiment away."""
+    from ebt_forecast.config import compose
+
+    app = compose("text", recipe)
+    got = {"init": app.task.init, "candidate": app.task.candidate, "alpha": app.think.alpha,
+           "step_embedding": app.think.step_embedding, "infer_noise": app.think.infer_langevin_std}
+    assert got == expected

@@ -2,9 +2,11 @@
 
 `ebt-forecast text` reads `task` (the EBT language model's start and loss), `text` (corpus, tokenizer,
 windows, evaluation grid, scaling widths), and the shared `model`, `think` and `trainer` nodes, whose
-text defaults are below. Recipes: the defaults are System 1 (2 steps, learnable alpha, loss averaged
-over steps); `experiment=text_system2` switches to System 2 (randomised steps and alpha, Langevin
-noise, replay, truncation, loss on the last step).
+text defaults are below. Recipes: the defaults are the reference's System 1 (N(0, 1) starts, the candidate
+p = softmax(state + noise) with state = p - alpha dE/dp, 2 steps with step embeddings on detached states, alpha 500
+learnable, loss averaged over steps); `experiment=text_system2` is the reference's System 2 (randomised steps and
+alpha, Langevin noise, replay, truncation, loss on the last step); `experiment=text_hybrid` the earlier hybrid (a
+tied head proposes, thinking descends the logits).
 """
 from __future__ import annotations
 
@@ -31,11 +33,12 @@ def text_backbone() -> TransformerConfig:
 
 
 def text_think() -> ThinkConfig:
-    """System 1 recipe: 2 steps, learnable alpha (lr x 100), no noise, no replay, second order through
-    every step (the loss reads every step). alpha 50 instead of the reference's 500: on the default model,
-    30 steps of 8 windows with alpha 5 / 50 / 500 / 2000 / 10000 ended at cross-entropy 8.02 / 7.93 / 7.98 /
-    8.03 / 8.07, and alpha >= 500 overshot at the start (9.2 to 84); learnable alpha barely moves."""
-    return ThinkConfig(train_steps=2, infer_steps=2, alpha=50.0, learn_alpha=True, alpha_lr_multiplier=100.0,
+    """The reference's System 1 (REFERENCE "EBT mechanics"; `experiment=text_system1` spells it out): 2 steps, each
+    its own landscape (step embedding) on a state detached between steps, alpha 500 learnable on lr x 1500, no noise
+    in training, Langevin noise 1.0 at inference. At the default size and budget it reached validation perplexity
+    126 +- 7 over 3 seeds where the earlier hybrid (`experiment=text_hybrid`) reached 175 (RESULTS 16)."""
+    return ThinkConfig(train_steps=2, infer_steps=2, alpha=500.0, learn_alpha=True, alpha_lr_multiplier=1500.0,
+                       alpha_random_dims=1, infer_langevin_std=1.0, step_embedding=True, detach_steps=True,
                        truncate=False, num_candidates=1)
 
 
@@ -49,13 +52,12 @@ def text_trainer() -> TrainerConfig:
 class TextTaskConfig:
     """The EBT language model: how thinking starts and which steps the loss reads."""
 
-    init: str = "head"  # System 1 start: "head": a tied linear head on the observed stream proposes, further starts
-    #                     add N(0, init_std); "random": logits ~ N(0, init_std) (the reference). At 150 steps "head"
-    #                     reached validation perplexity 303 where "random" at 400 steps reached 1,710 (RESULTS 10)
+    init: str = "random"  # start: "random": logits ~ N(0, init_std) (the reference); "head": a tied linear head on the
+    #                       observed stream proposes, further starts add N(0, init_std) (the hybrid, RESULTS 10.1)
     init_std: float = 1.0
-    candidate: str = "logits"  # "logits": descend the logits through the softmax (today's hybrid); "probs": the
-    #                            reference's update p = softmax(state + noise), state = p - alpha dE/dp, with the
-    #                            energy embedding p by its own Linear(V, D)
+    candidate: str = "probs"  # "probs": the reference's update p = softmax(state + noise), state = p - alpha dE/dp,
+    #                           the energy embedding p by its own Linear(V, D); "logits": descend the logits through
+    #                           the softmax the energy applies (the hybrid; with init=random it barely learned, RESULTS 10)
     loss_steps: str = "all"  # "all": cross-entropy averaged over the steps (System 1); "last": last step (System 2)
     head_weight: float = 1.0  # init=head: weight of the head's own cross-entropy
     rank_weight: float = 0.0  # >0: teach the energy to verify: `rank_starts` noisy starts (head + N(0, init_std)) think
