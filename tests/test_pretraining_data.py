@@ -21,6 +21,7 @@ from ebt_forecast.data.corpus import (
     load_series_table,
 )
 from ebt_forecast.data.kernelsynth import (
+    PERIODS,
     GridCovariance,
     iter_kernelsynth,
     kernel_bank,
@@ -87,6 +88,18 @@ def test_grid_covariance_equals_sklearn_kernel():
     for _ in range(15):
         kernel = random_kernel(rng, bank, max_kernels=5)
         np.testing.assert_allclose(grid(kernel), kernel(grid.x), rtol=1e-9, atol=1e-12, err_msg=repr(kernel))
+
+
+def test_bank_periodic_kernels_repeat_at_the_natural_periods_in_samples():
+    length = 800
+    grid = GridCovariance(length)
+    periodic = [k for k in kernel_bank(length) if isinstance(k, ExpSineSquared)]
+    assert len(periodic) == len(PERIODS)
+    for kernel, period in zip(periodic, PERIODS):
+        row = grid(kernel)[0]
+        assert row[period] == pytest.approx(row[0], abs=1e-9), period  # one full period apart: fully correlated
+        if period >= 4:
+            assert row[period // 2] < 0.5 * row[0], period  # half a period apart: weakly correlated
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -302,9 +315,9 @@ def test_stream_reproducible_and_workers_draw_different_windows(tiny_corpus):
 
     batches = run()
     assert len(batches) == 4 and all(torch.equal(a, b) for a, b in zip(batches, run()))
-    # batches alternate between the two workers: worker 0's windows are not worker 1's
-    assert not torch.equal(batches[0], batches[1])
-    assert not torch.equal(batches[0], torch.cat([w[None] for w in first[:4]]))  # workers are not the single stream
+    # batches alternate between the workers; worker 0 is the single-process stream, worker 1 its own
+    assert torch.equal(batches[0], torch.stack(first[:4])) and torch.equal(batches[2], torch.stack(first[4:8]))
+    assert not any(torch.equal(batches[1][i], w) for i in range(4) for w in first)
 
 
 def test_stream_config_errors_name_the_key(tiny_corpus):
@@ -324,7 +337,7 @@ def test_stream_config_errors_name_the_key(tiny_corpus):
 def tiny_eval(tmp_path: Path) -> tuple[Path, np.ndarray]:
     """An evaluation folder in exchange_rate's format: header-less CSV, one column per series, gzip."""
     rng = np.random.default_rng(42)
-    table = np.stack([random_walk(rng, 300, 1.0 + i) * 0.01 for i in range(3)], axis=1)
+    table = np.stack([0.5 + 0.4 * i + np.cumsum(rng.normal(0, 0.004, 300)) for i in range(3)], axis=1)  # rates
     table[:100, 0] = 0.0  # a flat stretch: not fingerprinted, so a corpus of zeros is no match
     root = tmp_path / "exchange_rate"
     root.mkdir()
@@ -344,7 +357,7 @@ def test_assert_disjoint_names_a_copied_slice(tiny_corpus, tiny_eval):
     root, table = tiny_eval
     copy = table[50:170, 1].astype(np.float32)  # a slice, at another precision, under an unrelated id
     write_long_parquet(tiny_corpus / "leak" / "leak.parquet", {"leak/copy": np.r_[np.nan, 5.0, copy]})
-    with pytest.raises(DataError, match=r"'leak/copy' matches evaluation series 'exchange_rate/exchange_rate/1' by 64 values"):
+    with pytest.raises(DataError, match=r"'leak/copy' matches evaluation series 'exchange_rate/exchange_rate/1' by 64 values equal to [34] significant digits"):
         assert_disjoint(tiny_corpus, [root])
 
 
