@@ -248,11 +248,15 @@ class TrainableModule(L.LightningModule):
         return [{"params": decay, "weight_decay": self.optim_cfg.weight_decay},
                 {"params": no_decay, "weight_decay": 0.0}]
 
+    def schedule_length(self) -> int:
+        """Steps the warm-up + cosine schedule spans: the trainer's max_steps (1000 without one)."""
+        return max(1, int(self.trainer.max_steps if self.trainer and self.trainer.max_steps > 0 else 1000))
+
     def configure_optimizers(self):
-        """AdamW over `parameter_groups()`, warm-up then cosine decay to `min_lr_ratio` over max_steps."""
+        """AdamW over `parameter_groups()`, warm-up then cosine decay to `min_lr_ratio` over `schedule_length()`."""
         cfg = self.optim_cfg
         optimizer = torch.optim.AdamW(self.parameter_groups(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
-        total = max(1, int(self.trainer.max_steps if self.trainer and self.trainer.max_steps > 0 else 1000))
+        total = self.schedule_length()
 
         def schedule(step: int) -> float:
             if step < cfg.warmup_steps:

@@ -11,6 +11,7 @@ from typing import Optional
 import numpy as np
 
 from ebt_forecast.baselines import STATSFORECAST_MODELS
+from ebt_forecast.data.pretrain_windows import PretrainDataConfig
 from ebt_forecast.nn import TransformerConfig
 from ebt_forecast.tasks.base import AppConfig, TrainerConfig
 from ebt_forecast.errors import ConfigError
@@ -183,9 +184,58 @@ class StudyConfig:
     resume: bool = True  # reuse finished cells of the same configuration
 
 
+PRETRAIN_MODES = ("ebt", "feedforward")
+PRETRAIN_VAL_DATASETS = ("m4_hourly", "etth1", "exchange_rate")
+
+
+def pretrain_data() -> PretrainDataConfig:
+    """The pretraining stream of `ebt-forecast pretrain`: the shared corpus under `data.root`, mixed with
+    TSMixup and KernelSynth; its max_context and max_horizon are the pretrained model's window (512, 64)."""
+    return PretrainDataConfig(corpus_root="${data.root}/corpus")
+
+
+@dataclass
+class PretrainConfig:
+    """`ebt-forecast pretrain`: one patch EBT trained on the pretraining stream (tasks/forecast/pretrain.py)."""
+
+    mode: str = "ebt"  # ebt: proposals + refinement + verification | feedforward: the twin, System 1 head only
+    patch_len: int = 16  # the model's context and horizon are data.max_context and data.max_horizon
+    season_length: int = 1  # period of the seasonal-naive thinking start (1 = naive: the stream mixes frequencies)
+    schedule_steps: int = 0  # length of the warm-up + cosine schedule (0 = trainer.max_steps); max_steps only says
+    #                          where a call stops: a run resumes under any max_steps while the schedule stays the same
+    num_workers: int = 0  # DataLoader processes drawing windows (each its own stream); 0 = in the training process
+    data: PretrainDataConfig = field(default_factory=pretrain_data)
+    val_every: int = 500  # validate every this many steps, at step 0 and at the end (0 = never)
+    val_datasets: list[str] = field(default_factory=lambda: list(PRETRAIN_VAL_DATASETS))  # under data.root
+    val_windows: int = 128  # windows per data set, cut at seeded places of its training part
+    val_seed: int = 0
+
+    def validate(self) -> "PretrainConfig":
+        """Raise ConfigError naming the first invalid key."""
+        d = self.data
+        for key, value, ok, allowed in [
+            ("pretrain.mode", self.mode, self.mode in PRETRAIN_MODES, f"one of {', '.join(PRETRAIN_MODES)}"),
+            ("pretrain.patch_len", self.patch_len, self.patch_len >= 1, ">= 1"),
+            ("pretrain.season_length", self.season_length, self.season_length >= 1, ">= 1"),
+            ("pretrain.schedule_steps", self.schedule_steps, self.schedule_steps >= 0, ">= 0 (0 = trainer.max_steps)"),
+            ("pretrain.num_workers", self.num_workers, self.num_workers >= 0, ">= 0"),
+            ("pretrain.val_every", self.val_every, self.val_every >= 0, ">= 0 (0 = never)"),
+            ("pretrain.val_windows", self.val_windows, self.val_windows >= 1, ">= 1"),
+            ("pretrain.val_datasets", self.val_datasets, set(self.val_datasets) <= set(PRETRAIN_VAL_DATASETS),
+             f"a list of {', '.join(PRETRAIN_VAL_DATASETS)}"),
+        ]:
+            if not ok:
+                raise ConfigError(f"{key}={value!r} is invalid: must be {allowed}")
+        try:
+            d.validate()
+        except ConfigError as err:  # the data layer names its key without the prefix: add it
+            raise ConfigError(str(err).replace("pretrain data: ", "pretrain.data.", 1)) from None
+        return self
+
+
 @dataclass
 class ForecastAppConfig(AppConfig):
-    """`ebt-forecast benchmark ...` and `ebt-forecast forecast ...`."""
+    """`ebt-forecast benchmark ...`, `ebt-forecast forecast ...`, `study` and `pretrain`."""
 
     model: TransformerConfig = field(default_factory=small_backbone)
     think: ThinkConfig = field(default_factory=forecast_think)
@@ -206,6 +256,8 @@ class ForecastAppConfig(AppConfig):
     min_length: int = 0  # 0 = horizon + 1
     save: Optional[str] = None  # forecast: also save the trained predictor to this folder (GluonTS `serialize`)
     predictor: Optional[str] = None  # forecast: load a saved predictor from this folder instead of training
+    # pretrain
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 
     def forecaster(self) -> ForecasterConfig:
         """The forecaster's part of the config, validated."""
