@@ -204,7 +204,8 @@ class PretrainConfig:
     schedule_steps: int = 0  # length of the warm-up + cosine schedule (0 = trainer.max_steps); max_steps only says
     #                          where a call stops: a run resumes under any max_steps while the schedule stays the same
     num_workers: int = 0  # DataLoader processes drawing windows (each its own stream); 0 = in the training process
-    data: PretrainDataConfig = field(default_factory=pretrain_data)
+    data: PretrainDataConfig = field(default_factory=pretrain_data)  # synthetic only: pretrain.data.corpus_root=null
+    #   'pretrain.data.source_probs={corpus: 0, tsmixup: 0, kernelsynth: 1}' (a dict override merges: name all three)
     val_every: int = 500  # validate every this many steps, at step 0 and at the end (0 = never)
     val_datasets: list[str] = field(default_factory=lambda: list(PRETRAIN_VAL_DATASETS))  # under data.root
     val_windows: int = 128  # windows per data set, cut at seeded places of its training part

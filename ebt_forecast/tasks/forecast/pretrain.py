@@ -17,7 +17,7 @@ The run folder (`runtime.output_dir`, default results/pretrain):
     checkpoints/run_key.json    the settings it trains under: a checkpoint of other settings is refused, by key
     weights.pt                  the module's state dict: torch.load(..., weights_only=True)
     model.json                  ForecastModelConfig, think / task / optimiser settings, mode, parameters, steps
-    validation.csv              step, dataset, windows, wql, mase, seasonal naive's, their ratios; a geomean row per step
+    validation.csv              step, dataset, windows, wql, mase, seasonal naive's, their ratios; per step a geomean
     train.json                  one entry per call: steps from / to, seconds, windows and points per second
     config.yaml                 the resolved configuration of the last call
 
@@ -78,6 +78,7 @@ class PretrainModule(ForecastModule):
         self.schedule_steps = schedule_steps
 
     def schedule_length(self) -> int:
+        """`schedule_steps`, or the trainer's max_steps when it is 0."""
         return self.schedule_steps or super().schedule_length()
 
 
@@ -146,7 +147,8 @@ def cut_validation_windows(dataset: ForecastDataset, count: int, context_length:
         if np.isfinite(past).any() and np.isfinite(future).any():
             windows.append(TestWindow(item_id=s.item_id, start=s.start, past=past.copy(), future=future.copy()))
     if len(windows) < count:
-        raise DataError(f"validation: found only {len(windows)} of {count} windows with observed values in {dataset.name}")
+        raise DataError(f"validation: found only {len(windows)} of {count} windows with observed values in "
+                        f"{dataset.name}")
     return windows
 
 
@@ -253,11 +255,11 @@ class ZeroShotValidation(Callback):
 
 class Throughput(Callback):
     """Training windows and observed points (context + future) per second, all processes together, on the
-    progress bar (`win/s`, `pts/s`, over the last `every` steps) and in `summary()` (the whole call, validation
-    time left out). Points are counted on the device and read every `every` steps (one sync)."""
+    progress bar (`win/s`, `pts/s`, over the last `interval` seconds or more) and in `summary()` (the whole call,
+    validation time left out). Points are summed on the device and read once an interval (one sync)."""
 
-    def __init__(self, every: int = 10, validation: ZeroShotValidation | None = None):
-        self.every, self.validation = every, validation
+    def __init__(self, interval: float = 2.0, validation: ZeroShotValidation | None = None):
+        self.interval, self.validation = interval, validation
         self.windows, self.points, self.rates = 0, 0.0, {}
         self._pending: torch.Tensor | None = None
 
@@ -274,11 +276,11 @@ class Throughput(Callback):
         self.windows += batch["context"].shape[0] * world
         points = (batch["context_mask"].sum() + batch["future_mask"].sum()).detach() * world
         self._pending = points if self._pending is None else self._pending + points
-        if trainer.global_step % self.every == 0:
+        now, excluded = time.perf_counter(), self._excluded()
+        t0, e0, w0, p0 = self.mark
+        seconds = now - t0 - (excluded - e0)
+        if seconds >= self.interval:
             self._flush()
-            now, excluded = time.perf_counter(), self._excluded()
-            t0, e0, w0, p0 = self.mark
-            seconds = max(now - t0 - (excluded - e0), 1e-9)
             self.rates = {"win/s": (self.windows - w0) / seconds, "pts/s": (self.points - p0) / seconds}
             self.mark = (now, excluded, self.windows, self.points)
         if self.rates:
@@ -354,7 +356,8 @@ def check_resumable(folder: Path, settings: dict[str, Any]) -> Path | None:
         raise ConfigError(f"trainer.checkpoint_dir={str(folder)!r} holds a checkpoint without run_key.json (not a "
                           "pretrain run): use another runtime.output_dir or trainer.checkpoint_dir")
     old, new = json.loads(key_file.read_text()), json.loads(json.dumps(settings, default=str))
-    changed = [f"{k}={old.get(k)!r} there, {new.get(k)!r} here" for k in sorted({*old, *new}) if old.get(k) != new.get(k)]
+    changed = [f"{k}={old.get(k)!r} there, {new.get(k)!r} here"
+               for k in sorted({*old, *new}) if old.get(k) != new.get(k)]
     if changed:
         schedule = old.get("pretrain.schedule_steps")
         hint = (f"; to continue its schedule to another trainer.max_steps, pass pretrain.schedule_steps={schedule}"
