@@ -258,7 +258,7 @@ def think(
             evaluated = evaluated_of(noisy)
             if not evaluated.requires_grad:
                 evaluated = evaluated.requires_grad_(True)
-            anchor = evaluated if transform is not None else (evaluated if noisy is xa else xa)
+            anchor = evaluated if transform is not None else xa  # without a transform the noise stays out of the state
             e = energy_at(evaluated, None if full else idx, t)
             (g,) = torch.autograd.grad(e.sum(), evaluated, create_graph=build_graph)
             forward_passes += idx.numel()

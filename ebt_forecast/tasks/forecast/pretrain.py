@@ -45,6 +45,7 @@ from torch.utils.data import DataLoader
 from ebt_forecast import __version__
 from ebt_forecast.baselines import seasonal_naive_forecast
 from ebt_forecast.data.loaders import load_etth1, load_exchange_rate, load_m4_hourly
+from ebt_forecast.data.corpus import assert_disjoint
 from ebt_forecast.data.pretrain_windows import PretrainWindowStream
 from ebt_forecast.data.types import ForecastDataset, TestWindow
 from ebt_forecast.data.windows import make_inference_batch
@@ -422,6 +423,9 @@ def run_pretrain(app: ForecastAppConfig) -> PretrainRun:
     ckpt_dir = Path(t.checkpoint_dir) if t.checkpoint_dir else out / "checkpoints"
     settings = run_settings(app)
     resume = check_resumable(ckpt_dir, settings)
+    if p.data.corpus_root:  # zero-shot honesty: no series of the evaluation suite may be in the pretraining pool
+        suite = [Path(app.data.root) / name for name in ("ett", "m4", "exchange_rate")]
+        assert_disjoint(p.data.corpus_root, [root for root in suite if root.is_dir()])
     data = PretrainStream(PretrainWindowStream(p.data), t.batch_size, p.num_workers)  # the corpus is indexed here
     sets = validation_sets(app.data.root, list(p.val_datasets), p.val_windows, p.data.max_context,
                            p.data.max_horizon, p.val_seed) if p.val_every else []
