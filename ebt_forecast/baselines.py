@@ -493,7 +493,7 @@ class PointPlusGaussian:
 # Rows of a StatsForecastBaseline forecast: the quantile paths at `levels`, by default the project's 21-level
 # grid FORECAST_LEVELS (0.025, 0.05, ..., 0.95, 0.975): a quantile forecast the metrics read at exact levels.
 STATSFORECAST_QUANTILES: tuple[float, ...] = FORECAST_LEVELS
-STATSFORECAST_MODELS: tuple[str, ...] = ("autoets", "autotheta", "autoarima")
+STATSFORECAST_MODELS: tuple[str, ...] = ("autoets", "autotheta", "autoarima", "seasonalnaive")
 
 
 def _interval_level(q: float) -> int | float:
@@ -548,7 +548,8 @@ def fill_missing(y: np.ndarray) -> np.ndarray:
 
 
 class StatsForecastBaseline:
-    """statsforecast's ``AutoETS`` / ``AutoTheta`` / ``AutoARIMA`` as local per-window models.
+    """statsforecast's ``AutoETS`` / ``AutoTheta`` / ``AutoARIMA`` / ``SeasonalNaive`` (GIFT-Eval's reference, with its Gaussian
+    prediction intervals from the in-sample seasonal residuals) as local per-window models.
 
     ``fit`` only records the settings (the models are local: nothing is learned across series).
     ``predict`` fits the model on each window's past and forecasts ``horizon`` steps with the
@@ -610,12 +611,12 @@ class StatsForecastBaseline:
         self._season: int | None = None
 
     def _make_model(self, season: int):
-        from statsforecast.models import AutoARIMA, AutoETS, AutoTheta
+        from statsforecast.models import AutoARIMA, AutoETS, AutoTheta, SeasonalNaive
 
         kwargs = dict(self.model_kwargs)
         if self.model == "autoarima":
             kwargs.setdefault("approximation", None)
-        cls = {"autoets": AutoETS, "autotheta": AutoTheta, "autoarima": AutoARIMA}[self.model]
+        cls = {"autoets": AutoETS, "autotheta": AutoTheta, "autoarima": AutoARIMA, "seasonalnaive": SeasonalNaive}[self.model]
         return cls(season_length=season, **kwargs)
 
     def fit(self, dataset: ForecastDataset) -> "StatsForecastBaseline":

@@ -16,7 +16,7 @@ from ebt_forecast.metrics import QUANTILE_LEVELS
 REPO = Path(__file__).resolve().parents[1]
 HORIZON = 24
 # small and fast: every forecast/benchmark call here uses one thread and a tiny model
-FAST = ["runtime.threads=1", "trainer.max_steps=20", "trainer.batch_size=16", "trainer.progress_bar=false",
+FAST = ["pretrained=null", "runtime.threads=1", "trainer.max_steps=20", "trainer.batch_size=16", "trainer.progress_bar=false",
         "model.dim=32", "model.depth=1", "task.val_windows=4", "task.verifier.pool_windows=8", "task.verifier.steps=5"]
 EXPECTED_COLUMNS = ["item_id", "timestamp", "mean", "0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "0.7", "0.8", "0.9"]
 
@@ -92,11 +92,11 @@ def test_forecast_on_etth1_writes_tidy_quantiles(etth1_csv, etth1_long, tmp_path
 
 
 def test_forecast_with_the_verifier_above_fast_forecasters(etth1_csv, etth1_long, tmp_path, capsys):
-    """By default the EBT verifies among its proposal, seasonal naive, AutoETS and AutoTheta;
+    """Trained on the file (pretrained=null), the EBT verifies among its proposal, seasonal naive, AutoETS and AutoTheta;
     task.verifier.enabled=false gives the EBT alone, a different forecast."""
     out_csv = tmp_path / "OUT.csv"
     code, out, err = run_main(capsys, "forecast", f"input={etth1_csv}", f"horizon={HORIZON}", "freq=h",
-                              f"output={out_csv}", *FAST)
+                              f"output={out_csv}", *FAST, "task.verifier.enabled=true")
     assert code == 0, err
     frame = check_forecast_file(out_csv, etth1_long)
     plain_csv = tmp_path / "PLAIN.csv"

@@ -396,7 +396,8 @@ def test_gluonts_estimator_trains_and_predicts_sample_forecasts():
 
     series = seasonal_series(2, 300, seed=5)
     dataset = series_to_gluonts(series, "h")
-    predictor = EBTEstimator(prediction_length=HORIZON, freq="h", config=small_config(max_steps=15)).train(dataset)
+    predictor = EBTEstimator(prediction_length=HORIZON, freq="h", config=small_config(max_steps=15),
+                             pretrained=None).train(dataset)
     assert isinstance(predictor, EBTPredictor)
     assert predictor.forecaster.train_steps == 15
 
@@ -562,7 +563,7 @@ def test_estimator_honours_num_samples_and_a_predictor_round_trips(tmp_path):
 
     series = seasonal_series(2, 300, seed=6)
     dataset = series_to_gluonts(series, "h")
-    predictor = EBTEstimator(prediction_length=HORIZON, freq="h", config=small_config(max_steps=8),
+    predictor = EBTEstimator(prediction_length=HORIZON, freq="h", config=small_config(max_steps=8), pretrained=None,
                              num_samples=13).train(dataset)
     before = list(predictor.predict(dataset))
     assert [f.samples.shape for f in before] == [(13, HORIZON)] * 2
@@ -576,7 +577,7 @@ def test_estimator_honours_num_samples_and_a_predictor_round_trips(tmp_path):
 
 
 def test_estimator_with_the_verifier_round_trips(tmp_path):
-    """The default estimator is the verifier above AutoETS / AutoTheta, as `forecast` runs it; its validation
+    """Trained per data set (pretrained=None), the estimator is the verifier above AutoETS / AutoTheta, as `forecast` runs it; its validation
     choice and taught energy survive serialize -> deserialize, and the loaded predictor forecasts identically."""
     from gluonts.model.predictor import Predictor
 
@@ -585,8 +586,8 @@ def test_estimator_with_the_verifier_round_trips(tmp_path):
     from ebt_forecast.tasks.forecast.sources import VerifierForecaster
 
     dataset = series_to_gluonts(seasonal_series(2, 300, seed=7), "h")
-    cfg = small_config(max_steps=8, task={"verifier": VerifierConfig(pool_windows=8, steps=5)})
-    predictor = EBTEstimator(prediction_length=HORIZON, freq="h", config=cfg).train(dataset)
+    cfg = small_config(max_steps=8, task={"verifier": VerifierConfig(enabled=True, pool_windows=8, steps=5)})
+    predictor = EBTEstimator(prediction_length=HORIZON, freq="h", config=cfg, pretrained=None).train(dataset)
     assert isinstance(predictor.forecaster, VerifierForecaster) and predictor.forecaster.verifier_choice
     before = list(predictor.predict(dataset))
     predictor.serialize(tmp_path / "verifier")

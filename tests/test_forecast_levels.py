@@ -89,7 +89,8 @@ def test_num_samples_is_honoured_both_ways_by_every_predictor(gluonts_data, mode
     from ebt_forecast.tasks.forecast import EBTEstimator
 
     cfg = small_config(max_steps=6, task={"verifier": VerifierConfig(enabled=verifier, pool_windows=8, steps=3)})
-    predictor = EBTEstimator(prediction_length=HORIZON, freq="h", config=cfg, mode=mode, num_samples=100).train(gluonts_data)
+    predictor = EBTEstimator(prediction_length=HORIZON, freq="h", config=cfg, mode=mode, num_samples=100,
+                             pretrained=None).train(gluonts_data)
     assert [f.samples.shape for f in predictor.predict(gluonts_data)] == [(100, HORIZON)] * 2
     forecasts = list(predictor.predict(gluonts_data, num_samples=37))
     assert [f.samples.shape for f in forecasts] == [(37, HORIZON)] * 2
@@ -110,7 +111,7 @@ def test_forecast_saves_a_predictor_once_and_forecasts_other_files_without_train
     frame.to_csv(first, index=False)
     frame.assign(target=frame.target * 2.0).to_csv(second, index=False)
     saved, trained_csv = tmp_path / "model", tmp_path / "trained.csv"
-    args = [f"horizon={HORIZON}", "freq=h", "task.verifier.enabled=false", *FAST]
+    args = [f"horizon={HORIZON}", "freq=h", "pretrained=null", "task.verifier.enabled=false", *FAST]
     assert main(["forecast", f"input={first}", f"save={saved}", f"output={trained_csv}", *args]) == 0
     assert (saved / "predictor.json").is_file() and (saved / "weights.pt").is_file()
 

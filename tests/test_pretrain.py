@@ -163,3 +163,33 @@ def test_pretraining_on_periodic_series_lowers_the_zero_shot_validation_loss(tmp
     val = pd.DataFrame(run.validation).query("dataset == 'm4_hourly'").set_index("step")
     assert list(val.index) == [0, 120]
     assert val.wql[120] < 0.5 * val.wql[0]
+
+
+def test_pretrain_killed_with_sigkill_resumes_from_its_last_checkpoint(tmp_path):
+    """kill -9 mid-run: the rerun starts at the last checkpoint's step (at most one interval lost), not at 0."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "killed"
+    args = [*TINY, f"runtime.output_dir={out}", "pretrain.val_every=0", "pretrain.schedule_steps=100000",
+            "pretrain.data.corpus_root=null", "pretrain.data.source_probs={corpus: 0, tsmixup: 0, kernelsynth: 1}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "ebt_forecast", "pretrain", *args, "trainer.max_steps=100000"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = out / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline:
+            if ckpt.exists() and torch.load(ckpt, weights_only=True)["global_step"] >= 6:
+                break
+            time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    saved = torch.load(ckpt, weights_only=True)["global_step"]  # whole: the checkpoint is written atomically
+    assert saved >= 6 and saved % 2 == 0  # checkpoint_every=2
+    run = run_pretrain(compose("pretrain", [*args, f"trainer.max_steps={saved + 2}"]))
+    assert (run.summary["start_step"], run.summary["end_step"]) == (saved, saved + 2)

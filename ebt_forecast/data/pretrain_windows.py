@@ -29,7 +29,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from ebt_forecast.data.corpus import DEFAULT_CACHE_BYTES, CorpusSampler
 from ebt_forecast.data.kernelsynth import iter_kernelsynth
 from ebt_forecast.data.tsmixup import tsmixup
-from ebt_forecast.data.windows import mean_abs_scale
+from ebt_forecast.data.windows import SCALINGS, context_scaling
 from ebt_forecast.errors import ConfigError, DataError
 
 SOURCES = ("corpus", "tsmixup", "kernelsynth")
@@ -63,9 +63,12 @@ class PretrainDataConfig:
     tsmixup_min_length: int = 128
     tsmixup_max_length: int = 2048
     min_scale: float = 1e-5
+    scaling: str = "mean"  # how a window is normalised from its context: mean (|x|) or standard (mean, std)
     seed: int = 0
 
     def validate(self) -> None:
+        if self.scaling not in SCALINGS:
+            raise ConfigError(f"pretrain data: scaling={self.scaling!r} is invalid: must be one of {', '.join(SCALINGS)}")
         """ConfigError naming the first bad key."""
         for key in ("min_context", "min_horizon", "kernelsynth_length", "kernelsynth_reuse", "kernelsynth_pool"):
             if getattr(self, key) < 1:
@@ -85,7 +88,8 @@ class PretrainDataConfig:
 
 
 def cut_window(values: np.ndarray, rng: np.random.Generator, min_context: int = 16, max_context: int = 512,
-               min_horizon: int = 1, max_horizon: int = 64, min_scale: float = 1e-5) -> dict[str, torch.Tensor] | None:
+               min_horizon: int = 1, max_horizon: int = 64, min_scale: float = 1e-5,
+               scaling: str = "mean") -> dict[str, torch.Tensor] | None:
     """One random (context, future) window of `values`, scaled and padded; None if either part is unobserved.
 
     The horizon is capped at half the series so a short series still gets as much context as future;
@@ -102,12 +106,12 @@ def cut_window(values: np.ndarray, rng: np.random.Generator, min_context: int = 
     ctx_obs, fut_obs = np.isfinite(ctx), np.isfinite(fut)
     if not ctx_obs.any() or not fut_obs.any():
         return None
-    scale = mean_abs_scale(ctx, min_scale)
+    loc, scale = context_scaling(ctx, scaling, min_scale)
     context, context_mask = np.zeros(max_context, np.float32), np.zeros(max_context, np.float32)
     future, future_mask = np.zeros(max_horizon, np.float32), np.zeros(max_horizon, np.float32)
-    context[max_context - len(ctx):] = np.where(ctx_obs, ctx / scale, 0.0)
+    context[max_context - len(ctx):] = np.where(ctx_obs, (ctx - loc) / scale, 0.0)
     context_mask[max_context - len(ctx):] = ctx_obs
-    future[:h] = np.where(fut_obs, fut / scale, 0.0)
+    future[:h] = np.where(fut_obs, (fut - loc) / scale, 0.0)
     future_mask[:h] = fut_obs
     return {
         "context": torch.from_numpy(context),
@@ -115,6 +119,7 @@ def cut_window(values: np.ndarray, rng: np.random.Generator, min_context: int = 
         "future": torch.from_numpy(future),
         "future_mask": torch.from_numpy(future_mask),
         "scale": torch.tensor(scale, dtype=torch.float32),
+        "loc": torch.tensor(loc, dtype=torch.float32),
         "context_length": torch.tensor(len(ctx), dtype=torch.int64),
         "horizon": torch.tensor(h, dtype=torch.int64),
     }
@@ -156,7 +161,7 @@ class PretrainWindowStream(IterableDataset):
         while count is None or produced < count:
             source = SOURCES[int(rng.choice(len(SOURCES), p=self.probs))]
             window = cut_window(draw(source), rng, cfg.min_context, cfg.max_context,
-                                cfg.min_horizon, cfg.max_horizon, cfg.min_scale)
+                                cfg.min_horizon, cfg.max_horizon, cfg.min_scale, cfg.scaling)
             if window is None:  # an all-gap context or future: draw again
                 failures += 1
                 if failures > 1000:

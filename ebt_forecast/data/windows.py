@@ -21,6 +21,24 @@ def mean_abs_scale(context: np.ndarray, min_scale: float = 1e-5) -> float:
     return max(scale, min_scale)
 
 
+SCALINGS = ("mean", "standard")
+
+
+def context_scaling(context: np.ndarray, scaling: str = "mean", min_scale: float = 1e-5) -> tuple[float, float]:
+    """(loc, scale) a window is normalised by, (x - loc) / scale, from its observed context: "mean" = (0, mean |x|)
+    (Chronos); "standard" = (mean, std), the std floored at 1% of mean |x| for flat contexts (the instance
+    normalisation of Chronos-Bolt and TiRex: a series with small moves on a large level keeps its moves)."""
+    if scaling == "mean":
+        return 0.0, mean_abs_scale(context, min_scale)
+    if scaling != "standard":
+        raise ValueError(f"scaling={scaling!r} is invalid: must be one of {', '.join(SCALINGS)}")
+    x = np.asarray(context, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return 0.0, 1.0
+    return float(x.mean()), max(float(x.std()), 0.01 * mean_abs_scale(x, min_scale), min_scale)
+
+
 def tail_windows(s: Series, horizon: int, num_windows: int) -> tuple[Series, list[TestWindow]]:
     """Cut `num_windows` non-overlapping windows of `horizon` from the end of `s` (expanding past)."""
     n = len(s.target)
@@ -59,9 +77,9 @@ def _pad_left(x: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
     return out, mask
 
 
-def _scaled(x: np.ndarray, mask: np.ndarray, scale: float) -> torch.Tensor:
-    """Divide by scale and zero the missing entries."""
-    return torch.from_numpy(np.where(mask, x / scale, 0.0).astype(np.float32))
+def _scaled(x: np.ndarray, mask: np.ndarray, scale: float, loc: float = 0.0) -> torch.Tensor:
+    """(x - loc) / scale with the missing entries zeroed."""
+    return torch.from_numpy(np.where(mask, (x - loc) / scale, 0.0).astype(np.float32))
 
 
 class TrainWindowDataset(Dataset):
@@ -75,10 +93,10 @@ class TrainWindowDataset(Dataset):
     """
 
     def __init__(self, series: list[Series], context_length: int, horizon: int,
-                 num_samples: int = 10_000, seed: int = 0, min_scale: float = 1e-5) -> None:
+                 num_samples: int = 10_000, seed: int = 0, min_scale: float = 1e-5, scaling: str = "mean") -> None:
         if context_length < 1 or horizon < 1 or num_samples < 1:
             raise DataError("context_length, horizon and num_samples must be >= 1")
-        self.context_length, self.horizon = context_length, horizon
+        self.context_length, self.horizon, self.scaling = context_length, horizon, scaling
         self.num_samples, self.seed, self.min_scale = num_samples, seed, min_scale
         self.targets: list[np.ndarray] = []
         self.ends: list[np.ndarray] = []  # valid exclusive window ends per kept series
@@ -120,35 +138,39 @@ class TrainWindowDataset(Dataset):
         ctx, ctx_mask = _pad_left(y[max(0, end - h - self.context_length):end - h], self.context_length)
         fut = y[end - h:end]
         fut_mask = np.isfinite(fut)
-        scale = mean_abs_scale(ctx, self.min_scale)
+        loc, scale = context_scaling(ctx, self.scaling, self.min_scale)
         return {
-            "context": _scaled(ctx, ctx_mask, scale),
+            "context": _scaled(ctx, ctx_mask, scale, loc),
             "context_mask": torch.from_numpy(ctx_mask.astype(np.float32)),
-            "future": _scaled(fut, fut_mask, scale),
+            "future": _scaled(fut, fut_mask, scale, loc),
             "future_mask": torch.from_numpy(fut_mask.astype(np.float32)),
             "scale": torch.tensor(scale, dtype=torch.float32),
+            "loc": torch.tensor(loc, dtype=torch.float32),
         }
 
 
-def make_inference_batch(pasts: list[np.ndarray], context_length: int,
-                         min_scale: float = 1e-5) -> dict[str, torch.Tensor]:
-    """Batch the last context_length points of each past: scaled, left-padded, masked tensors."""
+def make_inference_batch(pasts: list[np.ndarray], context_length: int, min_scale: float = 1e-5,
+                         scaling: str = "mean") -> dict[str, torch.Tensor]:
+    """Batch the last context_length points of each past: normalised ((x - loc) / scale), left-padded, masked
+    tensors; a model output y is y * scale + loc in data units."""
     if context_length < 1:
         raise DataError("context_length must be >= 1")
-    ctxs, masks, scales = [], [], []
+    ctxs, masks, scales, locs = [], [], [], []
     for past in pasts:
         ctx, mask = _pad_left(past, context_length)
-        scale = mean_abs_scale(ctx, min_scale)
-        ctxs.append(_scaled(ctx, mask, scale))
+        loc, scale = context_scaling(ctx, scaling, min_scale)
+        ctxs.append(_scaled(ctx, mask, scale, loc))
         masks.append(torch.from_numpy(mask.astype(np.float32)))
         scales.append(scale)
+        locs.append(loc)
     if not ctxs:
         empty = torch.zeros(0, context_length)
-        return {"context": empty, "context_mask": empty.clone(), "scale": torch.zeros(0)}
+        return {"context": empty, "context_mask": empty.clone(), "scale": torch.zeros(0), "loc": torch.zeros(0)}
     return {
         "context": torch.stack(ctxs),
         "context_mask": torch.stack(masks),
         "scale": torch.tensor(scales, dtype=torch.float32),
+        "loc": torch.tensor(locs, dtype=torch.float32),
     }
 
 

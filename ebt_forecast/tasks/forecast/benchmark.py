@@ -30,13 +30,16 @@ from ebt_forecast.tasks.forecast.config import ForecastAppConfig
 from ebt_forecast.tasks.forecast.diagnostics import verification_diagnostics
 from ebt_forecast.tasks.forecast.estimator import EBTPredictor
 from ebt_forecast.tasks.forecast.forecaster import EBTForecaster
+from ebt_forecast.tasks.forecast.pretrained import PretrainedForecaster
 from ebt_forecast.tasks.forecast.predictors import (HarnessEstimator, conventions_of, forecast_arrays, score_forecasts,
                                                     windows_dataset)
 from ebt_forecast.tasks.forecast.sources import choose, fast_forecasts, train_verifier, verifier_rows
 
 log = logging.getLogger(__name__)
 SEEDLESS = ("seasonal_naive", *STATSFORECAST_MODELS)  # deterministic: one cell whatever the seed
-MODELS = (*SEEDLESS, "transformer_pp", "transformer_pp+gaussian", "deepar", "patchtst", "ebt", "ebt_verifier")
+ZERO_SHOT = {"ebt_zero_shot": "ebt_1m", "twin_zero_shot": "twin_1m"}  # packaged pretrained models: nothing trained here
+MODELS = (*SEEDLESS, *ZERO_SHOT, "transformer_pp", "transformer_pp+gaussian", "deepar", "patchtst", "ebt",
+          "ebt_verifier")
 RELATIVE_METRICS = ("wql", "mase", "crps_scaled", "smape", "msis")
 SUITES = ("default", "shared", "etth1", "m4_hourly", "exchange_rate")
 
@@ -197,6 +200,9 @@ def estimator_for(dataset: ForecastDataset, model: str, app: ForecastAppConfig, 
         return HarnessEstimator(lambda: CachedSource(model, cache), conventions, FORECAST_LEVELS)
     if model == "seasonal_naive":
         return HarnessEstimator(lambda: SeasonalNaive(dataset.season_length), conventions)
+    if model in ZERO_SHOT:  # `pretrained=` replaces the packaged EBT (a `pretrain` run folder)
+        source = app.pretrained if model == "ebt_zero_shot" and app.pretrained else ZERO_SHOT[model]
+        return HarnessEstimator(lambda: PretrainedForecaster(source, cfg, name=model), conventions)
     if model == "transformer_pp":
         return HarnessEstimator(lambda: EBTForecaster(cfg, "feedforward"), conventions)
     if model == "transformer_pp+gaussian":

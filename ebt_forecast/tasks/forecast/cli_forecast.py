@@ -1,4 +1,5 @@
-"""The `forecast` command: fit on every series of a file and write quantiles of the next H steps."""
+"""The `forecast` command: forecast every series of a file with the pretrained EBT (zero-shot, or fine-tuned with
+`finetune=N`; `pretrained=null` trains one from scratch) and write quantiles of the next H steps."""
 from __future__ import annotations
 
 import shutil
@@ -15,6 +16,7 @@ from ebt_forecast.io import atomic_write_csv
 from ebt_forecast.metrics import QUANTILE_LEVELS, forecast_quantiles
 from ebt_forecast.tasks.forecast.estimator import EBTPredictor
 from ebt_forecast.tasks.forecast.forecaster import EBTForecaster
+from ebt_forecast.tasks.forecast.pretrained import PretrainedForecaster
 from ebt_forecast.tasks.forecast.sources import VerifierForecaster
 
 
@@ -71,11 +73,20 @@ def run_forecast(app) -> Path:
         raise DataError("forecast needs output=OUT.csv (or save=DIR to only train and save a predictor)")
     if app.predictor and app.save:
         raise DataError("predictor= loads a trained predictor and save= saves a new one: give one of them")
+    if app.finetune and not app.pretrained:
+        raise DataError(f"finetune={app.finetune} adapts a pretrained model, but pretrained=null: give pretrained= "
+                        "(a packaged model or a `pretrain` run folder) or drop finetune=")
     predictor = load_predictor(app) if app.predictor else None
     dataset = user_dataset(app)
     if predictor is None:
         cfg = app.forecaster()
-        forecaster = (VerifierForecaster(cfg) if cfg.task.verifier.enabled else EBTForecaster(cfg, "ebt")).fit(dataset)
+        if app.pretrained:  # zero-shot (or a short fine-tune): no training from scratch per call
+            forecaster = PretrainedForecaster(app.pretrained, cfg, finetune_steps=app.finetune)
+            forecaster = (VerifierForecaster(cfg, ebt=forecaster) if cfg.task.verifier.enabled else forecaster).fit(dataset)
+        elif cfg.task.verifier.enabled:
+            forecaster = VerifierForecaster(cfg).fit(dataset)
+        else:
+            forecaster = EBTForecaster(cfg, "ebt").fit(dataset)
         predictor = EBTPredictor(forecaster, dataset.horizon, dataset.freq)
         if app.save:
             save_predictor(predictor, Path(app.save))

@@ -53,10 +53,10 @@ class ForecastLossConfig:
 class VerifierConfig:
     """The EBT as a slow verifier above fast forecasters (tasks/forecast/sources.py)."""
 
-    enabled: bool = True  # `forecast` and EBTEstimator verify among the sources (false: the EBT alone, ~3x faster)
+    enabled: bool = False  # `forecast` and EBTEstimator verify among the sources (true: slower; statsforecast per window)
     fast_sources: list[str] = field(default_factory=lambda: ["autoets", "autotheta"])  # statsforecast models
     pool_windows: int = 256  # windows before the validation tail that teach the energy to rank the sources
-    steps: int = 200  # optimizer steps of that teaching
+    steps: int = 200  # optimizer steps of that teaching (0: the energy as trained or pretrained, zero-shot)
     out_of_fold: bool = True  # the verifier's EBT never trains on the pool windows (false: in-sample, as before)
 
     def held_out_windows(self) -> int:
@@ -120,7 +120,7 @@ class ForecasterConfig:
              bool(k.verifier.fast_sources) and set(k.verifier.fast_sources) <= set(STATSFORECAST_MODELS),
              f"a non-empty list of {', '.join(STATSFORECAST_MODELS)}"),
             ("task.verifier.pool_windows", k.verifier.pool_windows, k.verifier.pool_windows >= 1, ">= 1"),
-            ("task.verifier.steps", k.verifier.steps, k.verifier.steps >= 1, ">= 1"),
+            ("task.verifier.steps", k.verifier.steps, k.verifier.steps >= 0, ">= 0"),
         ]:
             if not ok:
                 raise ConfigError(f"{key}={value!r} is invalid: must be {allowed}")
@@ -204,6 +204,7 @@ class PretrainConfig:
     schedule_steps: int = 0  # length of the warm-up + cosine schedule (0 = trainer.max_steps); max_steps only says
     #                          where a call stops: a run resumes under any max_steps while the schedule stays the same
     num_workers: int = 0  # DataLoader processes drawing windows (each its own stream); 0 = in the training process
+    init_from: Optional[str] = None  # start from this run folder's weights.pt (the EBT's energy on the pretrained twin)
     data: PretrainDataConfig = field(default_factory=pretrain_data)  # synthetic only: pretrain.data.corpus_root=null
     #   'pretrain.data.source_probs={corpus: 0, tsmixup: 0, kernelsynth: 1}' (a dict override merges: name all three)
     val_every: int = 500  # validate every this many steps, at step 0 and at the end (0 = never)
@@ -257,6 +258,9 @@ class ForecastAppConfig(AppConfig):
     min_length: int = 0  # 0 = horizon + 1
     save: Optional[str] = None  # forecast: also save the trained predictor to this folder (GluonTS `serialize`)
     predictor: Optional[str] = None  # forecast: load a saved predictor from this folder instead of training
+    pretrained: Optional[str] = "ebt_1m"  # forecast: the pretrained EBT (a packaged name or a `pretrain` run folder),
+    #                                       zero-shot: no training per call; null = train an EBT from scratch on the file
+    finetune: int = 0  # forecast: adapt the pretrained EBT for this many steps on the file's windows first (0 = zero-shot)
     # pretrain
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 

@@ -25,6 +25,7 @@ from ebt_forecast.io import atomic_torch_save, atomic_write_text
 from ebt_forecast.tasks.forecast.config import ForecasterConfig
 from ebt_forecast.tasks.forecast.forecaster import EBTForecaster
 from ebt_forecast.tasks.forecast.module import ForecastModule
+from ebt_forecast.tasks.forecast.pretrained import PretrainedForecaster
 from ebt_forecast.tasks.forecast.sources import VerifierForecaster
 from ebt_forecast.think import InferenceSetting
 
@@ -71,9 +72,24 @@ class EBTPredictor(Predictor):
                 "season_length": f.season_length, "config": asdict(f.cfg),
                 "chosen": asdict(f.chosen), "validation_scores": f.validation_scores,
                 "train_seconds": self.forecaster.train_seconds, "train_steps": self.forecaster.train_steps,
-                "verifier_choice": verifier.verifier_choice if verifier else None}
+                "verifier_choice": verifier.verifier_choice if verifier else None,
+                "pretrained": isinstance(f, PretrainedForecaster)}
+        if isinstance(f, PretrainedForecaster):  # the pretrained model's own record: deserialize rebuilds it from here
+            atomic_write_text(path / "model.json", json.dumps(f.meta, indent=2))
         atomic_write_text(path / "predictor.json", json.dumps(meta, indent=2))
         atomic_torch_save(f.module.state_dict(), path / "weights.pt")
+
+    @classmethod
+    def from_pretrained(cls, model: str | Path | None = None, prediction_length: int = 24, freq: str = "h",
+                        config: ForecasterConfig | None = None, season_length: int | None = None,
+                        num_samples: int | None = None) -> "EBTPredictor":
+        """The pretrained EBT (a packaged model's name, default `ebt_1m`, or a `pretrain` run folder) as a predictor:
+        zero-shot, nothing trained. Horizons past the model's 64 steps roll on the median path."""
+        with quiet_pandas():
+            season = season_length or int(get_seasonality(freq))
+        forecaster = PretrainedForecaster(model, config).fit(ForecastDataset("gluonts", freq, prediction_length,
+                                                                             season, []))
+        return cls(forecaster, prediction_length, freq, num_samples)
 
     @classmethod
     def deserialize(cls, path: Path, **kwargs) -> "EBTPredictor":
@@ -84,15 +100,20 @@ class EBTPredictor(Predictor):
                             "written by EBTPredictor.serialize or `ebt-forecast forecast save=DIR`)")
         meta = json.loads((path / "predictor.json").read_text())
         cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ForecasterConfig), meta["config"]))
-        forecaster = EBTForecaster(cfg, meta["mode"], reserve_windows=meta.get("reserve_windows", 0))
+        if meta.get("pretrained"):  # model.json + weights.pt in the folder: the (fine-tuned) pretrained EBT
+            forecaster = PretrainedForecaster(path, cfg)
+            forecaster.fit(ForecastDataset("gluonts", meta["freq"], meta["prediction_length"], meta["season_length"],
+                                           []))
+        else:
+            forecaster = EBTForecaster(cfg, meta["mode"], reserve_windows=meta.get("reserve_windows", 0))
+            model_cfg = forecaster.model_config(meta["prediction_length"], meta["season_length"])
+            forecaster.module = ForecastModule(model_cfg, cfg.think, cfg.trainer, cfg.task, mode=meta["mode"])
+            forecaster.module.load_state_dict(torch.load(path / "weights.pt", weights_only=True))
+            forecaster.module.eval()
         forecaster.season_length = meta["season_length"]
         forecaster.chosen = InferenceSetting(**meta["chosen"])
         forecaster.validation_scores = meta["validation_scores"]
         forecaster.train_seconds, forecaster.train_steps = meta.get("train_seconds", 0.0), meta.get("train_steps", 0)
-        model_cfg = forecaster.model_config(meta["prediction_length"], meta["season_length"])
-        forecaster.module = ForecastModule(model_cfg, cfg.think, cfg.trainer, cfg.task, mode=meta["mode"])
-        forecaster.module.load_state_dict(torch.load(path / "weights.pt", weights_only=True))
-        forecaster.module.eval()
         if meta.get("verifier_choice"):  # the verifier composes that EBT with the fast forecasters fitted per window
             verifier = VerifierForecaster(cfg, ebt=forecaster)
             verifier.verifier_choice = meta["verifier_choice"]
@@ -104,9 +125,11 @@ class EBTPredictor(Predictor):
 
 
 class EBTEstimator:
-    """Trains the forecasting EBT (mode="ebt") or its feed-forward twin (mode="feedforward") on a GluonTS dataset.
+    """The pretrained EBT zero-shot (`pretrained`, default the packaged `ebt_1m`; `finetune_steps` > 0 adapts it to
+    the training data first), or with `pretrained=None` the forecasting EBT (mode="ebt") or its feed-forward twin
+    (mode="feedforward") trained from scratch on a GluonTS dataset.
 
-    With `config.task.verifier.enabled` (the default) the EBT is the verifier above AutoETS / AutoTheta,
+    With `config.task.verifier.enabled` (default false) the EBT is the verifier above AutoETS / AutoTheta,
     exactly as the `forecast` command runs it; false gives the EBT alone.
 
     `num_samples` sample paths per forecast (level paths at the stratified levels (j + 0.5) / S, from every
@@ -115,8 +138,10 @@ class EBTEstimator:
     """
 
     def __init__(self, prediction_length: int, freq: str, config: ForecasterConfig | None = None,
-                 mode: str = "ebt", season_length: int | None = None, num_samples: int | None = None):
+                 mode: str = "ebt", season_length: int | None = None, num_samples: int | None = None,
+                 pretrained: str | Path | None = "ebt_1m", finetune_steps: int = 0):
         self.prediction_length, self.freq, self.mode = prediction_length, freq, mode
+        self.pretrained, self.finetune_steps = pretrained, finetune_steps
         self.config = config or ForecasterConfig()
         if num_samples is not None and num_samples < 1:
             raise ValueError(f"num_samples={num_samples} is invalid: must be >= 1")
@@ -129,6 +154,11 @@ class EBTEstimator:
         """Fit on every series of training_data (validation is cut from its end); return the predictor."""
         series = gluonts_to_series(training_data, self.freq)
         dataset = ForecastDataset("gluonts", self.freq, self.prediction_length, self.season_length, series)
+        if self.pretrained is not None:
+            forecaster = PretrainedForecaster(self.pretrained, self.config, self.finetune_steps)
+            if self.config.task.verifier.enabled:  # its energy verifies among its own and the fast sources' paths
+                forecaster = VerifierForecaster(self.config, ebt=forecaster)
+            return EBTPredictor(forecaster.fit(dataset), self.prediction_length, self.freq, self.num_samples)
         verify = self.mode == "ebt" and self.config.task.verifier.enabled
         forecaster = (VerifierForecaster(self.config) if verify else EBTForecaster(self.config, self.mode)).fit(dataset)
         return EBTPredictor(forecaster, self.prediction_length, self.freq, self.num_samples)

@@ -121,7 +121,7 @@ class EBTForecaster:
         L.seed_everything(self.cfg.seed, workers=True, verbose=False)  # the weights' initialisation too
         self.module = ForecastModule(model_cfg, self.cfg.think, t, self.cfg.task, mode=self.mode)
         data = TrainWindowDataset(train, model_cfg.context_length, dataset.horizon,
-                                  num_samples=t.max_steps * t.batch_size, seed=self.cfg.seed)
+                                  num_samples=t.max_steps * t.batch_size, seed=self.cfg.seed, scaling=model_cfg.scaling)
         # fit_module refuses a checkpoint of another schedule and names the setting that changed (max_steps, ...)
         run = {**self.cfg.trainer.settings(), "max_steps": None}
         key = config_key(self.cfg.model, self.cfg.think, self.cfg.task, run, self.cfg.seed, model_cfg, self.mode,
@@ -178,19 +178,23 @@ class EBTForecaster:
         parts: dict[str, list[np.ndarray]] = {}
         passes = np.zeros(3, dtype=np.int64)
         for start in range(0, len(windows), batch_size):
-            batch = make_inference_batch([w.past for w in windows[start:start + batch_size]], context_length)
-            scale = batch["scale"].view(-1, 1, 1)
+            batch = make_inference_batch([w.past for w in windows[start:start + batch_size]], context_length,
+                                         scaling=self.module.model.cfg.scaling)
+            scale, loc = batch["scale"].view(-1, 1, 1), batch["loc"].view(-1, 1, 1)
             if extra_starts is not None:
                 extra = torch.from_numpy(np.asarray(extra_starts[start:start + batch_size], dtype=np.float32))
-                batch["extra_starts"] = extra / scale.unsqueeze(-1)
+                batch["extra_starts"] = (extra - loc.unsqueeze(-1)) / scale.unsqueeze(-1)
             thought = self.module.infer(batch, num_candidates=m, group=group, steps=setting.steps, final_energy=final_energy,
                                         selection=setting.selection, generator=generator, temperature=temperature,
                                         policy=policy)
-            for name, value, unit in [("samples", thought.samples, scale), ("proposals", thought.proposals, scale),
-                                      ("candidates", thought.grouped, scale.unsqueeze(-1)),
-                                      ("energies", thought.energies, None), ("path", thought.path, scale.unsqueeze(-1)),
-                                      ("path_energies", thought.path_energies, None)]:
-                parts.setdefault(name, []).append((value * unit if unit is not None else value).detach().numpy())
+            paths = {"samples": (scale, loc), "proposals": (scale, loc), "candidates": (scale[..., None], loc[..., None]),
+                     "path": (scale[..., None], loc[..., None])}  # data units: y * scale + loc
+            for name, value in [("samples", thought.samples), ("proposals", thought.proposals),
+                                ("candidates", thought.grouped), ("energies", thought.energies), ("path", thought.path),
+                                ("path_energies", thought.path_energies)]:
+                if name in paths:
+                    value = value * paths[name][0] + paths[name][1]
+                parts.setdefault(name, []).append(value.detach().numpy())
             if thought.record is not None:
                 r = thought.record
                 passes += (r.forward_passes, r.backward_passes, int(r.nonfinite.sum()))

@@ -38,6 +38,7 @@ class ForecastModelConfig:
     energy_init: str = "zero"  # the energy head's weights: "zero" (thinking starts as the identity) or "xavier" (the
     #                            reference's: dE/dy is not zero at the start, so refinement trains the backbone at once)
     step_embeddings: int = 0  # > 0: one learned landscape per thinking step (a step vector added to every horizon token)
+    scaling: str = "mean"  # how windows are normalised (data/windows.context_scaling): mean |x|, or standard (mean, std)
 
     @property
     def context_patches(self) -> int:

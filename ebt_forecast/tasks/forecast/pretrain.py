@@ -105,7 +105,8 @@ def model_config(app: ForecastAppConfig) -> ForecastModelConfig:
     p, think = app.pretrain, app.think
     return ForecastModelConfig(p.data.max_context, p.data.max_horizon, p.patch_len, app.model,
                                season_length=p.season_length, energy_init=app.task.energy_init,
-                               step_embeddings=think.train_steps if think.step_embedding else 0)
+                               step_embeddings=think.train_steps if think.step_embedding else 0,
+                               scaling=p.data.scaling)
 
 
 def count_parameters(module: torch.nn.Module) -> int:
@@ -182,13 +183,14 @@ def proposal_quantiles(module: ForecastModule, pasts: list[np.ndarray], horizon:
     param = next(model.parameters())
     out = []
     for start in range(0, len(pasts), batch_size):
-        batch = make_inference_batch(pasts[start:start + batch_size], model.cfg.context_length)
+        batch = make_inference_batch(pasts[start:start + batch_size], model.cfg.context_length,
+                                     scaling=model.cfg.scaling)
         context = batch["context"].to(param.device, param.dtype)
         mask = batch["context_mask"].to(param.device, param.dtype)
         cache = model.encode(context, mask)
         levels = inference_levels(len(FORECAST_LEVELS), len(context), param.device).to(param.dtype)
         paths = model.propose(cache, levels)[..., :horizon].float().cpu()
-        out.append((paths * batch["scale"].view(-1, 1, 1)).numpy())
+        out.append((paths * batch["scale"].view(-1, 1, 1) + batch["loc"].view(-1, 1, 1)).numpy())
     return np.concatenate(out)
 
 
@@ -339,7 +341,7 @@ def run_settings(app: ForecastAppConfig) -> dict[str, Any]:
     schedule's length is recorded as `pretrain.schedule_steps` (0 resolved to max_steps)."""
     p, t = app.pretrain, app.trainer
     trainer = {k: v for k, v in t.settings().items() if k != "max_steps"}
-    pretrain = {"mode": p.mode, "patch_len": p.patch_len, "season_length": p.season_length,
+    pretrain = {"mode": p.mode, "patch_len": p.patch_len, "season_length": p.season_length, "init_from": p.init_from,
                 "schedule_steps": p.schedule_steps or t.max_steps, "data": asdict(p.data)}
     task = {"init": app.task.init, "energy_init": app.task.energy_init, "loss": asdict(app.task.loss)}
     return _flat({"model": asdict(app.model), "think": asdict(app.think), "task": task, "trainer": trainer,
@@ -383,6 +385,21 @@ def model_record(app: ForecastAppConfig, module: ForecastModule, steps: int) -> 
     }
 
 
+def init_weights(module: ForecastModule, folder: Path) -> None:
+    """Start from another run's weights.pt (weights_only; the same model sizes, every tensor matched by name)."""
+    path = folder / "weights.pt"
+    if not path.is_file():
+        raise ConfigError(f"pretrain.init_from={str(folder)!r}: {path} not found (a run folder of `ebt-forecast "
+                          "pretrain` holds weights.pt)")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    own = module.state_dict()
+    wrong = [k for k in own if k not in state or state[k].shape != own[k].shape]
+    if wrong:
+        raise ConfigError(f"pretrain.init_from={str(folder)!r}: its weights do not fit this model ({wrong[0]!r} "
+                          "missing or of another shape): pass the same model.* sizes and pretrain.data windows")
+    module.load_state_dict(state)
+
+
 def _structured(cls: type, values: dict) -> Any:
     """A dataclass (nested ones included) from a dict, type-checked by OmegaConf: a wrong key or type names it."""
     return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), values))
@@ -403,6 +420,26 @@ def load_pretrained(folder: str | Path, map_location: str | torch.device = "cpu"
                             _structured(ForecastTaskConfig, meta["task"]), mode=meta["mode"])
     module.load_state_dict(torch.load(weights_path, map_location=map_location, weights_only=True))
     return module.to(map_location).eval()
+
+
+def export_checkpoint(folder: str | Path, checkpoint: str | Path | None = None, out: str | Path | None = None) -> Path:
+    """weights.pt + model.json of a run's Lightning checkpoint (default checkpoints/last.ckpt), e.g. while it still
+    trains; written into `out` (default the run folder). The run's config.yaml gives the settings."""
+    folder = Path(folder)
+    ckpt = Path(checkpoint) if checkpoint else folder / "checkpoints" / "last.ckpt"
+    config = folder / "config.yaml"
+    for path in (ckpt, config):
+        if not path.is_file():
+            raise DataError(f"export: {path} not found (a run folder of `ebt-forecast pretrain`)")
+    app = _structured(ForecastAppConfig, OmegaConf.to_container(OmegaConf.load(config)))
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    module = ForecastModule(model_config(app), app.think, app.trainer, app.task, mode=app.pretrain.mode)
+    module.load_state_dict(state["state_dict"])
+    target = Path(out) if out else folder
+    target.mkdir(parents=True, exist_ok=True)
+    atomic_torch_save({k: v.detach().cpu() for k, v in module.state_dict().items()}, target / "weights.pt")
+    atomic_write_json(target / "model.json", model_record(app, module, int(state["global_step"])))
+    return target
 
 
 @dataclass
@@ -431,6 +468,8 @@ def run_pretrain(app: ForecastAppConfig) -> PretrainRun:
                            p.data.max_horizon, p.val_seed) if p.val_every else []
     L.seed_everything(app.seed, workers=True, verbose=False)
     module = PretrainModule(model_config(app), app.think, t, app.task, mode=p.mode, schedule_steps=p.schedule_steps)
+    if p.init_from and resume is None:  # e.g. the EBT's energy taught on top of the pretrained System 1 (the twin)
+        init_weights(module, Path(p.init_from))
     validation = ZeroShotValidation(sets, p.val_every, out / "validation.csv")
     throughput = Throughput(validation=validation)
     callbacks: list[Callback] = [validation, throughput, ModelCheckpoint(

@@ -90,8 +90,8 @@ def fast_starts(dataset: ForecastDataset, fast: list[str], windows: list[TestWin
 def think_over_sources(ebt: EBTForecaster, windows: list[TestWindow], extra: np.ndarray, steps: int):
     """The EBT's own starts and the fast forecasters' paths `extra` (N, M, S, H) as starts, thought about for
     `steps`; M level paths at the same levels as the sources'."""
-    return EBTForecaster.predict(ebt, windows, steps=steps, selection="verified", verify_group=len(OWN_SOURCES),
-                                 num_candidates=extra.shape[1], extra_starts=extra)
+    return ebt.predict(windows, steps=steps, selection="verified", verify_group=len(OWN_SOURCES),
+                       num_candidates=extra.shape[1], extra_starts=extra)
 
 
 def verifier_rows(ebt: EBTForecaster, dataset: ForecastDataset, fast: list[str], sets: dict[str, list[TestWindow]],
@@ -206,12 +206,16 @@ def train_verifier(ebt: EBTForecaster, dataset: ForecastDataset, fast: list[str]
     extra = fast_starts(dataset, fast, pool, cache, twin, context)
     starts = ebt.predict(pool, steps=0, selection="verified", verify_group=len(OWN_SOURCES), num_candidates=LEVELS,
                          extra_starts=extra).candidates  # (N, M, G, H), data units
-    batch = make_inference_batch([w.past for w in pool], ebt.module.model.cfg.context_length)
-    scale = batch["scale"].view(-1, 1)
+    model = ebt.module.model.cfg
+    batch = make_inference_batch([w.past for w in pool], model.context_length, scaling=model.scaling)
+    scale, loc = batch["scale"].view(-1, 1), batch["loc"].view(-1, 1)
     futures = np.stack([w.future for w in pool])
+    pad = model.horizon - futures.shape[-1]  # a pretrained model reads its own horizon: the rest is masked out
+    starts = np.pad(starts, [(0, 0)] * 3 + [(0, pad)], mode="edge")
+    futures = np.pad(futures, [(0, 0), (0, pad)], constant_values=np.nan)
     tensors = {"context": batch["context"], "context_mask": batch["context_mask"],
-               "starts": torch.from_numpy(starts.astype(np.float32)) / scale.view(-1, 1, 1, 1),
-               "future": torch.from_numpy(np.nan_to_num(futures).astype(np.float32)) / scale,
+               "starts": (torch.from_numpy(starts.astype(np.float32)) - loc.view(-1, 1, 1, 1)) / scale.view(-1, 1, 1, 1),
+               "future": (torch.from_numpy(np.nan_to_num(futures).astype(np.float32)) - loc) / scale,
                "future_mask": torch.from_numpy(np.isfinite(futures).astype(np.float32))}
     trainer = replace(ebt.cfg.trainer, max_steps=steps, batch_size=batch_size, lr=lr, checkpoint_dir=None, progress_bar=False)
     ranking = SourceRanking(ebt.module, lr, ebt.cfg.task.loss.rank_temperature)
@@ -245,7 +249,9 @@ class VerifierForecaster:
         v = self.cfg.task.verifier
         self.ebt.fit(dataset)
         self.dataset = dataset
-        report = train_verifier(self.ebt, dataset, self.sources, self.cache, windows=v.pool_windows, steps=v.steps)
+        report = {"train_seconds": 0.0, "train_steps": 0}  # task.verifier.steps=0: the energy as it came (pretrained)
+        if v.steps:
+            report = train_verifier(self.ebt, dataset, self.sources, self.cache, windows=v.pool_windows, steps=v.steps)
         self.train_seconds = self.ebt.train_seconds + report["train_seconds"]
         self.train_steps = self.ebt.train_steps + report["train_steps"]
         rows, self.verifier_diagnostics = verifier_rows(self.ebt, dataset, self.sources, {"val": self.ebt.val_windows},

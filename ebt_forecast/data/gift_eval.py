@@ -1,0 +1,70 @@
+"""GIFT-Eval's protocol on the project's zero-shot suite (ETTh1, M4 Hourly, exchange_rate).
+
+The rules (`src/gift_eval/data.py` of the GIFT-Eval repository, REFERENCE.md):
+
+    horizon H       from the frequency: H 48, D / B 30, W 8, M 12 (M4 sets: H 48); medium = 10 H, long = 15 H
+    test windows    min(max(1, ceil(0.1 * shortest series / H)), 20); M4 sets one window
+    test part       the last windows x H points of every series, cut into non-overlapping windows
+    multivariate    split per variate (ETTh1: 7 series)
+    season (MASE)   gluonts get_seasonality(freq): H 24, B 5, D 1
+
+`load_gift_config("etth1/H/long", root)` -> a ForecastDataset whose train series end where the test part
+starts and whose test windows carry the full past before each window (GIFT-Eval's rolling evaluation).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from ebt_forecast.data.frames import frame_to_series, load_long_frame
+from ebt_forecast.data.loaders import _file, _tail_task, load_exchange_rate, load_m4_hourly
+from ebt_forecast.data.types import ForecastDataset
+from ebt_forecast.errors import DataError
+
+BASE_HORIZONS = {"H": 48, "D": 30, "B": 30, "W": 8, "M": 12}
+TERMS = {"short": 1, "medium": 10, "long": 15}
+# the configs of the zero-shot suite: GIFT-Eval runs ETTh1 at all three terms, M4 Hourly and exchange_rate short
+GIFT_SUITE: tuple[str, ...] = ("m4_hourly/H/short", "etth1/H/short", "etth1/H/medium", "etth1/H/long",
+                               "exchange_rate/B/short")
+
+
+def gift_horizon(freq: str, term: str) -> int:
+    """H of a frequency at a term (short / medium / long)."""
+    if freq not in BASE_HORIZONS:
+        raise DataError(f"GIFT-Eval: no horizon for frequency {freq!r}; known: {', '.join(BASE_HORIZONS)}")
+    if term not in TERMS:
+        raise DataError(f"GIFT-Eval: term {term!r} is invalid: must be one of {', '.join(TERMS)}")
+    return BASE_HORIZONS[freq] * TERMS[term]
+
+
+def gift_windows(shortest: int, horizon: int) -> int:
+    """Test windows per series: min(max(1, ceil(0.1 * shortest / H)), 20)."""
+    return min(max(1, math.ceil(0.1 * shortest / horizon)), 20)
+
+
+def _etth1_full(root: str | Path) -> list:
+    path = _file(root, "ett", "ETTh1.csv")
+    return frame_to_series(load_long_frame(path, time_col="date", layout="wide", freq="h"), "h")
+
+
+def load_gift_config(config: str, root: str | Path) -> ForecastDataset:
+    """One GIFT-Eval configuration of the suite, `name/freq/term` (GIFT_SUITE), read from `root`."""
+    try:
+        name, freq, term = config.split("/")
+    except ValueError:
+        raise DataError(f"GIFT-Eval config {config!r} is invalid: must be name/freq/term, one of "
+                        f"{', '.join(GIFT_SUITE)}") from None
+    if config not in GIFT_SUITE:
+        raise DataError(f"GIFT-Eval config {config!r} is not in the suite: one of {', '.join(GIFT_SUITE)}")
+    h = gift_horizon(freq, term)
+    if name == "m4_hourly":
+        dataset = load_m4_hourly(root, horizon=h)  # the official test: one window of 48
+    elif name == "etth1":
+        full = _etth1_full(root)
+        dataset = _tail_task(name, "h", h, 24, full, gift_windows(min(len(s) for s in full), h))
+    else:
+        probe = load_exchange_rate(root, horizon=h, num_windows=1)
+        shortest = min(len(s) for s in probe.train) + h
+        dataset = load_exchange_rate(root, horizon=h, num_windows=gift_windows(shortest, h))
+    dataset.name = config
+    return dataset

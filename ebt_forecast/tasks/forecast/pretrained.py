@@ -1,0 +1,171 @@
+"""The pretrained patch EBT as a forecaster: zero-shot by default, `finetune_steps` to adapt it to a data set.
+
+    PretrainedForecaster()                    the model shipped in the package (ebt_forecast/pretrained/ebt_1m)
+    PretrainedForecaster("results/pretrain")  a run folder of `ebt-forecast pretrain` (model.json + weights.pt)
+    .fit(dataset)                             zero-shot: records the horizon and season, no training; with
+                                              finetune_steps > 0, trains that many steps on the data set's windows
+    .predict(windows)                         EBTForecaster.predict on the pretrained module, cut to the horizon;
+                                              horizons past the model's (64) roll: each chunk's median path joins
+                                              the context of the next chunk (as Chronos and TimesFM roll)
+
+The model sees the last `context_length` (512) points of each window, scaled by their mean |x|: one model for
+every frequency. The seasonal-naive thinking start uses the data set's season.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ebt_forecast.data.types import ForecastDataset, Series, TestWindow
+from ebt_forecast.data.windows import TrainWindowDataset
+from ebt_forecast.errors import ConfigError, DataError
+from ebt_forecast.tasks.base import TrainerConfig, config_key, fit_module
+from ebt_forecast.tasks.forecast.config import ForecasterConfig
+from ebt_forecast.tasks.forecast.forecaster import EBTForecaster, ThoughtForecast
+from ebt_forecast.tasks.forecast.pretrain import load_pretrained
+from ebt_forecast.think import InferenceSetting
+
+PACKAGED_DIR = Path(__file__).resolve().parents[2] / "pretrained"  # ebt_forecast/pretrained/<name>/
+DEFAULT_MODEL = "ebt_1m"
+
+
+def packaged_models() -> list[str]:
+    """Names of the pretrained models shipped inside the package."""
+    return sorted(p.name for p in PACKAGED_DIR.glob("*") if (p / "model.json").is_file())
+
+
+def pretrained_folder(model: str | Path | None = None) -> Path:
+    """The folder of a pretrained model: a path to a run folder, or the name of a packaged model (None: the
+    default); DataError names what is missing."""
+    if model is None or str(model) in packaged_models() or str(model) == DEFAULT_MODEL:
+        folder = PACKAGED_DIR / str(model or DEFAULT_MODEL)
+    else:
+        folder = Path(model)
+    if not (folder / "model.json").is_file() or not (folder / "weights.pt").is_file():
+        shipped = ", ".join(packaged_models()) or "none"
+        raise DataError(f"pretrained model {str(model or DEFAULT_MODEL)!r}: {folder} has no model.json + weights.pt "
+                        f"(give a run folder of `ebt-forecast pretrain` or a packaged model: {shipped})")
+    return folder
+
+
+class PaddedHorizon(Dataset):
+    """Training windows whose future (H <= the model's horizon) is right-padded to the model's horizon with mask 0,
+    as the pretraining stream pads them."""
+
+    def __init__(self, windows: TrainWindowDataset, horizon: int):
+        self.windows, self.horizon = windows, horizon
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, idx: int) -> dict[str, torch.Tensor]:
+        item = dict(self.windows[idx])
+        pad = self.horizon - item["future"].shape[-1]
+        for key in ("future", "future_mask"):
+            item[key] = torch.nn.functional.pad(item[key], (0, pad))
+        return item
+
+
+class PretrainedForecaster(EBTForecaster):
+    """EBTForecaster whose module comes pretrained: no training per call unless `finetune_steps` > 0."""
+
+    def __init__(self, model: str | Path | None = None, cfg: ForecasterConfig | None = None,
+                 finetune_steps: int = 0, finetune: TrainerConfig | None = None, name: str | None = None):
+        if finetune_steps < 0:
+            raise ConfigError(f"finetune={finetune_steps} is invalid: must be >= 0 steps")
+        self.folder = pretrained_folder(model)
+        module = load_pretrained(self.folder)
+        self.meta = json.loads((self.folder / "model.json").read_text())
+        base = cfg or ForecasterConfig()
+        # inference follows the pretrained model's own thinking and task settings; `cfg` chooses selection etc.
+        cfg = replace(base, model=module.model.cfg.backbone, think=module.think_cfg,
+                      task=replace(module.task_cfg, selection=base.task.selection,
+                                   num_candidates=base.task.num_candidates, verify_group=base.task.verify_group,
+                                   verifier=base.task.verifier))
+        default_name = "ebt_zero_shot" if not finetune_steps else f"ebt_finetune{finetune_steps}"
+        super().__init__(cfg, module.mode, name=name or default_name)
+        self.module = module
+        self.finetune_steps = finetune_steps
+        self.finetune_cfg = finetune or TrainerConfig(max_steps=finetune_steps, batch_size=32, lr=1e-4,
+                                                      warmup_steps=0, progress_bar=False)
+        self.horizon: int | None = None
+        self._pristine = copy.deepcopy(module.state_dict()) if finetune_steps else None
+
+    @property
+    def model_horizon(self) -> int:
+        return self.module.model.cfg.horizon
+
+    def fit(self, dataset: ForecastDataset) -> "PretrainedForecaster":
+        """Zero-shot: record the data set's horizon and season (the seasonal-naive start's period); fine-tune when
+        asked (from the pretrained weights every call); choose thinking on the validation tail when
+        task.selection=auto."""
+        self.horizon, self.season_length = dataset.horizon, dataset.season_length
+        self.module.model.cfg = replace(self.module.model.cfg, season_length=dataset.season_length)
+        auto = self.cfg.task.selection == "auto" and bool(dataset.train)  # no series (from_pretrained): proposals
+        # the validation tail: where thinking (selection=auto) and the verifier choose; fine-tuning never sees it
+        train, self.val_windows = self.split(dataset) if dataset.train else ([], [])
+        if self.finetune_steps:
+            self.module.load_state_dict(self._pristine)
+            self._finetune(train, dataset)
+        self.module.eval()
+        self.chosen = self._choose_on_validation() if auto else InferenceSetting(self.cfg.think.infer_steps, "proposal")
+        return self
+
+    def _finetune(self, train: list[Series], dataset: ForecastDataset) -> None:
+        t = replace(self.finetune_cfg, max_steps=self.finetune_steps)
+        model = self.module.model.cfg
+        windows = TrainWindowDataset(train, model.context_length, min(dataset.horizon, model.horizon),
+                                     num_samples=t.max_steps * t.batch_size, seed=self.cfg.seed, scaling=model.scaling)
+        self.module.optim_cfg = t
+        self.module.train()  # fit() left it in eval mode
+        key = config_key(self.cfg.think, self.cfg.task, t.settings(), self.cfg.seed, str(self.folder), dataset.name,
+                         [len(s) for s in train])
+        report = fit_module(self.module, PaddedHorizon(windows, model.horizon), t, self.cfg.seed, run_key=key)
+        self.train_seconds, self.train_steps = report.seconds, report.steps
+
+    def predict(self, windows: list[TestWindow], dataset: ForecastDataset | None = None, **kwargs) -> ThoughtForecast:
+        """EBTForecaster.predict cut to the horizon; past the model's horizon, chunks roll on their median path."""
+        horizon = dataset.horizon if dataset is not None else self.horizon
+        if horizon is None:
+            raise DataError("PretrainedForecaster.predict: call fit(dataset) first, or pass dataset= (the horizon)")
+        pasts = [np.asarray(w.past, dtype=np.float32) for w in windows]
+        extra = kwargs.get("extra_starts")
+        if extra is not None:  # other forecasters' paths as starts (the verifier): padded to the model's horizon
+            if horizon > self.model_horizon:
+                raise DataError(f"the verifier over fast sources reads one pass of the pretrained model: horizon "
+                                f"{horizon} must be <= {self.model_horizon} (or task.verifier.enabled=false)")
+            pad = self.model_horizon - extra.shape[-1]
+            kwargs["extra_starts"] = np.pad(extra, [(0, 0)] * (extra.ndim - 1) + [(0, pad)], mode="edge")
+        chunks: list[ThoughtForecast] = []
+        done = 0
+        while done < horizon:
+            take = min(self.model_horizon, horizon - done)
+            empty = np.full(self.model_horizon, np.nan, dtype=np.float32)
+            out = super().predict([TestWindow(w.item_id, w.start, p, empty) for w, p in zip(windows, pasts)], **kwargs)
+            chunks.append(_cut(out, take))
+            done += take
+            if done < horizon:
+                median = np.median(out.samples[..., :take], axis=1)
+                pasts = [np.concatenate([p, m]).astype(np.float32) for p, m in zip(pasts, median)]
+        return chunks[0] if len(chunks) == 1 else _join(chunks)
+
+
+def _cut(out: ThoughtForecast, take: int) -> ThoughtForecast:
+    """The first `take` steps of every path of a forecast."""
+    return replace(out, samples=out.samples[..., :take], proposals=out.proposals[..., :take],
+                   candidates=out.candidates[..., :take], path=out.path[..., :take])
+
+
+def _join(chunks: list[ThoughtForecast]) -> ThoughtForecast:
+    """Rolled chunks as one forecast: paths joined along the horizon, energies of the first chunk, passes summed."""
+    first = chunks[0]
+    joined = {k: np.concatenate([getattr(c, k) for c in chunks], axis=-1)
+              for k in ("samples", "proposals", "candidates", "path")}
+    return replace(first, **joined, forward_passes=sum(c.forward_passes for c in chunks),
+                   backward_passes=sum(c.backward_passes for c in chunks), nonfinite=sum(c.nonfinite for c in chunks))
