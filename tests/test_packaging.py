@@ -118,3 +118,12 @@ def test_a_missing_config_package_is_a_loud_error(monkeypatch):
             config.compose("benchmark", [])
     finally:
         config.config_dir.cache_clear()
+
+
+def test_installed_wheel_carries_the_pretrained_models(installed):
+    """The weights `forecast` serves by default ship inside the wheel, byte for byte."""
+    for name in ("ebt_1m", "twin_1m"):
+        for file in ("model.json", "weights.pt"):
+            shipped = installed / "ebt_forecast" / "pretrained" / name / file
+            assert shipped.is_file(), shipped
+            assert shipped.read_bytes() == (REPO / "ebt_forecast" / "pretrained" / name / file).read_bytes()

@@ -193,3 +193,27 @@ def test_pretrain_killed_with_sigkill_resumes_from_its_last_checkpoint(tmp_path)
     assert saved >= 6 and saved % 2 == 0  # checkpoint_every=2
     run = run_pretrain(compose("pretrain", [*args, f"trainer.max_steps={saved + 2}"]))
     assert (run.summary["start_step"], run.summary["end_step"]) == (saved, saved + 2)
+
+
+def test_energy_phase_on_the_twin_keeps_its_proposals_and_teaches_the_energy(tmp_path):
+    """pretrain.init_from=<twin> pretrain.train=energy: the EBT starts from the twin's weights, only the energy's own
+    parameters move (the proposals stay the twin's exactly), and the energy head leaves zero."""
+    synthetic = ["pretrain.data.corpus_root=null", "pretrain.data.source_probs={corpus: 0, tsmixup: 0, kernelsynth: 1}",
+                 "pretrain.val_every=0", "pretrain.data.scaling=standard"]
+    twin_dir, ebt_dir = tmp_path / "twin", tmp_path / "ebt"
+    assert main(["pretrain", *TINY, *synthetic, f"runtime.output_dir={twin_dir}", "pretrain.mode=feedforward",
+                 "trainer.max_steps=3"]) == 0
+    assert main(["pretrain", *TINY, *synthetic, f"runtime.output_dir={ebt_dir}", f"pretrain.init_from={twin_dir}",
+                 "pretrain.train=energy", "trainer.max_steps=3"]) == 0
+    twin, ebt = load_pretrained(twin_dir), load_pretrained(ebt_dir)
+    assert ebt.mode == "ebt" and ebt.model.cfg.scaling == "standard"
+    assert json.loads((ebt_dir / "model.json").read_text())["parameters"] >= json.loads(
+        (twin_dir / "model.json").read_text())["parameters"]  # the size, frozen parts included
+    torch.testing.assert_close(forward(ebt)[0], forward(twin)[0], rtol=0, atol=0)  # the same proposals
+    assert torch.count_nonzero(ebt.model.energy_head.proj.weight) > 0  # the energy learned
+    moved = {k for k, v in ebt.state_dict().items() if not torch.equal(v, twin.state_dict()[k])}
+    assert moved and all(k.startswith(("step_size.", "model.candidate_embed.", "model.energy_level.",
+                                       "model.energy_head.", "model.step_embed.")) for k in moved)
+    capsys_free = main(["pretrain", *TINY, *synthetic, f"runtime.output_dir={tmp_path / 'bad'}",
+                        f"pretrain.init_from={tmp_path / 'nowhere'}", "trainer.max_steps=1"])
+    assert capsys_free == 2

@@ -227,3 +227,24 @@ def test_the_pretrained_energy_verifies_fast_sources_zero_shot_and_round_trips(t
     predictor.serialize(tmp_path / "v")
     after = [f.samples for f in EBTPredictor.deserialize(tmp_path / "v").predict(gluon)]
     np.testing.assert_allclose(after[1], before[1], rtol=1e-5, atol=1e-5)
+
+
+def test_standard_scaling_keeps_small_moves_on_a_large_level_and_inverts():
+    from ebt_forecast.data.windows import context_scaling, make_inference_batch
+
+    rng = np.random.default_rng(0)
+    past = (1000 + np.cumsum(rng.normal(0, 3, 300))).astype(np.float32)  # spread ~2% of the level
+    past[10] = np.nan
+    loc, scale = context_scaling(past, "standard")
+    assert abs(loc - np.nanmean(past)) < 1e-3 and abs(scale - np.nanstd(past)) < 1e-3
+    mean_loc, mean_scale = context_scaling(past, "mean")
+    assert mean_loc == 0 and scale < 0.05 * mean_scale  # mean scaling squeezes the moves into a few % of its unit
+    batch = make_inference_batch([past], 512, scaling="standard")
+    context = batch["context"][0, -300:].numpy()
+    assert abs(context[np.isfinite(past)].std() - 1) < 1e-3  # unit spread inside the model
+    back = context * batch["scale"].item() + batch["loc"].item()
+    np.testing.assert_allclose(back[np.isfinite(past)], past[np.isfinite(past)], rtol=1e-5)
+    flat_loc, flat_scale = context_scaling(np.full(50, 7.0), "standard")
+    assert flat_loc == 7.0 and flat_scale == pytest.approx(0.07)  # floored at 1% of the level
+    with pytest.raises(ValueError, match="scaling='bogus'"):
+        context_scaling(past, "bogus")

@@ -111,6 +111,9 @@ def save_predictor(predictor: EBTPredictor, folder: Path) -> None:
 def run_forecast_command(app) -> int:
     """`ebt-forecast forecast`: validate the config, forecast, say where the file is."""
     app.forecaster()  # fail at start on invalid model / think / trainer / task values
+    if app.pretrained and not app.predictor:
+        how = f"fine-tuned {app.finetune} steps" if app.finetune else "zero-shot"
+        print(f"forecasting with the pretrained EBT {app.pretrained} ({how}; pretrained=null trains one on the file)")
     written = run_forecast(app)
     if app.save:
         print(f"saved the predictor to {app.save} (forecast more files with predictor={app.save})")

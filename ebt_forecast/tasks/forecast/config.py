@@ -146,8 +146,8 @@ class BenchmarkConfig:
     """Which models a benchmark runs, and which extra thinking settings it scores for the EBT."""
 
     name: str = "default"
-    models: list[str] = field(default_factory=lambda: [
-        "seasonal_naive", "autoets", "autotheta", "transformer_pp", "ebt", "ebt_verifier"])  # the demo: minutes
+    models: list[str] = field(default_factory=lambda: [  # the demo (minutes): the pretrained EBT and its twin
+        "seasonal_naive", "autoets", "autotheta", "ebt_zero_shot", "twin_zero_shot", "transformer_pp", "ebt"])
     seeds: list[int] = field(default_factory=list)  # every trained model once per seed; empty = [seed]
     think_steps: list[int] = field(default_factory=lambda: [0, 1, 2, 4])  # EBT rows at these steps
     selections: list[str] = field(default_factory=lambda: ["refined", "verified"])
@@ -205,6 +205,8 @@ class PretrainConfig:
     #                          where a call stops: a run resumes under any max_steps while the schedule stays the same
     num_workers: int = 0  # DataLoader processes drawing windows (each its own stream); 0 = in the training process
     init_from: Optional[str] = None  # start from this run folder's weights.pt (the EBT's energy on the pretrained twin)
+    train: str = "all"  # all | energy: only the energy's own parameters learn (candidate and level embeddings, energy
+    #                     head, step embeddings, alpha); the backbone and System 1 stay frozen, so proposals stay
     data: PretrainDataConfig = field(default_factory=pretrain_data)  # synthetic only: pretrain.data.corpus_root=null
     #   'pretrain.data.source_probs={corpus: 0, tsmixup: 0, kernelsynth: 1}' (a dict override merges: name all three)
     val_every: int = 500  # validate every this many steps, at step 0 and at the end (0 = never)
@@ -221,6 +223,7 @@ class PretrainConfig:
             ("pretrain.season_length", self.season_length, self.season_length >= 1, ">= 1"),
             ("pretrain.schedule_steps", self.schedule_steps, self.schedule_steps >= 0, ">= 0 (0 = trainer.max_steps)"),
             ("pretrain.num_workers", self.num_workers, self.num_workers >= 0, ">= 0"),
+            ("pretrain.train", self.train, self.train in ("all", "energy"), "all or energy"),
             ("pretrain.val_every", self.val_every, self.val_every >= 0, ">= 0 (0 = never)"),
             ("pretrain.val_windows", self.val_windows, self.val_windows >= 1, ">= 1"),
             ("pretrain.val_datasets", self.val_datasets, set(self.val_datasets) <= set(PRETRAIN_VAL_DATASETS),

@@ -110,8 +110,8 @@ def model_config(app: ForecastAppConfig) -> ForecastModelConfig:
 
 
 def count_parameters(module: torch.nn.Module) -> int:
-    """Trainable parameters of a module."""
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+    """Parameters of a module (frozen ones included: the model's size)."""
+    return sum(p.numel() for p in module.parameters())
 
 
 # ------------------------------------------------------------------------------------------------
@@ -342,6 +342,7 @@ def run_settings(app: ForecastAppConfig) -> dict[str, Any]:
     p, t = app.pretrain, app.trainer
     trainer = {k: v for k, v in t.settings().items() if k != "max_steps"}
     pretrain = {"mode": p.mode, "patch_len": p.patch_len, "season_length": p.season_length, "init_from": p.init_from,
+                "train": p.train,
                 "schedule_steps": p.schedule_steps or t.max_steps, "data": asdict(p.data)}
     task = {"init": app.task.init, "energy_init": app.task.energy_init, "loss": asdict(app.task.loss)}
     return _flat({"model": asdict(app.model), "think": asdict(app.think), "task": task, "trainer": trainer,
@@ -383,6 +384,16 @@ def model_record(app: ForecastAppConfig, module: ForecastModule, steps: int) -> 
         "versions": {"ebt_forecast": __version__, "torch": torch.__version__, "lightning": L.__version__,
                      "python": platform.python_version()},
     }
+
+
+ENERGY_PARTS = ("step_size.", "model.candidate_embed.", "model.energy_level.", "model.energy_head.", "model.step_embed.")
+
+
+def freeze_system1(module: ForecastModule) -> None:
+    """Only the energy's own parameters keep learning: the backbone, the context embedding and the proposal head
+    are frozen, so the proposals stay exactly those of the weights it started from."""
+    for name, param in module.named_parameters():
+        param.requires_grad_(name.startswith(ENERGY_PARTS))
 
 
 def init_weights(module: ForecastModule, folder: Path) -> None:
@@ -470,6 +481,8 @@ def run_pretrain(app: ForecastAppConfig) -> PretrainRun:
     module = PretrainModule(model_config(app), app.think, t, app.task, mode=p.mode, schedule_steps=p.schedule_steps)
     if p.init_from and resume is None:  # e.g. the EBT's energy taught on top of the pretrained System 1 (the twin)
         init_weights(module, Path(p.init_from))
+    if p.train == "energy":
+        freeze_system1(module)
     validation = ZeroShotValidation(sets, p.val_every, out / "validation.csv")
     throughput = Throughput(validation=validation)
     callbacks: list[Callback] = [validation, throughput, ModelCheckpoint(
