@@ -16,8 +16,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from ebt_forecast.data.frames import frame_to_series, load_long_frame
-from ebt_forecast.data.loaders import _file, _tail_task, load_exchange_rate, load_m4_hourly
+from ebt_forecast.data.loaders import _tail_task, etth1_series, exchange_rate_series, load_m4_hourly
 from ebt_forecast.data.types import ForecastDataset
 from ebt_forecast.errors import DataError
 
@@ -42,11 +41,6 @@ def gift_windows(shortest: int, horizon: int) -> int:
     return min(max(1, math.ceil(0.1 * shortest / horizon)), 20)
 
 
-def _etth1_full(root: str | Path) -> list:
-    path = _file(root, "ett", "ETTh1.csv")
-    return frame_to_series(load_long_frame(path, time_col="date", layout="wide", freq="h"), "h")
-
-
 def load_gift_config(config: str, root: str | Path) -> ForecastDataset:
     """One GIFT-Eval configuration of the suite, `name/freq/term` (GIFT_SUITE), read from `root`."""
     try:
@@ -59,12 +53,8 @@ def load_gift_config(config: str, root: str | Path) -> ForecastDataset:
     h = gift_horizon(freq, term)
     if name == "m4_hourly":
         dataset = load_m4_hourly(root, horizon=h)  # the official test: one window of 48
-    elif name == "etth1":
-        full = _etth1_full(root)
-        dataset = _tail_task(name, "h", h, 24, full, gift_windows(min(len(s) for s in full), h))
-    else:
-        probe = load_exchange_rate(root, horizon=h, num_windows=1)
-        shortest = min(len(s) for s in probe.train) + h
-        dataset = load_exchange_rate(root, horizon=h, num_windows=gift_windows(shortest, h))
+    else:  # every series whole, then GIFT-Eval's tail windows
+        full, data_freq, season = (etth1_series(root), "h", 24) if name == "etth1" else (exchange_rate_series(root), "B", 5)
+        dataset = _tail_task(name, data_freq, h, season, full, gift_windows(min(len(s) for s in full), h))
     dataset.name = config
     return dataset

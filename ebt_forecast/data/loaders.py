@@ -34,13 +34,18 @@ def _tail_task(name: str, freq: str, horizon: int, season: int, full: list[Serie
     return ForecastDataset(name=name, freq=freq, horizon=horizon, season_length=season, train=train, test_windows=tests)
 
 
+def etth1_series(root: str | Path) -> list[Series]:
+    """ETTh1's 7 columns as whole hourly series."""
+    frame = load_long_frame(_file(root, "ett", "ETTh1.csv"), time_col="date", layout="wide", freq="h")
+    return frame_to_series(frame, "h")
+
+
 def load_etth1(root: str | Path, columns: str | list[str] = "OT", stride: int = 48, horizon: int = 48) -> ForecastDataset:
     """ETTh1 (hourly, season 24): train = first 12+4 months, rolling test windows in the last 4."""
-    path = _file(root, "ett", "ETTh1.csv")
     if stride < 1 or horizon < 1:
         raise DataError(f"stride and horizon must be >= 1, got stride={stride}, horizon={horizon}")
-    frame = load_long_frame(path, time_col="date", layout="wide", freq="h")
-    by_id = {s.item_id: s for s in frame_to_series(frame, "h")}
+    path = _file(root, "ett", "ETTh1.csv")
+    by_id = {s.item_id: s for s in etth1_series(root)}
     available = [c for c in ETT_COLUMNS if c in by_id] + sorted(set(by_id) - set(ETT_COLUMNS))
     cols = available if columns == "all" else [columns] if isinstance(columns, str) else list(columns)
     unknown = [c for c in cols if c not in by_id]
@@ -103,8 +108,8 @@ def load_m4_hourly(root: str | Path, horizon: int = 48) -> ForecastDataset:
     return ForecastDataset(name="m4_hourly", freq="h", horizon=horizon, season_length=24, train=train, test_windows=tests)
 
 
-def load_exchange_rate(root: str | Path, horizon: int = 30, num_windows: int = 5) -> ForecastDataset:
-    """Exchange rates (8 series, business-daily, season 5): last num_windows*horizon points are test."""
+def exchange_rate_series(root: str | Path) -> list[Series]:
+    """The 8 exchange-rate series whole (business-daily from a fixed start: the file has no dates)."""
     path = _file(root, "exchange_rate", "exchange_rate.txt.gz")
     try:
         df = pd.read_csv(path, header=None)
@@ -113,8 +118,12 @@ def load_exchange_rate(root: str | Path, horizon: int = 30, num_windows: int = 5
     values = _numeric(df, lambda r, c: f"{path}: column {c}, row {r}")
     with quiet_pandas():
         start = pd.Period("1990-01-01", "B")  # no dates in the file: fixed start, as GluonTS
-    full = [Series(item_id=str(c), start=start, target=values[c].to_numpy(dtype=np.float32)) for c in values.columns]
-    return _tail_task("exchange_rate", "B", horizon, 5, full, num_windows)
+    return [Series(item_id=str(c), start=start, target=values[c].to_numpy(dtype=np.float32)) for c in values.columns]
+
+
+def load_exchange_rate(root: str | Path, horizon: int = 30, num_windows: int = 5) -> ForecastDataset:
+    """Exchange rates (8 series, business-daily, season 5): last num_windows*horizon points are test."""
+    return _tail_task("exchange_rate", "B", horizon, 5, exchange_rate_series(root), num_windows)
 
 
 # name -> (freq, season, horizon, default num_windows)
