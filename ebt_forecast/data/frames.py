@@ -82,6 +82,28 @@ def _anchor(stamps: pd.DatetimeIndex, base: str) -> pd.Timedelta:
     return pd.Timedelta(phase_e[0])
 
 
+def future_timestamps_of(series: list[Series], horizon: int) -> np.ndarray:
+    """`future_timestamps` of many series at once: (len(series) * horizon,) datetime64, series after series."""
+    if not series:
+        return np.array([], dtype="datetime64[ns]")
+    out = np.empty((len(series), horizon), dtype="datetime64[ns]")
+    groups: dict[tuple[str, pd.Timedelta], list[int]] = {}
+    for i, s in enumerate(series):
+        groups.setdefault((s.start.freqstr, pd.Timedelta(0) if s.anchor is None else pd.Timedelta(s.anchor)), []).append(i)
+    with quiet_pandas():
+        for (freq, anchor), rows in groups.items():
+            n, base = _split_freq(freq)
+            first = np.array([pd.Period(series[i].start.start_time, base).ordinal + n * len(series[i].target)
+                              for i in rows])
+            periods = pd.PeriodIndex.from_ordinals((first[:, None] + n * np.arange(horizon)).ravel(), freq=base)
+            if anchor >= pd.Timedelta(0):
+                stamps = periods.start_time + anchor
+            else:
+                stamps = periods.end_time + pd.Timedelta(1, "ns") + anchor
+            out[rows] = np.asarray(stamps, dtype="datetime64[ns]").reshape(len(rows), horizon)
+    return out.ravel()
+
+
 def future_timestamps(series: Series, horizon: int) -> pd.DatetimeIndex:
     """The next `horizon` timestamps after `series`, continuing its own stamps: period + k, then the same
     position inside the period (Series.anchor), e.g. Sundays for "W-SUN", month ends for "ME"."""
@@ -319,23 +341,39 @@ def load_long_frame(
 
 
 def frame_to_series(frame: pd.DataFrame, freq: str | None = None) -> list[Series]:
-    """One float32 Series per item_id of a regular long frame (freq defaults to frame.attrs['freq'])."""
+    """One float32 Series per item_id of a regular long frame (freq defaults to frame.attrs['freq']), in sorted id
+    order. Vectorised over the whole frame: periods, anchors and step checks are computed once for every row."""
     freq = freq or frame.attrs.get("freq")
     if freq is None:
         raise DataError("frame_to_series: pass freq= (the frame has no attrs['freq'])")
     _require(frame, ["item_id", "timestamp", "target"], "frame_to_series")
+    if frame.empty:
+        return []
     pfreq = period_freq(freq)
     n, base = _split_freq(pfreq)
+    ids = frame["item_id"].astype(str).to_numpy()
+    order = np.argsort(ids, kind="stable")  # groupby(sort=True) order; rows keep their order inside a series
+    ids = ids[order]
+    with quiet_pandas():
+        stamps = pd.DatetimeIndex(frame["timestamp"].to_numpy()[order])
+        per = stamps.to_period(base)
+        ordinals = per.asi8
+        phase_s = (stamps - per.start_time).asi8
+        phase_e = (stamps - (per.end_time + pd.Timedelta(1, "ns"))).asi8
+    target = pd.to_numeric(frame["target"], errors="coerce").to_numpy(dtype=np.float32)[order]
+    bounds = np.concatenate([[0], np.flatnonzero(ids[1:] != ids[:-1]) + 1, [len(ids)]])
     out = []
     with quiet_pandas():
-        for item, g in frame.groupby("item_id", sort=True):
-            stamps = pd.DatetimeIndex(g["timestamp"])
-            per = stamps.to_period(pfreq)
-            if len(per) > 1 and not (np.diff(stamps.to_period(base).asi8) == n).all():
-                raise DataError(f"series {item!r}: timestamps are not one {freq!r} step apart; "
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            if b - a > 1 and not (np.diff(ordinals[a:b]) == n).all():
+                raise DataError(f"series {ids[a]!r}: timestamps are not one {freq!r} step apart; "
                                 f"load the frame with load_long_frame to validate and fill gaps")
-            target = pd.to_numeric(g["target"], errors="coerce").to_numpy(dtype=np.float32)
-            out.append(Series(item_id=str(item), start=per[0], target=target, anchor=_anchor(stamps, base)))
+            ps, pe = phase_s[a:b], phase_e[a:b]
+            if (ps == ps[0]).all() or not (pe == pe[0]).all():
+                anchor = pd.Timedelta(int(ps[-1]), "ns")
+            else:
+                anchor = pd.Timedelta(int(pe[0]), "ns")
+            out.append(Series(item_id=ids[a], start=pd.Period(stamps[a], pfreq), target=target[a:b], anchor=anchor))
     return out
 
 

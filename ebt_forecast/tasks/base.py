@@ -141,6 +141,9 @@ class RuntimeConfig:
     threads: int = 2  # torch threads; two processes that each take both cores slow each other 15-40x
     output_dir: str = "results/${command}"
     eval_device: str = "cpu"  # where evaluation runs (cpu | cuda | cuda:N); training runs where `trainer` says
+    engine: str = "local"  # batch inference (`forecast`): local (this process) | dask (a Dask cluster's workers)
+    workers: int = 2  # engine=dask without an address: worker processes of the local cluster started for the call
+    address: Optional[str] = None  # engine=dask: a running scheduler (tcp://host:8786); None = a local cluster
 
 
 @dataclass

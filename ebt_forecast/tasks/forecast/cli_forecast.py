@@ -9,7 +9,10 @@ import numpy as np
 import pandas as pd
 from gluonts.time_feature import get_seasonality
 
+import polars as pl
+
 from ebt_forecast.errors import DataError
+from ebt_forecast.data.parts import input_parts
 from ebt_forecast.data.frames import frame_to_series, load_long_frame, quiet_pandas
 from ebt_forecast.data.types import ForecastDataset, TestWindow
 from ebt_forecast.io import atomic_write_csv
@@ -18,23 +21,23 @@ from ebt_forecast.tasks.forecast.estimator import EBTPredictor
 from ebt_forecast.tasks.forecast.forecaster import EBTForecaster
 from ebt_forecast.tasks.forecast.pretrained import PretrainedForecaster
 from ebt_forecast.tasks.forecast.sources import VerifierForecaster
+from ebt_forecast.tasks.forecast.streaming import StreamSummary, run_stream_forecast
 
 
 def forecast_frame(task: ForecastDataset, samples: list[np.ndarray], levels: tuple[float, ...] | None = None) -> pd.DataFrame:
     """Tidy output: one row per series and future step with the mean and the 0.1..0.9 quantiles (rows of a quantile
-    forecast at exactly those `levels`, or sample quantiles)."""
-    from ebt_forecast.data.frames import future_timestamps  # continues each series' own stamps (W-SUN, ME, 15min...)
+    forecast at exactly those `levels`, or sample quantiles). Built in one piece (thousands of series per second)."""
+    from ebt_forecast.data.frames import future_timestamps_of  # continues each series' own stamps (W-SUN, ME, ...)
 
-    frames = []
-    with quiet_pandas():
-        for s, series_samples in zip(task.train, samples):
-            stamps = future_timestamps(s, task.horizon)
-            q = forecast_quantiles(series_samples, QUANTILE_LEVELS, levels)
-            frame = pd.DataFrame({"item_id": s.item_id, "timestamp": stamps, "mean": series_samples.mean(0)})
-            for level, values in zip(QUANTILE_LEVELS, q):
-                frame[f"{level:g}"] = values
-            frames.append(frame)
-    return pd.concat(frames, ignore_index=True)
+    h, n = task.horizon, len(task.train)
+    q = np.stack([forecast_quantiles(s, QUANTILE_LEVELS, levels) for s in samples]) if n else \
+        np.zeros((0, len(QUANTILE_LEVELS), h))
+    frame = pd.DataFrame({"item_id": np.repeat([s.item_id for s in task.train], h),
+                          "timestamp": future_timestamps_of(task.train, h),
+                          "mean": np.concatenate([s.mean(0) for s in samples]) if n else []})
+    for j, level in enumerate(QUANTILE_LEVELS):
+        frame[f"{level:g}"] = q[:, j].ravel()
+    return frame
 
 
 def user_dataset(app, command: str = "forecast") -> ForecastDataset:
@@ -64,9 +67,25 @@ def load_predictor(app) -> EBTPredictor:
     return predictor
 
 
-def run_forecast(app) -> Path:
+def streams(app) -> bool:
+    """Whether `forecast` streams the input in chunks (streaming.py): a pretrained model zero-shot or a saved
+    predictor, nothing to save, and a long-form input (a wide single file, or training on the whole file, stays
+    in memory)."""
+    if app.save or (not app.predictor and (not app.pretrained or app.finetune)):
+        return False
+    parts = input_parts(app.input)
+    if len(parts) > 1:
+        return True
+    try:
+        scan = pl.scan_csv(parts[0], n_rows=1) if parts[0].suffix.lower() == ".csv" else pl.scan_parquet(parts[0])
+        return app.id_col in scan.collect_schema().names()
+    except (pl.exceptions.PolarsError, OSError):  # the in-memory reader names what is wrong
+        return False
+
+
+def run_forecast(app) -> Path | StreamSummary:
     """Validate the request; fit the EBT on every series of app.input (or load app.predictor), save it to
-    app.save if asked, and write app.output atomically."""
+    app.save if asked, and write app.output atomically. Zero-shot and saved predictors stream (streaming.py)."""
     if not app.input:
         raise DataError("forecast needs input=PATH (a CSV or Parquet file in long form)")
     if not app.output and not app.save:
@@ -77,6 +96,8 @@ def run_forecast(app) -> Path:
         raise DataError(f"finetune={app.finetune} adapts a pretrained model, but pretrained=null: give pretrained= "
                         "(a packaged model or a `pretrain` run folder) or drop finetune=")
     predictor = load_predictor(app) if app.predictor else None
+    if app.output and streams(app):
+        return run_streaming(app, predictor)
     dataset = user_dataset(app)
     if predictor is None:
         cfg = app.forecaster()
@@ -98,6 +119,22 @@ def run_forecast(app) -> Path:
     return atomic_write_csv(forecast_frame(dataset, out.samples, out.levels), app.output)
 
 
+def run_streaming(app, predictor: EBTPredictor | None) -> StreamSummary:
+    """`forecast` in chunks: the saved predictor, or the pretrained model fitted (zero-shot) on the first chunk."""
+    if app.horizon <= 0:
+        raise DataError(f"horizon={app.horizon} is invalid: must be a positive number of steps")
+
+    def fit_predictor(dataset: ForecastDataset) -> EBTPredictor:
+        if predictor is not None:
+            return predictor
+        cfg = app.forecaster()
+        forecaster = PretrainedForecaster(app.pretrained, cfg)
+        forecaster = VerifierForecaster(cfg, ebt=forecaster) if cfg.task.verifier.enabled else forecaster
+        return EBTPredictor(forecaster.fit(dataset), dataset.horizon, dataset.freq)
+
+    return run_stream_forecast(app, fit_predictor)
+
+
 def save_predictor(predictor: EBTPredictor, folder: Path) -> None:
     """Serialize into a temporary sibling folder, then rename it into place (a saved predictor is whole or absent)."""
     tmp = folder.with_name(f".{folder.name}.tmp")
@@ -117,6 +154,9 @@ def run_forecast_command(app) -> int:
     written = run_forecast(app)
     if app.save:
         print(f"saved the predictor to {app.save} (forecast more files with predictor={app.save})")
+    if isinstance(written, StreamSummary):
+        print(written.line())
+        written = written.output
     if app.output:
         print(f"wrote {written}")
     return 0

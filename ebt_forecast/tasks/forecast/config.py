@@ -239,6 +239,23 @@ class PretrainConfig:
 
 
 @dataclass
+class StreamConfig:
+    """How `forecast` streams an input of any size (tasks/forecast/streaming.py): chunks of whole series, one Parquet
+    part each in a resumable work folder, fanned out by `runtime.engine`."""
+
+    chunk_points: int = 250_000  # input rows per chunk (memory ~ this, not the input); a series is never split
+    fit_series: int = 128  # series of the first chunk the pretrained model's thinking is chosen on (selection=auto)
+    progress: bool = True  # a bar with series per second and the time left (stderr)
+
+    def validate(self) -> "StreamConfig":
+        """Raise ConfigError naming the first invalid key."""
+        for key in ("chunk_points", "fit_series"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"stream.{key}={getattr(self, key)!r} is invalid: must be >= 1")
+        return self
+
+
+@dataclass
 class ForecastAppConfig(AppConfig):
     """`ebt-forecast benchmark ...`, `ebt-forecast forecast ...`, `study` and `pretrain`."""
 
@@ -264,6 +281,7 @@ class ForecastAppConfig(AppConfig):
     pretrained: Optional[str] = "ebt_1m"  # forecast: the pretrained EBT (a packaged name or a `pretrain` run folder),
     #                                       zero-shot: no training per call; null = train an EBT from scratch on the file
     finetune: int = 0  # forecast: adapt the pretrained EBT for this many steps on the file's windows first (0 = zero-shot)
+    stream: StreamConfig = field(default_factory=StreamConfig)  # forecast: chunks, resume, progress
     # pretrain
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 

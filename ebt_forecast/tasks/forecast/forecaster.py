@@ -154,6 +154,8 @@ class EBTForecaster:
         group = self.cfg.task.verify_group if group is None else group
         if self.mode != "ebt" or not self.cfg.think.enabled:
             steps, selection = 0, "proposal"
+        if selection == "proposal":
+            steps = 0  # refining would spend passes without changing the proposals
         if selection in ("proposal", "refined"):
             group = 1
         return InferenceSetting(steps, selection), group
