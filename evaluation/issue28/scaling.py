@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import time
@@ -91,10 +92,11 @@ def finished(run: dict) -> bool:
     return history.exists() and json.loads(history.read_text())[-1]["end_step"] >= run["steps"]
 
 
-def train() -> None:
-    """Pretrain every planned run not yet finished (a killed run resumes from its checkpoint)."""
+def train(only: str = ".*") -> None:
+    """Pretrain every planned run (whose name matches `only`) not yet finished; a killed run resumes from its
+    checkpoint."""
     for run in plan():
-        if finished(run):
+        if finished(run) or not re.fullmatch(only, run["name"]):
             continue
         steps = run["steps"]
         cmd = [sys.executable, "-m", "ebt_forecast", "pretrain", *overrides(run["mode"], run["size"]),
@@ -116,7 +118,7 @@ def evaluate() -> None:
         zero_shot.main(["--stats", "seasonalnaive", "--no-thinking", "--ebt", *specs, "--out", str(ZERO_SHOT)])
     specs = [f"{r['name']}={RUNS / r['name']}" for r in done if r["mode"] == "ebt"]
     if specs:
-        zero_shot.main(["--stats", "seasonalnaive", "--ebt", *specs, "--out", str(ZERO_SHOT)])
+        zero_shot.main(["--stats", "seasonalnaive", "--no-refine", "--ebt", *specs, "--out", str(ZERO_SHOT)])
 
 
 def slope(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -184,7 +186,10 @@ def fit() -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("step", choices=["flops", "train", "evaluate", "fit", "all"])
-    step = parser.parse_args().step
-    for name, action in [("flops", count_flops), ("train", train), ("evaluate", evaluate), ("fit", fit)]:
+    parser.add_argument("--only", default=".*", help="train: the runs whose name matches this regex")
+    args = parser.parse_args()
+    step = args.step
+    for name, action in [("flops", count_flops), ("train", lambda: train(args.only)), ("evaluate", evaluate),
+                         ("fit", fit)]:
         if step in (name, "all") and not (name == "flops" and step == "all" and FLOPS.exists()):
             action()

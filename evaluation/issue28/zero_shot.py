@@ -17,6 +17,9 @@ under results/issue28_cache. Rows of a pretrained model:
     <name>_verifier0          --verifier: the pretrained energy, untaught, over its proposal, seasonal naive, AutoETS,
                               AutoTheta; chosen on the validation tail among energy settings and controls
     sources_average / sources_best_on_val   the energy-free controls of the same starts
+    --trained deepar patchtst ebt_verifier --seeds 0 1 2:  models trained per config on its training part
+        (the benchmark's cells under experiment=shared: budget, early stopping, backbone sized like the EBT),
+        one row per seed (`deepar_seed0`, ...), cached by the benchmark's cell cache under results/issue28_cache
 """
 from __future__ import annotations
 
@@ -92,7 +95,7 @@ def add_verifier(config: str, name: str, folder: str, dataset, rows: list[dict],
 
 
 def ebt_rows(config: str, name: str, folder: str, thinking: bool, group: int, done: set,
-             verifier: bool = False) -> list[dict]:
+             verifier: bool = False, refine: bool = True) -> list[dict]:
     """A pretrained model's zero-shot rows on one config."""
     dataset = load_gift_config(config, ROOT)
     windows = dataset.test_windows
@@ -118,10 +121,31 @@ def ebt_rows(config: str, name: str, folder: str, thinking: bool, group: int, do
         add_verifier(config, name, folder, dataset, rows, done)
     if thinking and forecaster.mode == "ebt":
         trained = forecaster.cfg.think.train_steps
-        for k in sorted({1, trained, 2 * trained}):
+        for k in sorted({1, trained, 2 * trained}) if refine else []:
             add(f"{name}_think{k}", steps=k, selection="refined")
         add(f"{name}_verify{group}", steps=trained, selection="verified", verify_group=group)
         add(f"{name}_average{group}", steps=trained, selection="average", verify_group=group)
+    return rows
+
+
+def trained_rows(config: str, models: list[str], seeds: list[int], done: set) -> list[dict]:
+    """Models trained per config (the benchmark's cells, experiment=shared), one row per seed."""
+    from ebt_forecast.config import compose
+    from ebt_forecast.tasks.forecast.benchmark import run_cell
+
+    dataset = load_gift_config(config, ROOT)
+    rows = []
+    for model in models:
+        for seed in seeds:
+            name = f"{model}_seed{seed}"
+            if (config, name) in done:
+                continue
+            app = compose("benchmark", ["experiment=shared", f"seed={seed}", f"data.root={ROOT}",
+                                        f"runtime.threads={torch.get_num_threads()}"])
+            start = time.perf_counter()
+            cell = run_cell(dataset, model, app, CACHE / "plots", CACHE / "cells")
+            best = cell[0]  # the cell's chosen row (the verifier's validation choice; one row for the others)
+            rows.append(row(config, name, {"wql": best["wql"], "mase": best["mase"]}, time.perf_counter() - start))
     return rows
 
 
@@ -151,7 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stats", nargs="*", default=[], choices=list(STATS_NAMES))
     parser.add_argument("--ebt", nargs="*", default=[], help="NAME=FOLDER of a pretrained model")
     parser.add_argument("--no-thinking", action="store_true")
+    parser.add_argument("--no-refine", action="store_true", help="thinking rows: only verify / average, no thinkK")
     parser.add_argument("--verifier", action="store_true", help="the pretrained energy over fast sources (H <= 64)")
+    parser.add_argument("--trained", nargs="*", default=[], choices=["deepar", "patchtst", "ebt_verifier"])
+    parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     parser.add_argument("--group", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="evaluation/issue28/zero_shot")
@@ -164,9 +191,11 @@ def main(argv: list[str] | None = None) -> int:
     for config in args.configs:
         done = set(zip(frame.config, frame.model))
         new = stats_rows(config, args.stats, done)
+        new += trained_rows(config, args.trained, args.seeds, done)
         for spec in args.ebt:
             name, folder = spec.split("=", 1)
-            new += ebt_rows(config, name, folder, not args.no_thinking, args.group, done, args.verifier)
+            new += ebt_rows(config, name, folder, not args.no_thinking, args.group, done, args.verifier,
+                            not args.no_refine)
         frame = pd.concat([frame, pd.DataFrame(new)], ignore_index=True) if new else frame
         atomic_write_csv(frame, csv)
         for r in new:

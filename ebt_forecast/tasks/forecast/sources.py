@@ -197,6 +197,35 @@ class SourceRanking(L.LightningModule):
         return torch.optim.AdamW([p for p in self.parameters() if p.requires_grad], lr=self.lr, weight_decay=0.01)
 
 
+def ranking_tensors(ebt: EBTForecaster, windows: list[TestWindow], extra: np.ndarray) -> dict[str, torch.Tensor]:
+    """What the energy's source ranking trains on, for `windows` whose futures are known: scaled contexts, every
+    level's starts (the EBT's own and `extra`, the fast sources' (N, M, S, H) paths) and futures, padded to the
+    model's horizon (the rest masked out)."""
+    starts = ebt.predict(windows, steps=0, selection="verified", verify_group=len(OWN_SOURCES), num_candidates=LEVELS,
+                         extra_starts=extra).candidates  # (N, M, G, H), data units
+    model = ebt.module.model.cfg
+    batch = make_inference_batch([w.past for w in windows], model.context_length, scaling=model.scaling)
+    scale, loc = batch["scale"].view(-1, 1), batch["loc"].view(-1, 1)
+    futures = np.stack([w.future for w in windows])
+    pad = model.horizon - futures.shape[-1]  # a pretrained model reads its own horizon: the rest is masked out
+    starts = np.pad(starts, [(0, 0)] * 3 + [(0, pad)], mode="edge")
+    futures = np.pad(futures, [(0, 0), (0, pad)], constant_values=np.nan)
+    return {"context": batch["context"], "context_mask": batch["context_mask"],
+            "starts": (torch.from_numpy(starts.astype(np.float32)) - loc.view(-1, 1, 1, 1)) / scale.view(-1, 1, 1, 1),
+            "future": (torch.from_numpy(np.nan_to_num(futures).astype(np.float32)) - loc) / scale,
+            "future_mask": torch.from_numpy(np.isfinite(futures).astype(np.float32))}
+
+
+def teach_ranking(ebt: EBTForecaster, tensors: dict[str, torch.Tensor], *, steps: int = 200, batch_size: int = 32,
+                  lr: float = 1e-3) -> dict[str, float]:
+    """Train only the energy parts of `ebt` to rank the starts in `tensors` by their pinball loss (listwise)."""
+    trainer = replace(ebt.cfg.trainer, max_steps=steps, batch_size=batch_size, lr=lr, checkpoint_dir=None, progress_bar=False)
+    ranking = SourceRanking(ebt.module, lr, ebt.cfg.task.loss.rank_temperature)
+    report = fit_module(ranking, PoolDataset(tensors, steps * batch_size, ebt.cfg.seed), trainer, ebt.cfg.seed)
+    ebt.module.eval()
+    return {"pool_windows": len(tensors["context"]), "train_seconds": report.seconds, "train_steps": report.steps}
+
+
 def train_verifier(ebt: EBTForecaster, dataset: ForecastDataset, fast: list[str], cache: Path, *, windows: int = 256,
                    steps: int = 200, batch_size: int = 32, lr: float = 1e-3,
                    twin: EBTForecaster | None = None, context: int | None = None) -> dict[str, float]:
@@ -204,24 +233,7 @@ def train_verifier(ebt: EBTForecaster, dataset: ForecastDataset, fast: list[str]
     backbone and proposal head stay frozen, only the energy parts move); return what it did."""
     pool = pool_windows(ebt, dataset, windows)
     extra = fast_starts(dataset, fast, pool, cache, twin, context)
-    starts = ebt.predict(pool, steps=0, selection="verified", verify_group=len(OWN_SOURCES), num_candidates=LEVELS,
-                         extra_starts=extra).candidates  # (N, M, G, H), data units
-    model = ebt.module.model.cfg
-    batch = make_inference_batch([w.past for w in pool], model.context_length, scaling=model.scaling)
-    scale, loc = batch["scale"].view(-1, 1), batch["loc"].view(-1, 1)
-    futures = np.stack([w.future for w in pool])
-    pad = model.horizon - futures.shape[-1]  # a pretrained model reads its own horizon: the rest is masked out
-    starts = np.pad(starts, [(0, 0)] * 3 + [(0, pad)], mode="edge")
-    futures = np.pad(futures, [(0, 0), (0, pad)], constant_values=np.nan)
-    tensors = {"context": batch["context"], "context_mask": batch["context_mask"],
-               "starts": (torch.from_numpy(starts.astype(np.float32)) - loc.view(-1, 1, 1, 1)) / scale.view(-1, 1, 1, 1),
-               "future": (torch.from_numpy(np.nan_to_num(futures).astype(np.float32)) - loc) / scale,
-               "future_mask": torch.from_numpy(np.isfinite(futures).astype(np.float32))}
-    trainer = replace(ebt.cfg.trainer, max_steps=steps, batch_size=batch_size, lr=lr, checkpoint_dir=None, progress_bar=False)
-    ranking = SourceRanking(ebt.module, lr, ebt.cfg.task.loss.rank_temperature)
-    report = fit_module(ranking, PoolDataset(tensors, steps * batch_size, ebt.cfg.seed), trainer, ebt.cfg.seed)
-    ebt.module.eval()
-    return {"pool_windows": len(pool), "train_seconds": report.seconds, "train_steps": report.steps}
+    return teach_ranking(ebt, ranking_tensors(ebt, pool, extra), steps=steps, batch_size=batch_size, lr=lr)
 
 
 class VerifierForecaster:
