@@ -90,8 +90,9 @@ def fast_starts(dataset: ForecastDataset, fast: list[str], windows: list[TestWin
 def think_over_sources(ebt: EBTForecaster, windows: list[TestWindow], extra: np.ndarray, steps: int):
     """The EBT's own starts and the fast forecasters' paths `extra` (N, M, S, H) as starts, thought about for
     `steps`; M level paths at the same levels as the sources'."""
+    # 64 windows a batch: thinking keeps the graph of M x (G + S) candidates per window (256 took 6 GB at S = 2)
     return ebt.predict(windows, steps=steps, selection="verified", verify_group=len(OWN_SOURCES),
-                       num_candidates=extra.shape[1], extra_starts=extra)
+                       num_candidates=extra.shape[1], extra_starts=extra, batch_size=64)
 
 
 def verifier_rows(ebt: EBTForecaster, dataset: ForecastDataset, fast: list[str], sets: dict[str, list[TestWindow]],
