@@ -21,7 +21,7 @@ from ebt_forecast.tasks.base import config_key, fit_module
 from ebt_forecast.tasks.forecast.config import ForecasterConfig
 from ebt_forecast.tasks.forecast.model import ForecastModelConfig
 from ebt_forecast.tasks.forecast.module import ForecastModule
-from ebt_forecast.think import InferencePolicy, InferenceSetting, choose_on_validation
+from ebt_forecast.think import ENERGY_FREE, InferencePolicy, InferenceSetting, choose_on_validation
 
 
 @dataclass
@@ -163,7 +163,7 @@ class EBTForecaster:
     def predict(self, windows: list[TestWindow], dataset: ForecastDataset | None = None, *,
                 steps: int | None = None, selection: str | None = None, num_candidates: int | None = None,
                 verify_group: int | None = None, extra_starts: np.ndarray | None = None,
-                temperature: float | None = None, batch_size: int = 256, final_energy: bool = False,
+                temperature: float | None = None, batch_size: int | None = None, final_energy: bool = False,
                 policy: InferencePolicy | None = None) -> ThoughtForecast:
         """Forecast every window: encode once, propose M level paths with G starts each, think (under `policy`,
         default the one think config names), select.
@@ -172,6 +172,8 @@ class EBTForecaster:
         starts (the EBT as a verifier above fast forecasters); `temperature` overrides think.temperature."""
         assert self.module is not None, "call fit() first"
         setting, group = self.resolve(steps, selection, verify_group)
+        if batch_size is None:  # thinking keeps a graph per candidate: fewer windows a batch bound its memory
+            batch_size = 256 if setting.steps == 0 and setting.selection in ENERGY_FREE else 64
         m = num_candidates or self.cfg.task.num_candidates
         if extra_starts is not None and extra_starts.shape[:2] != (len(windows), m):
             raise ValueError(f"extra_starts has shape {extra_starts.shape}, expected ({len(windows)}, {m}, S, H)")
