@@ -148,8 +148,8 @@ def fit() -> None:
                      "zero_shot_rel_wql": geo.get(run["name"], np.nan),
                      "zero_shot_verify4": geo.get(f"{run['name']}_verify4", np.nan),
                      "zero_shot_average4": geo.get(f"{run['name']}_average4", np.nan),
-                     "windows": sum(h["windows"] for h in history),
-                     "seconds": sum(h["seconds"] for h in history)})
+                     "windows": run["steps"] * 128,  # batch 128 (experiment=pretrain_1m)
+                     "seconds": sum(h["seconds"] for h in history)})  # calls that finished (a killed one is not kept)
     frame = pd.DataFrame(rows)
     frame.to_csv(OUT.with_suffix(".csv"), index=False)
     lines = ["| run | parameters | steps | windows | training FLOPs | seconds | val. WQL (geomean) | val. rel. WQL | "
