@@ -107,17 +107,7 @@ def future_timestamps_of(series: list[Series], horizon: int) -> np.ndarray:
 def future_timestamps(series: Series, horizon: int) -> pd.DatetimeIndex:
     """The next `horizon` timestamps after `series`, continuing its own stamps: period + k, then the same
     position inside the period (Series.anchor), e.g. Sundays for "W-SUN", month ends for "ME"."""
-    freq = series.start.freqstr
-    n, base = _split_freq(freq)
-    anchor = pd.Timedelta(0) if series.anchor is None else pd.Timedelta(series.anchor)
-    with quiet_pandas():
-        first = pd.Period(series.start.start_time, base).ordinal + n * len(series.target)
-        periods = pd.PeriodIndex.from_ordinals(first + n * np.arange(horizon), freq=base)
-        if anchor >= pd.Timedelta(0):
-            stamps = periods.start_time + anchor
-        else:
-            stamps = periods.end_time + pd.Timedelta(1, "ns") + anchor
-    return pd.DatetimeIndex(stamps, name=None)
+    return pd.DatetimeIndex(future_timestamps_of([series], horizon), name=None)
 
 
 def _describe(source: Any, source_name: str | None) -> str:

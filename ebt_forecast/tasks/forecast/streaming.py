@@ -40,6 +40,7 @@ from ebt_forecast.data.types import ForecastDataset, TestWindow
 from ebt_forecast.errors import ConfigError, DataError
 from ebt_forecast.io import atomic_write_json
 from ebt_forecast.tasks.forecast.estimator import EBTPredictor
+from ebt_forecast.tasks.forecast.output import forecast_frame, save_predictor
 
 ENGINES = ("local", "dask")
 MANIFEST_FORMAT = "ebt_forecast.stream/1"
@@ -96,8 +97,6 @@ def cached_predictor(folder: str) -> EBTPredictor:
 
 def forecast_chunk(job: ChunkJob) -> dict:
     """Read one chunk, forecast it with the saved predictor, write its Parquet part atomically; its counts."""
-    from ebt_forecast.tasks.forecast.cli_forecast import forecast_frame
-
     start = time.perf_counter()
     torch.set_num_threads(job.threads)
     predictor = cached_predictor(job.predictor_dir)
@@ -184,7 +183,7 @@ def assemble(parts: list[Path], output: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         for part in parts:
-            os.link(part, tmp / part.name) if hasattr(os, "link") else shutil.copy2(part, tmp / part.name)
+            os.link(part, tmp / part.name)  # the work folder goes after: the links keep the parts
         if output.exists():
             shutil.rmtree(output) if output.is_dir() else output.unlink()
     os.replace(tmp, output)
@@ -228,8 +227,6 @@ def run_stream_forecast(app, fit_predictor: Callable[[ForecastDataset], EBTPredi
             with quiet_pandas():
                 season = int(get_seasonality(app.freq or freq))
             predictor = fit_predictor(ForecastDataset(Path(app.input).stem, freq, app.horizon, season, series))
-            from ebt_forecast.tasks.forecast.cli_forecast import save_predictor
-
             (work / "parts").mkdir(parents=True, exist_ok=True)
             save_predictor(predictor, work / "predictor")
             manifest = {"format": MANIFEST_FORMAT, "key": key, "freq": freq,
