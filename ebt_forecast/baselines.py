@@ -16,7 +16,9 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from ebt_forecast.data.types import ForecastDataset, TestWindow
+from ebt_forecast.data.covariates import covariate_slots
+from ebt_forecast.data.frames import gluonts_fields
+from ebt_forecast.data.types import Covariates, ForecastDataset, TestWindow
 from ebt_forecast.metrics import FORECAST_LEVELS
 from ebt_forecast.data.windows import mean_abs_scale, seasonal_naive_path, split_train_val
 
@@ -149,6 +151,8 @@ class GluonTSBaseline:
     determinism flag is restored afterwards.
     """
 
+    reads_covariates = False  # whether fit passes the data's known-future and static covariates to the model
+
     def __init__(
         self,
         *,
@@ -183,6 +187,8 @@ class GluonTSBaseline:
         self.estimator_kwargs = dict(estimator_kwargs or {})
         self.trainer_kwargs = dict(trainer_kwargs or {})
         self.name = name
+        self.covariates: dict = {}  # the covariate slots fit found (for models that read covariates)
+        self._ahead = 0
         self.train_seconds = 0.0
         self.train_steps = 0
         self.stopped_early = False
@@ -200,9 +206,16 @@ class GluonTSBaseline:
 
         return ListDataset(entries, freq=freq)
 
-    @staticmethod
-    def _entry(item_id: str, start, target: np.ndarray) -> dict:
-        return {"start": start, "target": np.asarray(target, dtype=np.float32), "item_id": item_id}
+    def _entry(self, item_id: str, start, target: np.ndarray, cov: Covariates | None = None) -> dict:
+        """A GluonTS entry; with `covariates` (set by fit when the data carry them and the model reads them) its
+        known-future and static covariates as feat_* fields (past-only covariates have no DeepAR / PatchTST field)."""
+        entry = {"start": start, "target": np.asarray(target, dtype=np.float32), "item_id": item_id}
+        if self.covariates and cov is not None:
+            length = len(entry["target"])
+            entry.update({k: v for k, v in gluonts_fields(cov).items() if k != "past_feat_dynamic_real"})
+            if "feat_dynamic_real" in entry:  # training entries: as long as the target (prediction: + horizon)
+                entry["feat_dynamic_real"] = entry["feat_dynamic_real"][:, :length + self._ahead]
+        return entry
 
     def fit(self, dataset: ForecastDataset) -> "GluonTSBaseline":
         import lightning
@@ -211,19 +224,23 @@ class GluonTSBaseline:
         cls = type(self).__name__
         val_ds = None
         train_series = dataset.train
+        self.covariates = covariate_slots(dataset.train) if self.reads_covariates else {}
+        self._ahead = 0
+        full = {s.item_id: s.covariates for s in dataset.train}
         if self.early_stopping_patience is not None:
             cut, val = split_validation_tail(dataset)
             if not val:
                 raise ValueError(f"{cls}: no training series is long enough for a validation tail")
             train_series = cut.train
             val_ds = self._dataset(
-                [self._entry(w.item_id, w.start, np.concatenate([w.past, w.future])) for w in val],
+                [self._entry(w.item_id, w.start, np.concatenate([w.past, w.future]), full[w.item_id]) for w in val],
                 dataset.freq,
             )
         if not any(len(s.target) > dataset.horizon for s in train_series):
             # GluonTS samples training windows with a full horizon of future; none -> endless loop
             raise ValueError(f"{cls}: no training series longer than the horizon ({dataset.horizon})")
-        train_ds = self._dataset([self._entry(s.item_id, s.start, s.target) for s in train_series], dataset.freq)
+        train_ds = self._dataset([self._entry(s.item_id, s.start, s.target, s.covariates) for s in train_series],
+                                 dataset.freq)
         nbpe = self.num_batches_per_epoch or min(50, self.max_steps)
         max_epochs = math.ceil(self.max_steps / nbpe)
         prev_det = torch.are_deterministic_algorithms_enabled()
@@ -287,7 +304,9 @@ class GluonTSBaseline:
             raise RuntimeError(f"{type(self).__name__}.predict() called before fit()")
         if not windows:
             return []
-        ds = self._dataset([self._entry(str(i), w.start, w.past) for i, w in enumerate(windows)], dataset.freq)
+        self._ahead = dataset.horizon  # known-future covariates run over the horizon
+        ds = self._dataset([self._entry(str(i), w.start, w.past, w.covariates) for i, w in enumerate(windows)],
+                           dataset.freq)
         torch.manual_seed(self.seed)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=_GLUONTS_INDEXING_WARNING)
@@ -307,6 +326,8 @@ class GluonTSBaseline:
 class DeepARBaseline(GluonTSBaseline):
     """GluonTS's torch ``DeepAREstimator`` (Student-t output, GluonTS default lags / time features);
     training, validation and seeding as in :class:`GluonTSBaseline`."""
+
+    reads_covariates = True  # feat_dynamic_real (known-future), feat_static_real / _cat
 
     def __init__(
         self,
@@ -332,10 +353,15 @@ class DeepARBaseline(GluonTSBaseline):
     def _estimator(self, dataset: ForecastDataset, common: dict[str, Any]):
         from gluonts.torch.model.deepar import DeepAREstimator
 
+        slots = self.covariates
+        features = dict(num_feat_dynamic_real=slots.get("future_covariates", 0),
+                        num_feat_static_real=slots.get("static_real", 0),
+                        num_feat_static_cat=len(slots.get("static_cardinalities", [])),
+                        cardinality=slots.get("static_cardinalities") or None)
         return DeepAREstimator(
             freq=dataset.freq, num_layers=self.num_layers, hidden_size=self.hidden_size,
             dropout_rate=self.dropout_rate, num_parallel_samples=self.num_samples,
-            **common, **self.estimator_kwargs,
+            **features, **common, **self.estimator_kwargs,
         )
 
 
@@ -547,6 +573,14 @@ def fill_missing(y: np.ndarray) -> np.ndarray:
     return np.interp(np.arange(len(y)), obs, y[obs])
 
 
+def _interpolated(x: np.ndarray) -> np.ndarray:
+    """x with its gaps linearly interpolated (the ends held); zeros when nothing is observed."""
+    obs = np.flatnonzero(np.isfinite(x))
+    if obs.size == 0:
+        return np.zeros_like(x)
+    return np.interp(np.arange(len(x)), obs, x[obs])
+
+
 class StatsForecastBaseline:
     """statsforecast's ``AutoETS`` / ``AutoTheta`` / ``AutoARIMA`` / ``SeasonalNaive`` (GIFT-Eval's reference, with its Gaussian
     prediction intervals from the in-sample seasonal residuals) as local per-window models.
@@ -590,8 +624,12 @@ class StatsForecastBaseline:
         name: str | None = None,
         n_jobs: int = 1,
         levels: Sequence[float] = STATSFORECAST_QUANTILES,
+        exogenous: bool = False,
     ):
         key = str(model).lower()
+        if exogenous and key != "autoarima":
+            raise ValueError(f"exogenous regressors need model='autoarima' (statsforecast's ARIMA with X), got {model!r}")
+        self.exogenous = exogenous
         self.levels = tuple(float(q) for q in levels)
         if key not in STATSFORECAST_MODELS:
             raise ValueError(f"model must be one of {STATSFORECAST_MODELS}, got {model!r}")
@@ -626,27 +664,46 @@ class StatsForecastBaseline:
         self.train_steps = 0
         return self
 
-    def quantile_paths(self, past: np.ndarray, horizon: int, season: int) -> np.ndarray:
-        """Fit on ``past`` (already cut and NaN-filled) and return the (21, horizon) quantile paths.
-        Raises on a model error or a non-finite forecast."""
+    def quantile_paths(self, past: np.ndarray, horizon: int, season: int, x: np.ndarray | None = None,
+                       x_future: np.ndarray | None = None) -> np.ndarray:
+        """Fit on ``past`` (already cut and NaN-filled; with regressors ``x`` (T, C) and their future ``x_future``
+        (H, C)) and return the (21, horizon) quantile paths. Raises on a model error or a non-finite forecast."""
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # convergence / overflow chatter of the optimisers
             intervals = sorted({_interval_level(q) for q in self.levels} - {0})
-            out = self._make_model(season).forecast(y=past, h=horizon, level=intervals)
+            regressors = {} if x is None else {"X": x, "X_future": x_future}
+            out = self._make_model(season).forecast(y=past, h=horizon, level=intervals, **regressors)
         paths = np.stack([np.asarray(out[_statsforecast_key(q)], dtype=np.float64).ravel() for q in self.levels])
         if paths.shape != (len(self.levels), horizon) or not np.isfinite(paths).all():
             raise FloatingPointError(f"{self.model}: non-finite or misshaped forecast")
         return uncross_quantile_paths(paths, self.levels)
 
-    def window_paths(self, past: np.ndarray, horizon: int) -> np.ndarray | None:
-        """The (21, horizon) paths for one window's past, or None where it must fall back."""
-        past = np.asarray(past, dtype=np.float64)[-(self.context_length or self.max_context):]
+    def window_paths(self, past: np.ndarray, horizon: int, known: np.ndarray | None = None) -> np.ndarray | None:
+        """The (21, horizon) paths for one window's past (and its known-future regressors (C, T + H) when
+        exogenous), or None where it must fall back."""
+        keep = self.context_length or self.max_context
+        past = np.asarray(past, dtype=np.float64)
+        x = x_future = None
+        if known is not None:  # the regressors over the past and over the horizon, gaps interpolated per regressor
+            known = np.stack([_interpolated(row) for row in np.asarray(known, dtype=np.float64)])
+            x, x_future = known[:, :len(past)].T, known[:, len(past):len(past) + horizon].T
+        past = past[-keep:]
         if np.isfinite(past).sum() < self.min_length:
             return None
         try:
-            return self.quantile_paths(fill_missing(past), horizon, self._season).astype(np.float32)
+            y = fill_missing(past)  # leading gaps dropped: the regressors keep the same last len(y) steps
+            x = None if x is None else x[-len(y):]
+            return self.quantile_paths(y, horizon, self._season, x, x_future).astype(np.float32)
         except Exception:  # noqa: BLE001 - any model failure -> seasonal naive
             return None
+
+    def _regressors(self, window: TestWindow) -> np.ndarray | None:
+        """A window's known-future covariates (C, T + H) when the model takes regressors (None otherwise)."""
+        if not self.exogenous:
+            return None
+        if window.covariates is None or window.covariates.future is None:
+            raise ValueError(f"{self.name}: window of {window.item_id!r} has no known-future covariates to regress on")
+        return window.covariates.future
 
     def predict(self, windows: list[TestWindow], dataset: ForecastDataset) -> list[np.ndarray]:
         """Fit on each window's past and return its (21, horizon) quantile paths; windows run in
@@ -655,15 +712,17 @@ class StatsForecastBaseline:
             raise RuntimeError("StatsForecastBaseline.predict() called before fit()")
         t0 = time.perf_counter()
         h = dataset.horizon
+        known = [self._regressors(w) for w in windows]
         if self.n_jobs > 1 and len(windows) >= 8 * self.n_jobs:
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor
 
             # fork: the workers inherit statsforecast's compiled (numba) models instead of compiling them again
             with ProcessPoolExecutor(self.n_jobs, mp_context=multiprocessing.get_context("fork")) as pool:
-                found = list(pool.map(self.window_paths, [w.past for w in windows], [h] * len(windows), chunksize=8))
+                found = list(pool.map(self.window_paths, [w.past for w in windows], [h] * len(windows), known,
+                                      chunksize=8))
         else:
-            found = [self.window_paths(w.past, h) for w in windows]
+            found = [self.window_paths(w.past, h, x) for w, x in zip(windows, known)]
         self.fallbacks = 0
         self.fallback_items = []
         out = []

@@ -14,7 +14,7 @@ from pandas.tseries import offsets as pdo
 from pandas.tseries.frequencies import to_offset
 
 from ebt_forecast.errors import DataError
-from ebt_forecast.data.types import Series
+from ebt_forecast.data.types import Covariates, Series
 
 _MONTHS = ["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"]
 # pandas >= 2.2 deprecates business-day Periods and the "M"/"Y" offset aliases; GluonTS still uses them.
@@ -116,6 +116,11 @@ def _describe(source: Any, source_name: str | None) -> str:
     if isinstance(source, (str, Path)):
         return str(source)
     return "<dataframe>"
+
+
+def read_table(source: Any, name: str | None = None) -> pd.DataFrame:
+    """A pandas/polars frame or a CSV/Parquet path as a pandas frame (DataError naming the file if unreadable)."""
+    return _read_source(source, _describe(source, name))
 
 
 def _read_source(source: Any, name: str) -> pd.DataFrame:
@@ -374,7 +379,7 @@ def series_to_gluonts(series: list[Series], freq: str):
     pfreq = period_freq(freq)
     with quiet_pandas():
         entries = [{"target": np.asarray(s.target, dtype=np.float32), "start": s.start.asfreq(pfreq),
-                    "item_id": s.item_id} for s in series]
+                    "item_id": s.item_id, **gluonts_fields(s.covariates)} for s in series]
         return ListDataset(entries, freq=pfreq)
 
 
@@ -398,5 +403,38 @@ def gluonts_to_series(dataset: Iterable[dict], freq: str | None = None) -> list[
             elif freq is not None:
                 start = start.asfreq(period_freq(freq))
             item = entry.get("item_id")
-            out.append(Series(item_id=str(i if item is None else item), start=start, target=target.copy()))
+            out.append(Series(item_id=str(i if item is None else item), start=start, target=target.copy(),
+                              covariates=gluonts_covariates(entry, i, len(target))))
     return out
+
+
+GLUONTS_COVARIATES = {"past_feat_dynamic_real": "past", "feat_dynamic_real": "future",
+                      "feat_static_real": "static_real", "feat_static_cat": "static_cat"}
+
+
+def gluonts_fields(cov: Covariates | None) -> dict:
+    """Covariates as a GluonTS entry's feat_* fields (the inverse of `gluonts_covariates`)."""
+    if cov is None:
+        return {}
+    return {key: getattr(cov, kind) for key, kind in GLUONTS_COVARIATES.items() if getattr(cov, kind) is not None}
+
+
+def gluonts_covariates(entry: dict, index: int, length: int) -> Covariates | None:
+    """A GluonTS entry's covariates (past_feat_dynamic_real (Cp, T), feat_dynamic_real (Cf, T, or T + H when
+    predicting), feat_static_real, feat_static_cat), or None when it has none."""
+    found = {kind: entry[key] for key, kind in GLUONTS_COVARIATES.items() if entry.get(key) is not None}
+    if not found:
+        return None
+    cov = Covariates()
+    for kind, value in found.items():
+        if kind in ("past", "future"):
+            x = np.asarray(value, dtype=np.float32)
+            x = x[None] if x.ndim == 1 else x
+            key = next(k for k, v in GLUONTS_COVARIATES.items() if v == kind)
+            if x.ndim != 2 or x.shape[1] < length or (kind == "past" and x.shape[1] != length):
+                raise DataError(f"entry {index} ({entry.get('item_id', index)!r}): {key} has shape {x.shape}; "
+                                f"expected (features, {length}){' or longer' if kind == 'future' else ''}")
+            setattr(cov, kind, x)
+        else:
+            setattr(cov, kind, np.asarray(value, dtype=np.int64 if kind == "static_cat" else np.float32).ravel())
+    return cov

@@ -21,9 +21,28 @@ class Series:
     start: pd.Period
     target: np.ndarray
     anchor: pd.Timedelta | None = None
+    covariates: "Covariates | None" = None  # aligned with target; known-future ones may run past its end
 
     def __len__(self) -> int:
         return len(self.target)
+
+
+@dataclass
+class Covariates:
+    """A series' covariates (GluonTS's conventions): `past` (Cp, T) known up to the forecast start
+    (past_feat_dynamic_real), `future` (Cf, T [+ H]) known over the horizon too (feat_dynamic_real: calendar, planned
+    prices, weather forecasts), `static_real` (Sr,) and `static_cat` (Sc,) per series (feat_static_real / _cat)."""
+
+    past: np.ndarray | None = None
+    future: np.ndarray | None = None
+    static_real: np.ndarray | None = None
+    static_cat: np.ndarray | None = None
+
+    def cut(self, start: int, end: int, future_end: int | None = None) -> "Covariates":
+        """The dynamic covariates over steps [start, end) (known-future ones up to `future_end`, default end)."""
+        return Covariates(None if self.past is None else self.past[:, start:end].copy(),
+                          None if self.future is None else self.future[:, start:future_end or end].copy(),
+                          self.static_real, self.static_cat)
 
 
 @dataclass
@@ -34,6 +53,7 @@ class TestWindow:
     start: pd.Period  # start of `past`
     past: np.ndarray
     future: np.ndarray
+    covariates: Covariates | None = None  # past ones over `past`; known-future ones over past + future
 
     @property
     def forecast_start(self) -> pd.Period:

@@ -6,7 +6,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ebt_forecast.errors import DataError
-from ebt_forecast.data.types import Series, TestWindow
+from ebt_forecast.data.types import Covariates, Series, TestWindow
 
 
 def mean_abs_scale(context: np.ndarray, min_scale: float = 1e-5) -> float:
@@ -46,11 +46,14 @@ def tail_windows(s: Series, horizon: int, num_windows: int) -> tuple[Series, lis
     if horizon < 1 or num_windows < 1 or cut < 1:
         raise DataError(f"series {s.item_id!r}: length {n} too short for {num_windows} window(s) of {horizon}")
     target = np.asarray(s.target, dtype=np.float32)
+    cov = s.covariates
     windows = [
-        TestWindow(item_id=s.item_id, start=s.start, past=target[:o].copy(), future=target[o:o + horizon].copy())
+        TestWindow(item_id=s.item_id, start=s.start, past=target[:o].copy(), future=target[o:o + horizon].copy(),
+                   covariates=None if cov is None else cov.cut(0, o, o + horizon))
         for o in range(cut, n, horizon)
     ]
-    return Series(item_id=s.item_id, start=s.start, target=target[:cut].copy()), windows
+    return Series(item_id=s.item_id, start=s.start, target=target[:cut].copy(), anchor=s.anchor,
+                  covariates=None if cov is None else cov.cut(0, cut)), windows
 
 
 def split_train_val(series: list[Series], horizon: int, val_windows: int = 1) -> tuple[list[Series], list[TestWindow]]:
@@ -82,6 +85,50 @@ def _scaled(x: np.ndarray, mask: np.ndarray, scale: float, loc: float = 0.0) -> 
     return torch.from_numpy(np.where(mask, (x - loc) / scale, 0.0).astype(np.float32))
 
 
+def _columns(x: np.ndarray, start: int, end: int) -> np.ndarray:
+    """Columns [start, end) of x (C, T) as float32, NaN where the range runs outside x."""
+    out = np.full((x.shape[0], end - start), np.nan, dtype=np.float32)
+    a, b = max(start, 0), min(end, x.shape[1])
+    if b > a:
+        out[:, a - start:b - start] = x[:, a:b]
+    return out
+
+
+def _standardised(x: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Each row of x minus its mean over the observed reference, over its std (floored); NaN -> 0."""
+    finite = np.isfinite(reference)
+    count = finite.sum(-1, keepdims=True)
+    ref = np.where(finite, reference, 0.0)
+    mean = ref.sum(-1, keepdims=True) / np.maximum(count, 1)
+    var = (np.where(finite, reference - mean, 0.0) ** 2).sum(-1, keepdims=True) / np.maximum(count, 1)
+    scale = np.maximum(np.sqrt(var), 1e-3 * np.maximum(np.abs(mean), 1.0))
+    return np.nan_to_num((x - mean) / scale, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
+
+
+def covariate_window(cov: Covariates | None, forecast_start: int, context_length: int,
+                     horizon: int) -> dict[str, torch.Tensor]:
+    """A window's covariates as model inputs, each standardised by its own context part (a covariate's level carries
+    no meaning across series): past ones over the context (C, L) with their observed mask, known-future ones over
+    context + horizon (C, L + H), static reals squashed by sign(x) log(1 + |x|), static categories as codes."""
+    if cov is None:
+        return {}
+    out: dict[str, torch.Tensor] = {}
+    begin = forecast_start - context_length
+    if cov.past is not None:
+        past = _columns(cov.past, begin, forecast_start)
+        out["past_covariates"] = torch.from_numpy(_standardised(past, past))
+        out["past_covariates_mask"] = torch.from_numpy(np.isfinite(past).astype(np.float32))
+    if cov.future is not None:
+        future = _columns(cov.future, begin, forecast_start + horizon)
+        out["future_covariates"] = torch.from_numpy(_standardised(future, future[:, :context_length]))
+    if cov.static_real is not None:
+        x = np.asarray(cov.static_real, dtype=np.float32)
+        out["static_real"] = torch.from_numpy(np.sign(x) * np.log1p(np.abs(x)))
+    if cov.static_cat is not None:
+        out["static_cat"] = torch.as_tensor(np.asarray(cov.static_cat), dtype=torch.long)
+    return out
+
+
 class TrainWindowDataset(Dataset):
     """Deterministic random (context + horizon) training windows drawn from a list of Series.
 
@@ -93,12 +140,15 @@ class TrainWindowDataset(Dataset):
     """
 
     def __init__(self, series: list[Series], context_length: int, horizon: int,
-                 num_samples: int = 10_000, seed: int = 0, min_scale: float = 1e-5, scaling: str = "mean") -> None:
+                 num_samples: int = 10_000, seed: int = 0, min_scale: float = 1e-5, scaling: str = "mean",
+                 covariate_horizon: int | None = None) -> None:
+        self.covariate_horizon = covariate_horizon  # known-future covariates reach this far (the model's horizon)
         if context_length < 1 or horizon < 1 or num_samples < 1:
             raise DataError("context_length, horizon and num_samples must be >= 1")
         self.context_length, self.horizon, self.scaling = context_length, horizon, scaling
         self.num_samples, self.seed, self.min_scale = num_samples, seed, min_scale
         self.targets: list[np.ndarray] = []
+        self.covariates: list[Covariates | None] = []
         self.ends: list[np.ndarray] = []  # valid exclusive window ends per kept series
         h, c = horizon, context_length
         for s in series:
@@ -113,6 +163,7 @@ class TrainWindowDataset(Dataset):
             e = e[(fut_obs > 0) & (ctx_obs > 0)]
             if len(e):
                 self.targets.append(y)
+                self.covariates.append(s.covariates)
                 self.ends.append(e)
         if not self.ends:
             raise DataError(f"no series has a usable window (need >= {h + 1} observed points "
@@ -146,13 +197,16 @@ class TrainWindowDataset(Dataset):
             "future_mask": torch.from_numpy(fut_mask.astype(np.float32)),
             "scale": torch.tensor(scale, dtype=torch.float32),
             "loc": torch.tensor(loc, dtype=torch.float32),
+            **covariate_window(self.covariates[j], end - h, self.context_length, self.covariate_horizon or h),
         }
 
 
 def make_inference_batch(pasts: list[np.ndarray], context_length: int, min_scale: float = 1e-5,
-                         scaling: str = "mean") -> dict[str, torch.Tensor]:
+                         scaling: str = "mean", covariates: list[Covariates | None] | None = None,
+                         horizon: int = 0) -> dict[str, torch.Tensor]:
     """Batch the last context_length points of each past: normalised ((x - loc) / scale), left-padded, masked
-    tensors; a model output y is y * scale + loc in data units."""
+    tensors; a model output y is y * scale + loc in data units. `covariates` (one per past, aligned with it; the
+    known-future ones run `horizon` steps past its end) join as `covariate_window` inputs."""
     if context_length < 1:
         raise DataError("context_length must be >= 1")
     ctxs, masks, scales, locs = [], [], [], []
@@ -166,12 +220,16 @@ def make_inference_batch(pasts: list[np.ndarray], context_length: int, min_scale
     if not ctxs:
         empty = torch.zeros(0, context_length)
         return {"context": empty, "context_mask": empty.clone(), "scale": torch.zeros(0), "loc": torch.zeros(0)}
-    return {
+    batch = {
         "context": torch.stack(ctxs),
         "context_mask": torch.stack(masks),
         "scale": torch.tensor(scales, dtype=torch.float32),
         "loc": torch.tensor(locs, dtype=torch.float32),
     }
+    if covariates is not None:
+        rows = [covariate_window(c, len(p), context_length, horizon) for p, c in zip(pasts, covariates)]
+        batch.update({k: torch.stack([r[k] for r in rows]) for k in rows[0]})
+    return batch
 
 
 def seasonal_naive_path(context: torch.Tensor, mask: torch.Tensor, season: int, horizon: int,

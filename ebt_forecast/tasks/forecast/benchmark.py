@@ -18,7 +18,10 @@ from ebt_forecast.baselines import (
     PatchTSTBaseline,
     PointPlusGaussian,
     SeasonalNaive,
+    StatsForecastBaseline,
 )
+from ebt_forecast.data.covariate_sets import COVARIATE_SETS, load_covariate_set, without_covariates
+from ebt_forecast.data.covariates import covariate_slots
 from ebt_forecast.data.frames import series_to_gluonts
 from ebt_forecast.data.loaders import load_default_suite, load_etth1, load_exchange_rate, load_m4_hourly
 from ebt_forecast.data.types import ForecastDataset, TestWindow
@@ -36,12 +39,12 @@ from ebt_forecast.tasks.forecast.predictors import (HarnessEstimator, convention
 from ebt_forecast.tasks.forecast.sources import choose, fast_forecasts, train_verifier, verifier_rows
 
 log = logging.getLogger(__name__)
-SEEDLESS = ("seasonal_naive", *STATSFORECAST_MODELS)  # deterministic: one cell whatever the seed
+SEEDLESS = ("seasonal_naive", *STATSFORECAST_MODELS, "autoarima_exog")  # deterministic: one cell whatever the seed
 ZERO_SHOT = {"ebt_zero_shot": "ebt_1m", "twin_zero_shot": "twin_1m"}  # packaged pretrained models: nothing trained here
 MODELS = (*SEEDLESS, *ZERO_SHOT, "transformer_pp", "transformer_pp+gaussian", "deepar", "patchtst", "ebt",
-          "ebt_verifier")
+          "ebt_verifier", "ebt_no_covariates")
 RELATIVE_METRICS = ("wql", "mase", "crps_scaled", "smape", "msis")
-SUITES = ("default", "shared", "etth1", "m4_hourly", "exchange_rate")
+SUITES = ("default", "shared", "etth1", "m4_hourly", "exchange_rate", "covariates", *COVARIATE_SETS)
 
 
 def load_suite(app: ForecastAppConfig) -> list[ForecastDataset]:
@@ -49,6 +52,10 @@ def load_suite(app: ForecastAppConfig) -> list[ForecastDataset]:
     if app.suite == "default":
         return load_default_suite()
     root = app.data.root
+    if app.suite == "covariates":  # the data sets with real covariates (issue 30)
+        return [load_covariate_set(name, root) for name in COVARIATE_SETS]
+    if app.suite in COVARIATE_SETS:
+        return [load_covariate_set(app.suite, root)]
     shared = {
         "etth1": lambda: load_etth1(root, columns="all", stride=app.data.etth1_stride),
         "m4_hourly": lambda: load_m4_hourly(root),
@@ -75,6 +82,8 @@ def trained_ebt(dataset: ForecastDataset, app: ForecastAppConfig, cache: Path, r
     depends = {"data": (dataset.name, dataset.horizon, [len(s) for s in dataset.train]), "model": cfg.model,
                "think": cfg.think, "trainer": cfg.trainer.settings(), "task": cfg.task.ebt_fields(), "seed": cfg.seed,
                "reserve_windows": reserve_windows}
+    if covariate_slots(dataset.train):  # (absent without covariates: the keys of earlier runs stay valid)
+        depends["covariates"] = covariate_slots(dataset.train)
 
     def make(folder: Path) -> EBTForecaster:
         ebt = EBTForecaster(cfg, "ebt", reserve_windows=reserve_windows).fit(dataset)
@@ -89,8 +98,15 @@ def trained_ebt(dataset: ForecastDataset, app: ForecastAppConfig, cache: Path, r
     return Artifacts(cache).get(f"ebt__{dataset.name}", depends, make, load)
 
 
-def run_ebt_cell(dataset: ForecastDataset, app: ForecastAppConfig, plots: Path, cache: Path) -> list[dict]:
-    """Train the EBT once, then score its thinking settings: steps x selection, and M candidates."""
+def run_ebt_cell(dataset: ForecastDataset, app: ForecastAppConfig, plots: Path, cache: Path,
+                 name: str = "ebt") -> list[dict]:
+    """Train the EBT once, then score its thinking settings: steps x selection, and M candidates (rows `name`,
+    `name[steps=...]`)."""
+    return [{**r, "model": name + r["model"].removeprefix("ebt")} for r in _ebt_rows(dataset, app, plots, cache)]
+
+
+def _ebt_rows(dataset: ForecastDataset, app: ForecastAppConfig, plots: Path, cache: Path) -> list[dict]:
+    """run_ebt_cell's rows, named `ebt...`."""
     cfg = app.forecaster()
     ebt = trained_ebt(dataset, app, cache)
     predictor, test_data = EBTPredictor(ebt, dataset.horizon, dataset.freq), windows_dataset(dataset.test_windows)
@@ -200,6 +216,9 @@ def estimator_for(dataset: ForecastDataset, model: str, app: ForecastAppConfig, 
         return HarnessEstimator(lambda: CachedSource(model, cache), conventions, FORECAST_LEVELS)
     if model == "seasonal_naive":
         return HarnessEstimator(lambda: SeasonalNaive(dataset.season_length), conventions)
+    if model == "autoarima_exog":  # statsforecast's AutoARIMA with the known-future covariates as regressors
+        return HarnessEstimator(lambda: StatsForecastBaseline("autoarima", exogenous=True, n_jobs=app.runtime.threads,
+                                                              name=model), conventions, FORECAST_LEVELS)
     if model in ZERO_SHOT:  # `pretrained=` replaces the packaged EBT (a `pretrain` run folder)
         source = app.pretrained if model == "ebt_zero_shot" and app.pretrained else ZERO_SHOT[model]
         return HarnessEstimator(lambda: PretrainedForecaster(source, cfg, name=model), conventions)
@@ -229,6 +248,8 @@ def run_cell(dataset: ForecastDataset, model: str, app: ForecastAppConfig, plots
     Forecasts); return its result rows. The EBT and the verifier have cells of their own (many settings each)."""
     if model == "ebt":
         return run_ebt_cell(dataset, app, plots, cache)
+    if model == "ebt_no_covariates":  # the same EBT on the same data without its covariates (issue 30's control)
+        return run_ebt_cell(without_covariates(dataset), app, plots, cache, name=model)
     if model == "ebt_verifier":
         return run_verifier_cell(dataset, app, cache)
     predictor = estimator_for(dataset, model, app, cache).train(series_to_gluonts(dataset.train, dataset.freq))
@@ -327,13 +348,14 @@ def cell_depends(dataset: ForecastDataset, model: str, app: ForecastAppConfig) -
     """Everything a cell's numbers depend on: the data (loader settings and windows), the model, its budget and
     seed, and for the EBT the inference settings scored; a changed setting recomputes the cell."""
     data = (dataset.name, app.suite, app.data.etth1_stride, dataset.horizon, dataset.season_length,
-            [len(s) for s in dataset.train], len(dataset.test_windows))
+            [len(s) for s in dataset.train], len(dataset.test_windows), *filter(None, [covariate_slots(dataset.train)]))
     if model in SEEDLESS:
         return {"data": data, "model": model}
     b = app.benchmark
     extra = {"deepar": (b.deepar_hidden_size, b.deepar_num_layers, b.gluonts_budget, b.gluonts_patience),
              "patchtst": (b.gluonts_budget, b.gluonts_patience),
              "ebt": (b.think_steps, b.selections, b.candidate_counts, b.verify_groups),
+             "ebt_no_covariates": (b.think_steps, b.selections, b.candidate_counts, b.verify_groups),
              "ebt_verifier": {k: v for k, v in asdict(app.task.verifier).items() if k != "enabled"}}.get(model)
     think = app.think if model.startswith("ebt") else None  # the feed-forward models never think
     return {"data": data, "model": model, "backbone": app.model, "think": think, "trainer": app.trainer.settings(),

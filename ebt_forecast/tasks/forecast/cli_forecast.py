@@ -2,16 +2,19 @@
 `finetune=N`; `pretrained=null` trains one from scratch) and write quantiles of the next H steps."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from gluonts.time_feature import get_seasonality
 
 import polars as pl
 
 from ebt_forecast.errors import DataError
 from ebt_forecast.data.parts import input_parts
-from ebt_forecast.data.frames import frame_to_series, load_long_frame, quiet_pandas
+from ebt_forecast.data.covariates import CovariateRoles, attach_covariates, covariate_slots, unassigned_columns
+from ebt_forecast.data.frames import frame_to_series, load_long_frame, quiet_pandas, read_table
 from ebt_forecast.data.types import ForecastDataset, TestWindow
 from ebt_forecast.io import atomic_write_csv
 from ebt_forecast.tasks.forecast.estimator import EBTPredictor
@@ -19,23 +22,49 @@ from ebt_forecast.tasks.forecast.forecaster import EBTForecaster
 from ebt_forecast.tasks.forecast.pretrained import PretrainedForecaster
 from ebt_forecast.tasks.forecast.sources import VerifierForecaster
 from ebt_forecast.tasks.forecast.output import forecast_frame, save_predictor
+from ebt_forecast.tasks.forecast.scenarios import scenario_forecasts
 from ebt_forecast.tasks.forecast.streaming import StreamSummary, run_stream_forecast
 
 
-def user_dataset(app, command: str = "forecast") -> ForecastDataset:
-    """Validate input= / horizon= / freq= and load the user's file as a ForecastDataset (no test windows)."""
+def covariate_roles(app) -> CovariateRoles:
+    """The covariate roles the command names (past_covariates=, future_covariates=, static=)."""
+    return CovariateRoles(list(app.past_covariates), list(app.future_covariates), list(app.static))
+
+
+def user_frame(app, command: str = "forecast") -> tuple[pd.DataFrame, ForecastDataset]:
+    """Validate input= / horizon= / freq= / the covariate roles and load the user's file: its long frame and a
+    ForecastDataset (no test windows) whose series carry their covariates (known-future ones over the horizon from
+    future_input=). Columns no role names are reported on stderr, not used."""
     if not app.input:
         raise DataError(f"{command} needs input=PATH (a CSV or Parquet file in long form)")
     if app.horizon <= 0:
         raise DataError(f"horizon={app.horizon} is invalid: must be a positive number of steps")
+    roles = covariate_roles(app)
+    if app.future_input and app.scenarios:
+        raise DataError("future_input= gives one future of the covariates and scenarios= several: give one of them")
+    if roles.future and not (app.future_input or app.scenarios):
+        raise DataError(f"future_covariates={roles.future} need their values over the horizon: give future_input=FILE "
+                        "(item_id, timestamp and those columns over the next horizon steps) or scenarios=FILE")
     min_length = app.min_length or app.horizon + 1
     frame = load_long_frame(app.input, id_col=app.id_col, time_col=app.time_col, target_col=app.target_col,
                             freq=app.freq, min_length=min_length)
     freq = frame.attrs["freq"]
     series = frame_to_series(frame, freq)
+    ignored = unassigned_columns(frame, roles)
+    if ignored:
+        print(f"{command}: not using columns {ignored} of {app.input} (give them a role: past_covariates=[...], "
+              "future_covariates=[...] or static=[...])", file=sys.stderr)
+    future = read_table(app.future_input) if app.future_input else None
+    series = attach_covariates(frame, series, roles, str(app.input), future=future,
+                               future_name=str(app.future_input), horizon=app.horizon)
     with quiet_pandas():
         season = int(get_seasonality(app.freq or freq))
-    return ForecastDataset(Path(app.input).stem, freq, app.horizon, season, series)
+    return frame, ForecastDataset(Path(app.input).stem, freq, app.horizon, season, series)
+
+
+def user_dataset(app, command: str = "forecast") -> ForecastDataset:
+    """The user's file as a ForecastDataset (user_frame without the frame)."""
+    return user_frame(app, command)[1]
 
 
 def load_predictor(app) -> EBTPredictor:
@@ -53,8 +82,8 @@ def streams(app) -> bool:
     """Whether `forecast` streams the input in chunks (streaming.py): a pretrained model zero-shot or a saved
     predictor, nothing to save, and a long-form input (a wide single file, or training on the whole file, stays
     in memory)."""
-    if app.save or (not app.predictor and (not app.pretrained or app.finetune)):
-        return False
+    if app.save or (not app.predictor and (not app.pretrained or app.finetune)) or covariate_roles(app) or app.scenarios:
+        return False  # covariates and scenarios are read in memory
     parts = input_parts(app.input)
     if len(parts) > 1:
         return True
@@ -77,10 +106,14 @@ def run_forecast(app) -> Path | StreamSummary:
     if app.finetune and not app.pretrained:
         raise DataError(f"finetune={app.finetune} adapts a pretrained model, but pretrained=null: give pretrained= "
                         "(a packaged model or a `pretrain` run folder) or drop finetune=")
+    if app.scenarios and not app.output:
+        raise DataError("scenarios= writes a forecast per scenario: give output=OUT.csv")
     predictor = load_predictor(app) if app.predictor else None
-    if app.output and streams(app):
+    if app.output and streams(app) and not (predictor and predictor.covariate_slots):
         return run_streaming(app, predictor)
-    dataset = user_dataset(app)
+    frame, dataset = user_frame(app)
+    if predictor is not None:
+        check_predictor_covariates(predictor, dataset, app.predictor)
     if predictor is None:
         cfg = app.forecaster()
         if app.pretrained:  # zero-shot (or a short fine-tune): no training from scratch per call
@@ -95,10 +128,23 @@ def run_forecast(app) -> Path | StreamSummary:
             save_predictor(predictor, Path(app.save))
     if not app.output:
         return Path(app.save)
-    windows = [TestWindow(s.item_id, s.start, s.target, np.full(app.horizon, np.nan, np.float32))
+    if app.scenarios:
+        scenarios = read_table(app.scenarios)
+        table = scenario_forecasts(predictor, frame, dataset, covariate_roles(app), scenarios, str(app.scenarios))
+        return atomic_write_csv(table, app.output)
+    windows = [TestWindow(s.item_id, s.start, s.target, np.full(app.horizon, np.nan, np.float32), s.covariates)
                for s in dataset.train]
     out = predictor.forecaster.predict(windows)
     return atomic_write_csv(forecast_frame(dataset, out.samples, out.levels), app.output)
+
+
+def check_predictor_covariates(predictor: EBTPredictor, dataset: ForecastDataset, folder: str) -> None:
+    """The saved predictor's covariate slots must match the covariates the command names."""
+    used = lambda slots: {k: v for k, v in slots.items() if v}  # noqa: E731
+    have, given = used(predictor.covariate_slots), used(covariate_slots(dataset.train))
+    if have != given:
+        raise DataError(f"the predictor in {folder} was trained with covariates {have or 'none'}, but the command "
+                        f"gives {given or 'none'}: name the same past_covariates= / future_covariates= / static=")
 
 
 def run_streaming(app, predictor: EBTPredictor | None) -> StreamSummary:

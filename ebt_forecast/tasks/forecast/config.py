@@ -282,6 +282,12 @@ class ForecastAppConfig(AppConfig):
     #                                       zero-shot: no training per call; null = train an EBT from scratch on the file
     finetune: int = 0  # forecast: adapt the pretrained EBT for this many steps on the file's windows first (0 = zero-shot)
     stream: StreamConfig = field(default_factory=StreamConfig)  # forecast: chunks, resume, progress
+    # forecast: covariates by role (columns of the long input), their horizon values, what-if scenarios
+    past_covariates: list[str] = field(default_factory=list)  # known up to the forecast start
+    future_covariates: list[str] = field(default_factory=list)  # known over the horizon too: values in future_input
+    static: list[str] = field(default_factory=list)  # one value per series (numbers, or categories)
+    future_input: Optional[str] = None  # item_id, timestamp and the future_covariates over the next `horizon` steps
+    scenarios: Optional[str] = None  # item_id, timestamp, scenario and the future_covariates: a forecast per scenario
     # pretrain
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 

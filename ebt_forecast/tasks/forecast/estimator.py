@@ -18,6 +18,7 @@ from gluonts.time_feature import get_seasonality
 from omegaconf import OmegaConf
 
 from ebt_forecast import __version__
+from ebt_forecast.data.covariates import check_horizon_covariates
 from ebt_forecast.data.frames import gluonts_to_series, quiet_pandas
 from ebt_forecast.data.types import ForecastDataset, TestWindow
 from ebt_forecast.errors import DataError
@@ -49,7 +50,9 @@ class EBTPredictor(Predictor):
             raise ValueError(f"num_samples={num_samples} is invalid: must be >= 1")
         series = gluonts_to_series(dataset, self.freq)
         empty = np.full(self.prediction_length, np.nan, dtype=np.float32)
-        out = self.forecaster.predict([TestWindow(s.item_id, s.start, s.target, empty) for s in series],
+        if self.covariate_slots:  # known-future covariates (feat_dynamic_real) must cover the horizon
+            check_horizon_covariates(series, self.prediction_length, "feat_dynamic_real")
+        out = self.forecaster.predict([TestWindow(s.item_id, s.start, s.target, empty, s.covariates) for s in series],
                                       num_candidates=num_samples, **thinking)
         with quiet_pandas():
             for i, s in enumerate(series):
@@ -59,6 +62,12 @@ class EBTPredictor(Predictor):
                         "train_seconds": self.forecaster.train_seconds, "train_steps": self.forecaster.train_steps}
                 yield SampleForecast(samples=out.samples[i], start_date=s.start + len(s.target), item_id=s.item_id,
                                      info=info)
+
+    @property
+    def covariate_slots(self) -> dict:
+        """The covariate slots the EBT was trained with ({} without covariates)."""
+        forecaster = getattr(self.forecaster, "ebt", self.forecaster)
+        return forecaster.covariate_slots
 
     def serialize(self, path: Path) -> None:
         """Write the configuration, the inference choice and the weights (state dict) into folder `path`."""
@@ -73,7 +82,7 @@ class EBTPredictor(Predictor):
                 "chosen": asdict(f.chosen), "validation_scores": f.validation_scores,
                 "train_seconds": self.forecaster.train_seconds, "train_steps": self.forecaster.train_steps,
                 "verifier_choice": verifier.verifier_choice if verifier else None,
-                "pretrained": isinstance(f, PretrainedForecaster)}
+                "pretrained": isinstance(f, PretrainedForecaster), "covariate_slots": f.covariate_slots}
         if isinstance(f, PretrainedForecaster):  # the pretrained model's own record: deserialize rebuilds it from here
             atomic_write_text(path / "model.json", json.dumps(f.meta, indent=2))
         atomic_write_text(path / "predictor.json", json.dumps(meta, indent=2))
@@ -106,6 +115,7 @@ class EBTPredictor(Predictor):
                                            []))
         else:
             forecaster = EBTForecaster(cfg, meta["mode"], reserve_windows=meta.get("reserve_windows", 0))
+            forecaster.covariate_slots = meta.get("covariate_slots") or {}
             model_cfg = forecaster.model_config(meta["prediction_length"], meta["season_length"])
             forecaster.module = ForecastModule(model_cfg, cfg.think, cfg.trainer, cfg.task, mode=meta["mode"])
             forecaster.module.load_state_dict(torch.load(path / "weights.pt", weights_only=True))

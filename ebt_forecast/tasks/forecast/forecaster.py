@@ -14,6 +14,7 @@ import lightning as L
 import numpy as np
 import torch
 
+from ebt_forecast.data.covariates import covariate_slots
 from ebt_forecast.data.types import ForecastDataset, Series, TestWindow
 from ebt_forecast.data.windows import TrainWindowDataset, make_inference_batch, split_train_val
 from ebt_forecast.metrics import FORECAST_LEVELS, score_windows
@@ -84,14 +85,16 @@ class EBTForecaster:
         self.season_length = 1
         self.chosen = InferenceSetting(cfg.think.infer_steps, "verified")
         self.validation_scores: dict[str, float] = {}
+        self.covariate_slots: dict = {}  # the model's covariate slots (data.covariates.covariate_slots)
 
     def model_config(self, horizon: int, season_length: int) -> ForecastModelConfig:
-        """The patch EBT's sizes for a data set's horizon and season."""
+        """The patch EBT's sizes for a data set's horizon and season (and the covariate slots fit found)."""
         context, patch = self.cfg.window(horizon, season_length)
         think = self.cfg.think
         return ForecastModelConfig(context, horizon, patch, self.cfg.model, season_length=season_length,
                                    energy_init=self.cfg.task.energy_init,
-                                   step_embeddings=think.train_steps if think.step_embedding else 0)
+                                   step_embeddings=think.train_steps if think.step_embedding else 0,
+                                   **self.covariate_slots)
 
     def split(self, dataset: ForecastDataset) -> tuple[list[Series], list[TestWindow]]:
         """The series the model trains on (without their validation tails and reserved windows), and the
@@ -116,6 +119,7 @@ class EBTForecaster:
         """Train on the training series minus a validation tail; choose inference settings on that tail."""
         train, self.val_windows = self.split(dataset)
         self.season_length = dataset.season_length
+        self.covariate_slots = covariate_slots(dataset.train)
         model_cfg = self.model_config(dataset.horizon, dataset.season_length)
         t = self.cfg.trainer
         L.seed_everything(self.cfg.seed, workers=True, verbose=False)  # the weights' initialisation too
@@ -178,12 +182,15 @@ class EBTForecaster:
         if extra_starts is not None and extra_starts.shape[:2] != (len(windows), m):
             raise ValueError(f"extra_starts has shape {extra_starts.shape}, expected ({len(windows)}, {m}, S, H)")
         generator = torch.Generator().manual_seed(self.cfg.seed)
-        context_length = self.module.model.cfg.context_length
+        model_cfg = self.module.model.cfg
+        context_length = model_cfg.context_length
         parts: dict[str, list[np.ndarray]] = {}
         passes = np.zeros(3, dtype=np.int64)
         for start in range(0, len(windows), batch_size):
-            batch = make_inference_batch([w.past for w in windows[start:start + batch_size]], context_length,
-                                         scaling=self.module.model.cfg.scaling)
+            rows = windows[start:start + batch_size]
+            covariates = [w.covariates for w in rows] if model_cfg.has_covariates else None
+            batch = make_inference_batch([w.past for w in rows], context_length, scaling=model_cfg.scaling,
+                                         covariates=covariates, horizon=model_cfg.horizon)
             scale, loc = batch["scale"].view(-1, 1, 1), batch["loc"].view(-1, 1, 1)
             if extra_starts is not None:
                 extra = torch.from_numpy(np.asarray(extra_starts[start:start + batch_size], dtype=np.float32))

@@ -11,6 +11,12 @@ heads on the same backbone:
 - System 2 (`energy`): the horizon tokens plus an embedded candidate path and its level give
   one scalar energy; thinking descends it from the proposals.
 The feed-forward twin is this model with only the System 1 head trained.
+
+Covariates enter as per-patch features (GluonTS's roles): past covariates (values and observed mask) join the
+context patches, known-future covariates join the context patches and the horizon tokens, static ones every token.
+Their projections start at zero, so a model given covariate slots (`past_covariates`, ...) starts as the model
+without them: the pretrained EBT gains slots it can leave empty and fine-tuning learns to read them. Both heads run
+on the horizon tokens, so the energy reads a candidate together with the future covariates it assumes.
 """
 from __future__ import annotations
 
@@ -39,6 +45,14 @@ class ForecastModelConfig:
     #                            reference's: dE/dy is not zero at the start, so refinement trains the backbone at once)
     step_embeddings: int = 0  # > 0: one learned landscape per thinking step (a step vector added to every horizon token)
     scaling: str = "mean"  # how windows are normalised (data/windows.context_scaling): mean |x|, or standard (mean, std)
+    past_covariates: int = 0  # covariate slots (data/windows.covariate_window); 0 = none
+    future_covariates: int = 0
+    static_real: int = 0
+    static_cardinalities: list[int] = field(default_factory=list)  # one categorical static covariate per entry
+
+    @property
+    def has_covariates(self) -> bool:
+        return bool(self.past_covariates or self.future_covariates or self.static_real or self.static_cardinalities)
 
     @property
     def context_patches(self) -> int:
@@ -88,24 +102,34 @@ class PatchForecastEBT(nn.Module):
         self.step_embed = nn.Embedding(cfg.step_embeddings, d) if cfg.step_embeddings else None
         if self.step_embed is not None:
             nn.init.normal_(self.step_embed.weight, std=0.02)
+        self.covariates = CovariateEmbedding(cfg)
         self.register_buffer("context_positions", torch.arange(cfg.context_patches), persistent=False)
         self.register_buffer(
             "horizon_positions", torch.arange(cfg.context_patches, cfg.context_patches + cfg.horizon_patches), persistent=False
         )
 
-    def encode(self, context: Tensor, context_mask: Tensor) -> KVCache:
-        """Encode scaled contexts (B, context_length) once; return every layer's keys and values."""
+    def encode(self, context: Tensor, context_mask: Tensor, **covariates: Tensor) -> KVCache:
+        """Encode scaled contexts (B, context_length) once; return every layer's keys and values. With covariate
+        slots, `covariates` (covariate_window's inputs; absent ones are left empty) add to the context tokens, and
+        the horizon tokens' covariate features ride along as one more (B, 1, Nh, D) entry after the layers' keys
+        and values, so every cache operation (grouping, gathering, detaching) applies to them too."""
         c, p = self.cfg, self.cfg.patch_len
         pad = c.context_patches * p - context.shape[-1]
         values = F.pad(context, (pad, 0)).unflatten(-1, (c.context_patches, p))
         mask = F.pad(context_mask, (pad, 0)).unflatten(-1, (c.context_patches, p))
         tokens = self.context_embed(torch.cat([values * mask, mask], dim=-1))
-        _, cache = self.backbone.encode_context(tokens, self.context_positions)
-        return cache
+        if not c.has_covariates:
+            return self.backbone.encode_context(tokens, self.context_positions)[1]
+        context_features, horizon_features = self.covariates(covariates, context)
+        _, cache = self.backbone.encode_context(tokens + context_features, self.context_positions)
+        return [*cache, (horizon_features.unsqueeze(1), horizon_features.unsqueeze(1))]
 
     def _horizon_tokens(self, extra: Tensor, cache: KVCache) -> Tensor:
-        """Run horizon tokens (queries + `extra`) against the cached context."""
-        return self.backbone.forward_with_context(self.horizon_queries + extra, self.horizon_positions, cache)
+        """Run horizon tokens (queries + `extra`, + their covariate features) against the cached context."""
+        queries = self.horizon_queries + extra
+        if len(cache) > len(self.backbone.blocks):  # the covariate entry: (..., 1, Nh, D) -> (..., Nh, D)
+            queries = queries + cache[-1][0].squeeze(-3)
+        return self.backbone.forward_with_context(queries, self.horizon_positions, cache)
 
     def propose(self, cache: KVCache, levels: Tensor) -> Tensor:
         """Quantile paths for levels (B, M) in (0, 1): -> (B, M, horizon)."""
@@ -165,6 +189,53 @@ class PatchForecastEBT(nn.Module):
             return self.energy(x, flat_levels[index], rows, step)
 
         return fn
+
+
+class CovariateEmbedding(nn.Module):
+    """Per-patch features of past, known-future and static covariates, from zero-initialised projections."""
+
+    def __init__(self, cfg: ForecastModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        p, d = cfg.patch_len, cfg.backbone.dim
+        self.past = nn.Linear(2 * p * cfg.past_covariates, d, bias=False) if cfg.past_covariates else None
+        self.future = nn.Linear(p * cfg.future_covariates, d, bias=False) if cfg.future_covariates else None
+        self.static_real = nn.Linear(cfg.static_real, d, bias=False) if cfg.static_real else None
+        self.static_cat = nn.ModuleList(nn.Embedding(n, d) for n in cfg.static_cardinalities)
+        for layer in [self.past, self.future, self.static_real, *self.static_cat]:
+            if layer is not None:
+                nn.init.zeros_(layer.weight)
+
+    def _patches(self, x: Tensor, patches: int, front: bool) -> Tensor:
+        """(B, C, T) -> (B, patches, C * patch_len), zero-padded at the front (context) or the back (horizon)."""
+        p = self.cfg.patch_len
+        pad = patches * p - x.shape[-1]
+        x = F.pad(x, (pad, 0) if front else (0, pad)).unflatten(-1, (patches, p))  # (B, C, N, P)
+        return x.transpose(1, 2).flatten(2)
+
+    def forward(self, inputs: dict[str, Tensor], like: Tensor) -> tuple[Tensor, Tensor]:
+        """Features of the context patches (B, Nc, D) and of the horizon patches (B, Nh, D) for the batch of `like`;
+        a missing input counts as an empty slot (zero features)."""
+        c, dim, batch = self.cfg, self.cfg.backbone.dim, like.shape[0]
+        context = like.new_zeros(batch, c.context_patches, dim)
+        horizon = like.new_zeros(batch, c.horizon_patches, dim)
+        if self.past is not None and "past_covariates" in inputs:
+            x, m = inputs["past_covariates"], inputs["past_covariates_mask"]
+            values = torch.cat([self._patches(x * m, c.context_patches, True),
+                                self._patches(m, c.context_patches, True)], dim=-1)
+            context = context + self.past(values)
+        if self.future is not None and "future_covariates" in inputs:
+            x = inputs["future_covariates"]
+            length = c.context_length
+            context = context + self.future(self._patches(x[..., :length], c.context_patches, True))
+            horizon = horizon + self.future(self._patches(x[..., length:length + c.horizon], c.horizon_patches, False))
+        static = like.new_zeros(batch, 1, dim)
+        if self.static_real is not None and "static_real" in inputs:
+            static = static + self.static_real(inputs["static_real"]).unsqueeze(1)
+        if "static_cat" in inputs:
+            for i, table in enumerate(self.static_cat):
+                static = static + table(inputs["static_cat"][:, i].clamp(0, table.num_embeddings - 1)).unsqueeze(1)
+        return context + static, horizon + static
 
 
 def evenly_spaced_levels(m: int, batch: int = 1, device: torch.device | None = None) -> Tensor:

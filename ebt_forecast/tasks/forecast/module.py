@@ -21,6 +21,12 @@ from ebt_forecast.tasks.forecast.model import (
 from ebt_forecast.think import ReplayBuffer, Starts, ThinkConfig, listwise_ranking_loss, mix_replay
 
 WINDOW_KEYS = ("context", "context_mask", "future", "future_mask")
+COVARIATE_KEYS = ("past_covariates", "past_covariates_mask", "future_covariates", "static_real", "static_cat")
+
+
+def window_keys(batch: dict[str, Tensor]) -> list[str]:
+    """The keys that make up a batch's windows: values, masks and whichever covariates it carries."""
+    return [*WINDOW_KEYS, *(k for k in COVARIATE_KEYS if k in batch)]
 
 
 def inference_levels(m: int, batch: int, device=None) -> Tensor:
@@ -44,7 +50,8 @@ class ForecastModule(TaskModule):
     # -- the task interface --------------------------------------------------------------------
     def encode(self, batch: dict[str, Tensor]) -> KVCache:
         """Every layer's keys and values of the scaled context windows."""
-        return self.model.encode(batch["context"], batch["context_mask"])
+        return self.model.encode(batch["context"], batch["context_mask"],
+                                 **{k: batch[k] for k in COVARIATE_KEYS if k in batch})
 
     def propose(self, encoding: KVCache, batch: dict[str, Tensor], num_candidates: int, group: int,
                 generator: torch.Generator | None = None) -> Starts:
@@ -82,7 +89,8 @@ class ForecastModule(TaskModule):
         """Refine every start through the thinking steps (pinball at its level), and teach the energy to
         rank each level's starts and refined candidates by their pinball loss (listwise, soft targets)."""
         cfg = self.loss_cfg
-        rows = {**{k: batch[k] for k in WINDOW_KEYS}, "candidates": starts, "levels": levels}
+        keys = window_keys(batch)
+        rows = {**{k: batch[k] for k in keys}, "candidates": starts, "levels": levels}
         rows, replayed = mix_replay(self.replay, rows, self.think_cfg.replay_fraction)
         if replayed:  # replayed rows bring their own windows: re-encode the mixed batch
             cache = self.encode(rows)
@@ -113,7 +121,7 @@ class ForecastModule(TaskModule):
         energies = self.model.energy(states, state_levels, TransformerPP.expand_cache(cache, "grouped", candidate_dims=2))
         errors = candidate_pinball(states.view(b, m * 2 * g, h), future, state_levels.reshape(b, -1), mask).view(b, m, 2 * g)
         verify_loss = listwise_ranking_loss(energies, errors, cfg.rank_temperature)
-        self.replay.push({**{k: rows[k] for k in WINDOW_KEYS},
+        self.replay.push({**{k: rows[k] for k in keys},
                           "candidates": result.candidates.detach().view(b, m, g, h), "levels": levels})
         self.log_dict({"train/refine_pinball": refine_loss, "train/verify_rank": verify_loss}, prog_bar=True, batch_size=b)
         self.log_think_record(result.record, "think")

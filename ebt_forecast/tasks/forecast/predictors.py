@@ -20,14 +20,16 @@ from gluonts.model.estimator import Estimator
 from gluonts.model.forecast import Forecast, QuantileForecast, SampleForecast
 from gluonts.model.predictor import Predictor
 
-from ebt_forecast.data.frames import gluonts_to_series, quiet_pandas
+from ebt_forecast.data.frames import gluonts_fields, gluonts_to_series, quiet_pandas
 from ebt_forecast.data.types import ForecastDataset, TestWindow
 from ebt_forecast.metrics import aggregate, score_window
 
 
 def windows_dataset(windows: Sequence[TestWindow]) -> list[dict]:
-    """Each window's past as a GluonTS entry: a predictor forecasts the horizon after it."""
-    return [{"target": w.past, "start": w.start, "item_id": w.item_id} for w in windows]
+    """Each window's past as a GluonTS entry (with its covariates: the known-future ones over past + horizon): a
+    predictor forecasts the horizon after it."""
+    return [{"target": w.past, "start": w.start, "item_id": w.item_id, **gluonts_fields(w.covariates)}
+            for w in windows]
 
 
 def conventions_of(dataset: ForecastDataset) -> ForecastDataset:
@@ -48,8 +50,8 @@ class HarnessPredictor(Predictor):
         """One forecast of the next `prediction_length` steps after each entry."""
         series = gluonts_to_series(dataset, self.conventions.freq)
         empty = np.full(self.prediction_length, np.nan, dtype=np.float32)
-        out = self.forecaster.predict([TestWindow(s.item_id, s.start, s.target, empty) for s in series],
-                                      self.conventions)
+        out = self.forecaster.predict([TestWindow(s.item_id, s.start, s.target, empty, s.covariates)
+                                       for s in series], self.conventions)
         levels = self.levels if self.levels is not None else getattr(out, "levels", None)
         info = {"train_seconds": getattr(self.forecaster, "train_seconds", 0.0),
                 "train_steps": getattr(self.forecaster, "train_steps", 0)}

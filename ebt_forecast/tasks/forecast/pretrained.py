@@ -22,12 +22,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ebt_forecast.data.covariates import covariate_slots
 from ebt_forecast.data.types import ForecastDataset, Series, TestWindow
 from ebt_forecast.data.windows import TrainWindowDataset
 from ebt_forecast.errors import ConfigError, DataError
 from ebt_forecast.tasks.base import TrainerConfig, config_key, fit_module
 from ebt_forecast.tasks.forecast.config import ForecasterConfig
 from ebt_forecast.tasks.forecast.forecaster import EBTForecaster, ThoughtForecast
+from ebt_forecast.tasks.forecast.module import ForecastModule
 from ebt_forecast.tasks.forecast.pretrain import load_pretrained
 from ebt_forecast.think import InferenceSetting
 
@@ -91,6 +93,9 @@ class PretrainedForecaster(EBTForecaster):
         default_name = "ebt_zero_shot" if not finetune_steps else f"ebt_finetune{finetune_steps}"
         super().__init__(cfg, module.mode, name=name or default_name)
         self.module = module
+        slot_names = ("past_covariates", "future_covariates", "static_real", "static_cardinalities")
+        self.covariate_slots = ({k: getattr(module.model.cfg, k) for k in slot_names}
+                                if module.model.cfg.has_covariates else {})  # a fine-tuned predictor's, loaded back
         self.finetune_steps = finetune_steps
         self.finetune_cfg = finetune or TrainerConfig(max_steps=finetune_steps, batch_size=32, lr=1e-4,
                                                       warmup_steps=0, progress_bar=False)
@@ -106,6 +111,7 @@ class PretrainedForecaster(EBTForecaster):
         asked (from the pretrained weights every call); choose thinking on the validation tail when
         task.selection=auto."""
         self.horizon, self.season_length = dataset.horizon, dataset.season_length
+        self._covariate_slots(covariate_slots(dataset.train))
         self.module.model.cfg = replace(self.module.model.cfg, season_length=dataset.season_length)
         auto = self.cfg.task.selection == "auto" and bool(dataset.train)  # no series (from_pretrained): proposals
         # the validation tail: where thinking (selection=auto) and the verifier choose; fine-tuning never sees it
@@ -117,11 +123,33 @@ class PretrainedForecaster(EBTForecaster):
         self.chosen = self._choose_on_validation() if auto else InferenceSetting(self.cfg.think.infer_steps, "proposal")
         return self
 
+    def _covariate_slots(self, slots: dict) -> None:
+        """Give the pretrained model the data's covariate slots (zero-initialised: it starts as the model without
+        them); reading covariates needs fine-tuning, so zero-shot with covariates is refused."""
+        model = self.module.model.cfg
+        if not slots or all(getattr(model, k) == v for k, v in slots.items()):
+            return
+        if not self.finetune_steps:
+            raise ConfigError("the pretrained EBT was trained without covariates and cannot read them zero-shot: "
+                              "give finetune=N (adapt it to the covariates, e.g. finetune=300) or pretrained=null "
+                              "(train one on the file)")
+        if model.has_covariates:
+            raise ConfigError(f"{self.folder} was fine-tuned with other covariates ({self.covariate_slots}); "
+                              f"these data have {slots}: start from a packaged model")
+        module = ForecastModule(replace(model, **slots), self.module.think_cfg, self.module.optim_cfg,
+                                self.module.task_cfg, mode=self.module.mode)
+        missing, unexpected = module.load_state_dict(self._pristine, strict=False)
+        assert not unexpected and all(k.startswith("model.covariates.") for k in missing), (missing, unexpected)
+        self.module, self.covariate_slots = module, slots
+        self._pristine = copy.deepcopy(module.state_dict())
+        self.meta = {**self.meta, "model": {**self.meta["model"], **slots}}  # serialize: rebuilt with the slots
+
     def _finetune(self, train: list[Series], dataset: ForecastDataset) -> None:
         t = replace(self.finetune_cfg, max_steps=self.finetune_steps)
         model = self.module.model.cfg
         windows = TrainWindowDataset(train, model.context_length, min(dataset.horizon, model.horizon),
-                                     num_samples=t.max_steps * t.batch_size, seed=self.cfg.seed, scaling=model.scaling)
+                                     num_samples=t.max_steps * t.batch_size, seed=self.cfg.seed, scaling=model.scaling,
+                                     covariate_horizon=model.horizon)
         self.module.optim_cfg = t
         self.module.train()  # fit() left it in eval mode
         key = config_key(self.cfg.think, self.cfg.task, t.settings(), self.cfg.seed, str(self.folder), dataset.name,
@@ -134,6 +162,9 @@ class PretrainedForecaster(EBTForecaster):
         horizon = dataset.horizon if dataset is not None else self.horizon
         if horizon is None:
             raise DataError("PretrainedForecaster.predict: call fit(dataset) first, or pass dataset= (the horizon)")
+        if horizon > self.model_horizon and self.module.model.cfg.has_covariates:
+            raise DataError(f"with covariates the pretrained EBT forecasts up to {self.model_horizon} steps in one "
+                            f"pass; horizon {horizon} would roll past the covariates' window")
         pasts = [np.asarray(w.past, dtype=np.float32) for w in windows]
         extra = kwargs.get("extra_starts")
         if extra is not None:  # other forecasters' paths as starts (the verifier): padded to the model's horizon
@@ -147,7 +178,8 @@ class PretrainedForecaster(EBTForecaster):
         while done < horizon:
             take = min(self.model_horizon, horizon - done)
             empty = np.full(self.model_horizon, np.nan, dtype=np.float32)
-            out = super().predict([TestWindow(w.item_id, w.start, p, empty) for w, p in zip(windows, pasts)], **kwargs)
+            out = super().predict([TestWindow(w.item_id, w.start, p, empty, w.covariates)
+                                   for w, p in zip(windows, pasts)], **kwargs)
             chunks.append(_cut(out, take))
             done += take
             if done < horizon:
