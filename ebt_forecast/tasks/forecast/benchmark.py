@@ -250,6 +250,9 @@ def run_cell(dataset: ForecastDataset, model: str, app: ForecastAppConfig, plots
         return run_ebt_cell(dataset, app, plots, cache)
     if model == "ebt_no_covariates":  # the same EBT on the same data without its covariates (issue 30's control)
         return run_ebt_cell(without_covariates(dataset), app, plots, cache, name=model)
+    if model == "autoarima_exog" and covariate_slots(dataset.train).get("future_covariates", 0) == 0:
+        log.warning("%s: no known-future covariates to regress on; autoarima_exog skipped", dataset.name)
+        return []
     if model == "ebt_verifier":
         return run_verifier_cell(dataset, app, cache)
     predictor = estimator_for(dataset, model, app, cache).train(series_to_gluonts(dataset.train, dataset.freq))
