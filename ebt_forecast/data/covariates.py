@@ -53,8 +53,8 @@ def unassigned_columns(frame: pd.DataFrame, roles: CovariateRoles) -> list[str]:
     return [c for c in frame.columns if c not in FRAME_COLUMNS and c not in roles.columns]
 
 
-def _numeric(frame: pd.DataFrame, column: str, name: str) -> np.ndarray:
-    """A column as float32, naming the series and value of the first non-numeric cell."""
+def numeric_column(frame: pd.DataFrame, column: str, name: str) -> np.ndarray:
+    """A column as float32, naming the series and value of the first non-numeric cell (a DataError)."""
     raw = frame[column]
     if pd.api.types.is_bool_dtype(raw):
         return raw.astype("float32").to_numpy()
@@ -63,7 +63,7 @@ def _numeric(frame: pd.DataFrame, column: str, name: str) -> np.ndarray:
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
         raise DataError(f"{name}: column {column!r}, series {frame['item_id'].iat[i]!r}: non-numeric value "
-                        f"{raw.iat[i]!r} (a dynamic covariate must be numeric)")
+                        f"{raw.iat[i]!r}")
     return values.to_numpy(dtype=np.float32)
 
 
@@ -109,8 +109,8 @@ def attach_covariates(frame: pd.DataFrame, series: list[Series], roles: Covariat
     rows = _bounds(ids[order])
     if len(rows) != len(series):
         raise DataError(f"{name}: {len(rows)} series in the frame but {len(series)} given")
-    past = {c: _numeric(frame, c, name) for c in roles.past}
-    known = {c: _numeric(frame, c, name) for c in roles.future}
+    past = {c: numeric_column(frame, c, name) for c in roles.past}
+    known = {c: numeric_column(frame, c, name) for c in roles.future}
     statics = {c: _statics(frame, c, rows, name) for c in roles.static}
     ahead = _future_values(future, future_name, series, roles.future, horizon) if future is not None else None
     out = []
@@ -146,7 +146,7 @@ def _future_values(future: pd.DataFrame, name: str, series: list[Series], column
     if future["timestamp"].isna().any():
         i = int(np.flatnonzero(future["timestamp"].isna().to_numpy())[0])
         raise DataError(f"{name}: series {future['item_id'].iat[i]!r}: unparseable timestamp at row {i}")
-    values = {c: _numeric(future, c, name) for c in columns}
+    values = {c: numeric_column(future, c, name) for c in columns}
     groups = dict(future.groupby("item_id", sort=False).indices)
     expected = future_timestamps_of(series, horizon).reshape(len(series), horizon)
     out = {}

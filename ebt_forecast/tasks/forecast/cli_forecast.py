@@ -11,7 +11,9 @@ from gluonts.time_feature import get_seasonality
 
 import polars as pl
 
-from ebt_forecast.errors import DataError
+from ebt_forecast.errors import ConfigError, DataError
+from ebt_forecast.metrics import FORECAST_LEVELS
+from ebt_forecast.tasks.forecast.joint import JointDataset, JointForecaster, joint_forecast_frame, joint_series
 from ebt_forecast.data.parts import input_parts
 from ebt_forecast.data.covariates import CovariateRoles, attach_covariates, covariate_slots, unassigned_columns
 from ebt_forecast.data.frames import frame_to_series, load_long_frame, quiet_pandas, read_table
@@ -46,11 +48,14 @@ def user_frame(app, command: str = "forecast") -> tuple[pd.DataFrame, ForecastDa
         raise DataError(f"future_covariates={roles.future} need their values over the horizon: give future_input=FILE "
                         "(item_id, timestamp and those columns over the next horizon steps) or scenarios=FILE")
     min_length = app.min_length or app.horizon + 1
-    frame = load_long_frame(app.input, id_col=app.id_col, time_col=app.time_col, target_col=app.target_col,
-                            freq=app.freq, min_length=min_length)
+    targets = list(app.targets)
+    frame = load_long_frame(app.input, id_col=app.id_col, time_col=app.time_col,
+                            target_col=targets[0] if targets else app.target_col, freq=app.freq, min_length=min_length)
     freq = frame.attrs["freq"]
     series = frame_to_series(frame, freq)
-    ignored = unassigned_columns(frame, roles)
+    if targets:
+        series = joint_series(frame, series, targets, str(app.input))
+    ignored = [c for c in unassigned_columns(frame, roles) if c not in targets]
     if ignored:
         print(f"{command}: not using columns {ignored} of {app.input} (give them a role: past_covariates=[...], "
               "future_covariates=[...] or static=[...])", file=sys.stderr)
@@ -82,7 +87,8 @@ def streams(app) -> bool:
     """Whether `forecast` streams the input in chunks (streaming.py): a pretrained model zero-shot or a saved
     predictor, nothing to save, and a long-form input (a wide single file, or training on the whole file, stays
     in memory)."""
-    if app.save or (not app.predictor and (not app.pretrained or app.finetune)) or covariate_roles(app) or app.scenarios:
+    if app.save or (not app.predictor and (not app.pretrained or app.finetune)) or covariate_roles(app) or app.scenarios \
+            or app.targets:
         return False  # covariates and scenarios are read in memory
     parts = input_parts(app.input)
     if len(parts) > 1:
@@ -106,6 +112,8 @@ def run_forecast(app) -> Path | StreamSummary:
     if app.finetune and not app.pretrained:
         raise DataError(f"finetune={app.finetune} adapts a pretrained model, but pretrained=null: give pretrained= "
                         "(a packaged model or a `pretrain` run folder) or drop finetune=")
+    if app.targets:
+        return run_joint_forecast(app)
     if app.scenarios and not app.output:
         raise DataError("scenarios= writes a forecast per scenario: give output=OUT.csv")
     predictor = load_predictor(app) if app.predictor else None
@@ -136,6 +144,28 @@ def run_forecast(app) -> Path | StreamSummary:
                for s in dataset.train]
     out = predictor.forecaster.predict(windows)
     return atomic_write_csv(forecast_frame(dataset, out.samples, out.levels), app.output)
+
+
+def run_joint_forecast(app) -> Path:
+    """`forecast targets=[a,b,...]`: one joint EBT trained on the file (covariates too), quantiles per target."""
+    if app.pretrained:
+        raise ConfigError(f"targets={list(app.targets)} forecasts the targets jointly with an EBT trained on the file "
+                          "(the pretrained EBT is univariate): add pretrained=null")
+    for key in ("predictor", "save", "scenarios"):
+        if getattr(app, key):
+            raise ConfigError(f"targets=[...] (a joint forecast) does not take {key}=: forecast them jointly without it, "
+                              "or one target at a time with target_col=")
+    if not app.output:
+        raise DataError("forecast needs output=OUT.csv")
+    frame, single = user_frame(app)
+    dataset = JointDataset(single.name, single.freq, single.horizon, single.season_length, list(app.targets),
+                           single.train)
+    forecaster = JointForecaster(app.forecaster()).fit(dataset)
+    windows = [TestWindow(s.item_id, s.start, s.target, np.full((len(app.targets), app.horizon), np.nan, np.float32),
+                          s.covariates) for s in dataset.train]
+    samples = forecaster.predict(windows)
+    levels = FORECAST_LEVELS if samples.shape[1] == len(FORECAST_LEVELS) else None
+    return atomic_write_csv(joint_forecast_frame(dataset, samples, levels), app.output)
 
 
 def check_predictor_covariates(predictor: EBTPredictor, dataset: ForecastDataset, folder: str) -> None:

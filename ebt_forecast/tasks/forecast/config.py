@@ -288,6 +288,7 @@ class ForecastAppConfig(AppConfig):
     static: list[str] = field(default_factory=list)  # one value per series (numbers, or categories)
     future_input: Optional[str] = None  # item_id, timestamp and the future_covariates over the next `horizon` steps
     scenarios: Optional[str] = None  # item_id, timestamp, scenario and the future_covariates: a forecast per scenario
+    targets: list[str] = field(default_factory=list)  # several target columns forecast jointly (instead of target_col)
     # pretrain
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 

@@ -12,6 +12,10 @@ heads on the same backbone:
   one scalar energy; thinking descends it from the proposals.
 The feed-forward twin is this model with only the System 1 head trained.
 
+Several targets of one entity (`targets` = K > 1) are forecast jointly: every target has its own context patches
+and horizon tokens (a learned target vector tells them apart), all attend to each other, candidates are the K paths
+flattened (..., K * H), and the energy head's mean over every horizon token gives one scalar for the joint candidate.
+
 Covariates enter as per-patch features (GluonTS's roles): past covariates (values and observed mask) join the
 context patches, known-future covariates join the context patches and the horizon tokens, static ones every token.
 Their projections start at zero, so a model given covariate slots (`past_covariates`, ...) starts as the model
@@ -45,6 +49,7 @@ class ForecastModelConfig:
     #                            reference's: dE/dy is not zero at the start, so refinement trains the backbone at once)
     step_embeddings: int = 0  # > 0: one learned landscape per thinking step (a step vector added to every horizon token)
     scaling: str = "mean"  # how windows are normalised (data/windows.context_scaling): mean |x|, or standard (mean, std)
+    targets: int = 1  # K targets forecast jointly (contexts (B, K, L), candidates (..., K * H))
     past_covariates: int = 0  # covariate slots (data/windows.covariate_window); 0 = none
     future_covariates: int = 0
     static_real: int = 0
@@ -103,10 +108,11 @@ class PatchForecastEBT(nn.Module):
         if self.step_embed is not None:
             nn.init.normal_(self.step_embed.weight, std=0.02)
         self.covariates = CovariateEmbedding(cfg)
-        self.register_buffer("context_positions", torch.arange(cfg.context_patches), persistent=False)
-        self.register_buffer(
-            "horizon_positions", torch.arange(cfg.context_patches, cfg.context_patches + cfg.horizon_patches), persistent=False
-        )
+        k = cfg.targets
+        self.target_embed = nn.Parameter(torch.randn(k, 1, d) * 0.02) if k > 1 else None  # which target a token is
+        self.register_buffer("context_positions", torch.arange(cfg.context_patches).repeat(k), persistent=False)
+        self.register_buffer("horizon_positions", torch.arange(cfg.context_patches, cfg.context_patches +
+                                                               cfg.horizon_patches).repeat(k), persistent=False)
 
     def encode(self, context: Tensor, context_mask: Tensor, **covariates: Tensor) -> KVCache:
         """Encode scaled contexts (B, context_length) once; return every layer's keys and values. With covariate
@@ -117,26 +123,33 @@ class PatchForecastEBT(nn.Module):
         pad = c.context_patches * p - context.shape[-1]
         values = F.pad(context, (pad, 0)).unflatten(-1, (c.context_patches, p))
         mask = F.pad(context_mask, (pad, 0)).unflatten(-1, (c.context_patches, p))
-        tokens = self.context_embed(torch.cat([values * mask, mask], dim=-1))
+        tokens = self.context_embed(torch.cat([values * mask, mask], dim=-1))  # (B, Nc, D) or (B, K, Nc, D)
+        if self.target_embed is not None:
+            tokens = (tokens + self.target_embed).flatten(1, 2)  # (B, K * Nc, D): target after target
         if not c.has_covariates:
             return self.backbone.encode_context(tokens, self.context_positions)[1]
         context_features, horizon_features = self.covariates(covariates, context)
-        _, cache = self.backbone.encode_context(tokens + context_features, self.context_positions)
+        k = c.targets  # every target's tokens read the entity's covariates
+        _, cache = self.backbone.encode_context(tokens + context_features.repeat(1, k, 1), self.context_positions)
+        horizon_features = horizon_features.repeat(1, k, 1)
         return [*cache, (horizon_features.unsqueeze(1), horizon_features.unsqueeze(1))]
 
     def _horizon_tokens(self, extra: Tensor, cache: KVCache) -> Tensor:
         """Run horizon tokens (queries + `extra`, + their covariate features) against the cached context."""
-        queries = self.horizon_queries + extra
+        queries = self.horizon_queries if self.target_embed is None else (
+            self.horizon_queries + self.target_embed).flatten(0, 1)  # (K * Nh, D)
+        queries = queries + extra
         if len(cache) > len(self.backbone.blocks):  # the covariate entry: (..., 1, Nh, D) -> (..., Nh, D)
             queries = queries + cache[-1][0].squeeze(-3)
         return self.backbone.forward_with_context(queries, self.horizon_positions, cache)
 
     def propose(self, cache: KVCache, levels: Tensor) -> Tensor:
         """Quantile paths for levels (B, M) in (0, 1): -> (B, M, horizon)."""
-        h = self.proposal_norm(self._horizon_tokens(torch.zeros(1, device=levels.device), cache))  # (B, Nh, D)
+        h = self.proposal_norm(self._horizon_tokens(torch.zeros(1, device=levels.device), cache))  # (B, K * Nh, D)
         gate = 1.0 + self.proposal_level(levels)  # (B, M, D)
-        paths = self.proposal_out(h.unsqueeze(1) * gate.unsqueeze(2))  # (B, M, Nh, P)
-        return paths.flatten(-2)[..., : self.cfg.horizon]
+        paths = self.proposal_out(h.unsqueeze(1) * gate.unsqueeze(2))  # (B, M, K * Nh, P)
+        c = self.cfg
+        return paths.unflatten(2, (c.targets, c.horizon_patches)).flatten(-2)[..., :c.horizon].flatten(-2)
 
     def propose_starts(
         self, cache: KVCache, context: Tensor, context_mask: Tensor, levels: Tensor, group: int, noise: float,
@@ -149,7 +162,9 @@ class PatchForecastEBT(nn.Module):
         with_median = torch.cat([levels, torch.full_like(levels[:, :1], 0.5)], dim=1)
         paths = self.propose(cache, with_median)
         proposals, median = paths[:, :-1], paths[:, -1]
-        naive = seasonal_naive_path(context, context_mask, self.cfg.season_length, self.cfg.horizon, median.detach())
+        k, h = self.cfg.targets, self.cfg.horizon  # each target's own seasonal-naive path
+        naive = seasonal_naive_path(context.reshape(-1, context.shape[-1]), context_mask.reshape(-1, context.shape[-1]),
+                                    self.cfg.season_length, h, median.detach().reshape(-1, h)).reshape(-1, k * h)
         starts = candidate_starts(proposals, median, naive, max(group, 2), noise, generator)
         if init == "seasonal_naive":
             starts = starts[:, :, [1, 0, *range(2, starts.shape[2])]]
@@ -169,7 +184,8 @@ class PatchForecastEBT(nn.Module):
         compared)."""
         c = self.cfg
         pad = c.horizon_patches * c.patch_len - c.horizon
-        patches = F.pad(candidates, (0, pad)).unflatten(-1, (c.horizon_patches, c.patch_len))
+        per_target = candidates.unflatten(-1, (c.targets, c.horizon))  # (..., K, H)
+        patches = F.pad(per_target, (0, pad)).unflatten(-1, (c.horizon_patches, c.patch_len)).flatten(-3, -2)
         extra = self.candidate_embed(patches) + self.energy_level(levels).unsqueeze(-2)
         if self.step_embed is not None:
             last = self.step_embed.num_embeddings - 1
