@@ -46,6 +46,8 @@ class ForecastLossConfig:
     refine_from: str = "proposal"  # the starts the refinement loss reads: each level's own path (start 0), or "all"
     #                                (the paper: every start is trained to descend to the target)
     set_crps: float = 0.0  # weight of the fair CRPS (scoringrules) of each refined level set, a proper set score
+    set_energy: float = 0.0  # several targets: weight of the fair energy score of the refined joint candidates over
+    #                          the targets at each step (teaches thinking to make the joint samples coherent)
     detach_context: bool = False  # System 2 losses do not reach the cached context keys / values
 
 
@@ -114,6 +116,7 @@ class ForecasterConfig:
             ("task.loss.refine_from", k.loss.refine_from, k.loss.refine_from in REFINE_FROM,
              f"one of {', '.join(REFINE_FROM)}"),
             ("task.loss.set_crps", k.loss.set_crps, k.loss.set_crps >= 0, ">= 0"),
+            ("task.loss.set_energy", k.loss.set_energy, k.loss.set_energy >= 0, ">= 0"),
             ("task.verify_noise", k.verify_noise, k.verify_noise >= 0, ">= 0"),
             ("task.selection", k.selection, k.selection in (*SELECTIONS, "auto"), f"auto or one of {', '.join(SELECTIONS)}"),
             ("task.verifier.fast_sources", k.verifier.fast_sources,

@@ -140,8 +140,10 @@ class JointForecaster:
         self.train_seconds, self.train_steps = report.seconds, report.steps
         self.season_length = dataset.season_length
         if self.mode == "ebt" and self.cfg.think.enabled and self.cfg.task.selection == "auto":
+            # chosen by the energy score over the targets (the joint samples' own proper score), not a marginal one
             self.chosen, self.validation_scores = choose_on_validation(
-                lambda s: joint_wql(self.predict(val, steps=s.steps, selection=s.selection), val, self.season_length))
+                lambda s: energy_score(self.predict(val, steps=s.steps, selection=s.selection), val)[
+                    "energy_score_per_step"])
         elif self.cfg.task.selection != "auto":
             self.chosen = InferenceSetting(self.cfg.think.infer_steps, self.cfg.task.selection)
         return self

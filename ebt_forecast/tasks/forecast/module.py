@@ -115,6 +115,14 @@ class ForecastModule(TaskModule):
             crps = torch.stack([sr.crps_ensemble(future, own(x).transpose(1, 2), m_axis=-1, estimator="fair",
                                                  backend="torch") for x in refined])  # (T, B, H)
             refine_loss = refine_loss + cfg.set_crps * (crps * mask).sum() / (mask.sum() * len(refined)).clamp(min=1)
+        targets = self.model.cfg.targets
+        if cfg.set_energy > 0 and targets > 1:  # the refined level paths as one joint ensemble over the K targets
+            hz = h // targets
+            truth = future.view(b, targets, hz).transpose(1, 2)  # (B, H, K)
+            observed = mask.view(b, targets, hz).amin(1)  # (B, H): steps where every target is observed
+            es = torch.stack([sr.energy_score(truth, own(x).view(b, m, targets, hz).permute(0, 3, 1, 2), m_axis=-2,
+                                              v_axis=-1, estimator="fair", backend="torch") for x in refined])
+            refine_loss = refine_loss + cfg.set_energy * (es * observed).sum() / (observed.sum() * len(refined)).clamp(min=1)
         # verification: within each level, the energy must order the starts and their refinements by error
         states = torch.cat([init.detach().view(b, m, g, h), result.candidates.detach().view(b, m, g, h)], dim=2)
         state_levels = levels.unsqueeze(-1).expand(-1, -1, 2 * g)
