@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 SEEDLESS = ("seasonal_naive", *STATSFORECAST_MODELS, "autoarima_exog")  # deterministic: one cell whatever the seed
 ZERO_SHOT = {"ebt_zero_shot": "ebt_1m", "twin_zero_shot": "twin_1m"}  # packaged pretrained models: nothing trained here
 MODELS = (*SEEDLESS, *ZERO_SHOT, "transformer_pp", "transformer_pp+gaussian", "deepar", "patchtst", "ebt",
-          "ebt_verifier", "ebt_no_covariates")
+          "ebt_verifier", "ebt_no_covariates", "ebt_finetune")
 RELATIVE_METRICS = ("wql", "mase", "crps_scaled", "smape", "msis")
 SUITES = ("default", "shared", "etth1", "m4_hourly", "exchange_rate", "covariates", *COVARIATE_SETS)
 
@@ -222,6 +222,10 @@ def estimator_for(dataset: ForecastDataset, model: str, app: ForecastAppConfig, 
     if model in ZERO_SHOT:  # `pretrained=` replaces the packaged EBT (a `pretrain` run folder)
         source = app.pretrained if model == "ebt_zero_shot" and app.pretrained else ZERO_SHOT[model]
         return HarnessEstimator(lambda: PretrainedForecaster(source, cfg, name=model), conventions)
+    if model == "ebt_finetune":  # the pretrained EBT adapted to the data set (gaining its covariates' slots)
+        source = app.pretrained or ZERO_SHOT["ebt_zero_shot"]
+        return HarnessEstimator(lambda: PretrainedForecaster(source, cfg, finetune_steps=app.benchmark.finetune_steps,
+                                                             name=model), conventions)
     if model == "transformer_pp":
         return HarnessEstimator(lambda: EBTForecaster(cfg, "feedforward"), conventions)
     if model == "transformer_pp+gaussian":
@@ -359,6 +363,7 @@ def cell_depends(dataset: ForecastDataset, model: str, app: ForecastAppConfig) -
              "patchtst": (b.gluonts_budget, b.gluonts_patience),
              "ebt": (b.think_steps, b.selections, b.candidate_counts, b.verify_groups),
              "ebt_no_covariates": (b.think_steps, b.selections, b.candidate_counts, b.verify_groups),
+             "ebt_finetune": (app.pretrained, b.finetune_steps),
              "ebt_verifier": {k: v for k, v in asdict(app.task.verifier).items() if k != "enabled"}}.get(model)
     think = app.think if model.startswith("ebt") else None  # the feed-forward models never think
     return {"data": data, "model": model, "backbone": app.model, "think": think, "trainer": app.trainer.settings(),

@@ -161,6 +161,7 @@ class BenchmarkConfig:
     gluonts_budget: float = 5.0  # DeepAR / PatchTST: at most this many times the EBT's optimizer steps ...
     gluonts_patience: int = 5  # ... with early stopping on a validation tail (epochs of 50 batches)
     plot_series: int = 3  # forecast fans per data set
+    finetune_steps: int = 300  # ebt_finetune: steps of adapting the pretrained EBT to each data set (its covariates too)
     resume: bool = True  # reuse cells whose resolved configuration is unchanged
     compute: bool = True  # false: only summarise the cells already finished
 
