@@ -68,6 +68,14 @@ def test_covariate_window_standardises_by_the_context_and_masks_the_missing():
     # known-future values are scaled by their context part (0, 2, 4, 6: mean 3, std sqrt(5)), horizon included
     assert x[2:6].tolist() == pytest.approx(((np.array([0, 2, 4, 6]) - 3) / np.sqrt(5)).tolist(), abs=1e-5)
     assert x[6].item() == pytest.approx((100 - 3) / np.sqrt(5), rel=1e-5)
+    # "history": by the whole past before the forecast start (here the same 4 steps), a longer context changes nothing
+    long = Covariates(future=np.r_[[10.0] * 20, future[0]][None].astype(np.float32))
+    by_history = covariate_window(long, forecast_start=24, context_length=6, horizon=2, scaling="history")
+    by_window = covariate_window(long, forecast_start=24, context_length=6, horizon=2, scaling="window")
+    level = np.r_[[10.0] * 20, 0, 2, 4, 6]
+    assert by_history["future_covariates"][0, -2].item() == pytest.approx((100 - level.mean()) / level.std(), rel=1e-4)
+    assert by_window["future_covariates"][0, -2].item() == pytest.approx(
+        (100 - np.r_[10, 10, 0, 2, 4, 6].mean()) / np.r_[10, 10, 0, 2, 4, 6].std(), rel=1e-4)
 
 
 def test_the_ebt_reads_a_known_future_covariate_and_a_scenario_moves_it(tmp_path, capsys):

@@ -105,22 +105,32 @@ def _standardised(x: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return np.nan_to_num((x - mean) / scale, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
 
 
+COVARIATE_SCALINGS = ("window", "history")
+
+
 def covariate_window(cov: Covariates | None, forecast_start: int, context_length: int,
-                     horizon: int) -> dict[str, torch.Tensor]:
-    """A window's covariates as model inputs, each standardised by its own context part (a covariate's level carries
-    no meaning across series): past ones over the context (C, L) with their observed mask, known-future ones over
-    context + horizon (C, L + H), static reals squashed by sign(x) log(1 + |x|), static categories as codes."""
+                     horizon: int, scaling: str = "window") -> dict[str, torch.Tensor]:
+    """A window's covariates as model inputs: past ones over the context (C, L) with their observed mask, known-future
+    ones over context + horizon (C, L + H), static reals squashed by sign(x) log(1 + |x|), static categories as codes.
+
+    Each dynamic covariate is standardised by `scaling`: "window" = its mean and std over the window's context (only
+    its moves count, as for the target), "history" = over the series' whole history before the forecast start (its
+    level counts too: 35 degrees is hot whatever the last week was)."""
     if cov is None:
         return {}
+    if scaling not in COVARIATE_SCALINGS:
+        raise ValueError(f"covariate scaling {scaling!r} is invalid: must be one of {', '.join(COVARIATE_SCALINGS)}")
     out: dict[str, torch.Tensor] = {}
     begin = forecast_start - context_length
     if cov.past is not None:
         past = _columns(cov.past, begin, forecast_start)
-        out["past_covariates"] = torch.from_numpy(_standardised(past, past))
+        reference = past if scaling == "window" else cov.past[:, :forecast_start]
+        out["past_covariates"] = torch.from_numpy(_standardised(past, reference))
         out["past_covariates_mask"] = torch.from_numpy(np.isfinite(past).astype(np.float32))
     if cov.future is not None:
         future = _columns(cov.future, begin, forecast_start + horizon)
-        out["future_covariates"] = torch.from_numpy(_standardised(future, future[:, :context_length]))
+        reference = future[:, :context_length] if scaling == "window" else cov.future[:, :forecast_start]
+        out["future_covariates"] = torch.from_numpy(_standardised(future, reference))
     if cov.static_real is not None:
         x = np.asarray(cov.static_real, dtype=np.float32)
         out["static_real"] = torch.from_numpy(np.sign(x) * np.log1p(np.abs(x)))
@@ -141,8 +151,9 @@ class TrainWindowDataset(Dataset):
 
     def __init__(self, series: list[Series], context_length: int, horizon: int,
                  num_samples: int = 10_000, seed: int = 0, min_scale: float = 1e-5, scaling: str = "mean",
-                 covariate_horizon: int | None = None) -> None:
+                 covariate_horizon: int | None = None, covariate_scaling: str = "window") -> None:
         self.covariate_horizon = covariate_horizon  # known-future covariates reach this far (the model's horizon)
+        self.covariate_scaling = covariate_scaling
         if context_length < 1 or horizon < 1 or num_samples < 1:
             raise DataError("context_length, horizon and num_samples must be >= 1")
         self.context_length, self.horizon, self.scaling = context_length, horizon, scaling
@@ -197,13 +208,14 @@ class TrainWindowDataset(Dataset):
             "future_mask": torch.from_numpy(fut_mask.astype(np.float32)),
             "scale": torch.tensor(scale, dtype=torch.float32),
             "loc": torch.tensor(loc, dtype=torch.float32),
-            **covariate_window(self.covariates[j], end - h, self.context_length, self.covariate_horizon or h),
+            **covariate_window(self.covariates[j], end - h, self.context_length, self.covariate_horizon or h,
+                               self.covariate_scaling),
         }
 
 
 def make_inference_batch(pasts: list[np.ndarray], context_length: int, min_scale: float = 1e-5,
                          scaling: str = "mean", covariates: list[Covariates | None] | None = None,
-                         horizon: int = 0) -> dict[str, torch.Tensor]:
+                         horizon: int = 0, covariate_scaling: str = "window") -> dict[str, torch.Tensor]:
     """Batch the last context_length points of each past: normalised ((x - loc) / scale), left-padded, masked
     tensors; a model output y is y * scale + loc in data units. `covariates` (one per past, aligned with it; the
     known-future ones run `horizon` steps past its end) join as `covariate_window` inputs."""
@@ -227,7 +239,7 @@ def make_inference_batch(pasts: list[np.ndarray], context_length: int, min_scale
         "loc": torch.tensor(locs, dtype=torch.float32),
     }
     if covariates is not None:
-        rows = [covariate_window(c, len(p), context_length, horizon) for p, c in zip(pasts, covariates)]
+        rows = [covariate_window(c, len(p), context_length, horizon, covariate_scaling) for p, c in zip(pasts, covariates)]
         batch.update({k: torch.stack([r[k] for r in rows]) for k in rows[0]})
     return batch
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from ebt_forecast.baselines import STATSFORECAST_MODELS
 from ebt_forecast.data.pretrain_windows import PretrainDataConfig
+from ebt_forecast.data.windows import COVARIATE_SCALINGS
 from ebt_forecast.nn import TransformerConfig
 from ebt_forecast.tasks.base import AppConfig, TrainerConfig
 from ebt_forecast.errors import ConfigError
@@ -74,6 +75,7 @@ class ForecastTaskConfig:
     patch_len: int = 0  # 0 = auto: 16 for horizons >= 24, else 4
     init: str = "proposal"  # start 0 of each level: proposal | seasonal_naive | noise; random: every start N(0, 1)
     energy_init: str = "zero"  # the energy head's weights: zero (thinking starts as the identity) | xavier (reference)
+    covariate_scaling: str = "window"  # covariates standardised by the window's context | the series' whole history
     num_candidates: int = 21  # M level paths at inference (21 levels j/20 put sample quantiles on 0.05 steps)
     selection: str = "auto"  # one of SELECTIONS, or auto = the best of think.AUTO_SETTINGS on validation windows
     verify_group: int = 2  # G starts per level (proposal, seasonal naive, perturbed proposals)
@@ -84,7 +86,10 @@ class ForecastTaskConfig:
 
     def ebt_fields(self) -> dict:
         """The fields the EBT itself (training and its own inference) depends on: all but `verifier`."""
-        return {k: v for k, v in asdict(self).items() if k != "verifier"}
+        fields = {k: v for k, v in asdict(self).items() if k != "verifier"}
+        if fields["covariate_scaling"] == "window":  # the default is left out: keys of runs before it stay valid
+            del fields["covariate_scaling"]
+        return fields
 
 
 @dataclass
@@ -113,6 +118,8 @@ class ForecasterConfig:
             ("task.verify_group", k.verify_group, k.verify_group >= 1, ">= 1"),
             ("task.init", k.init, k.init in INITS, f"one of {', '.join(INITS)}"),
             ("task.energy_init", k.energy_init, k.energy_init in ENERGY_INITS, f"one of {', '.join(ENERGY_INITS)}"),
+            ("task.covariate_scaling", k.covariate_scaling, k.covariate_scaling in COVARIATE_SCALINGS,
+             f"one of {', '.join(COVARIATE_SCALINGS)}"),
             ("task.loss.refine_from", k.loss.refine_from, k.loss.refine_from in REFINE_FROM,
              f"one of {', '.join(REFINE_FROM)}"),
             ("task.loss.set_crps", k.loss.set_crps, k.loss.set_crps >= 0, ">= 0"),

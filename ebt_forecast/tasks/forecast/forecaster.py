@@ -94,7 +94,7 @@ class EBTForecaster:
         return ForecastModelConfig(context, horizon, patch, self.cfg.model, season_length=season_length,
                                    energy_init=self.cfg.task.energy_init,
                                    step_embeddings=think.train_steps if think.step_embedding else 0,
-                                   **self.covariate_slots)
+                                   covariate_scaling=self.cfg.task.covariate_scaling, **self.covariate_slots)
 
     def split(self, dataset: ForecastDataset) -> tuple[list[Series], list[TestWindow]]:
         """The series the model trains on (without their validation tails and reserved windows), and the
@@ -125,7 +125,8 @@ class EBTForecaster:
         L.seed_everything(self.cfg.seed, workers=True, verbose=False)  # the weights' initialisation too
         self.module = ForecastModule(model_cfg, self.cfg.think, t, self.cfg.task, mode=self.mode)
         data = TrainWindowDataset(train, model_cfg.context_length, dataset.horizon,
-                                  num_samples=t.max_steps * t.batch_size, seed=self.cfg.seed, scaling=model_cfg.scaling)
+                                  num_samples=t.max_steps * t.batch_size, seed=self.cfg.seed, scaling=model_cfg.scaling,
+                                  covariate_scaling=model_cfg.covariate_scaling)
         # fit_module refuses a checkpoint of another schedule and names the setting that changed (max_steps, ...)
         run = {**self.cfg.trainer.settings(), "max_steps": None}
         key = config_key(self.cfg.model, self.cfg.think, self.cfg.task, run, self.cfg.seed, model_cfg, self.mode,
@@ -190,7 +191,8 @@ class EBTForecaster:
             rows = windows[start:start + batch_size]
             covariates = [w.covariates for w in rows] if model_cfg.has_covariates else None
             batch = make_inference_batch([w.past for w in rows], context_length, scaling=model_cfg.scaling,
-                                         covariates=covariates, horizon=model_cfg.horizon)
+                                         covariates=covariates, horizon=model_cfg.horizon,
+                                         covariate_scaling=model_cfg.covariate_scaling)
             scale, loc = batch["scale"].view(-1, 1, 1), batch["loc"].view(-1, 1, 1)
             if extra_starts is not None:
                 extra = torch.from_numpy(np.asarray(extra_starts[start:start + batch_size], dtype=np.float32))

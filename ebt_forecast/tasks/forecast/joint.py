@@ -48,7 +48,7 @@ class JointDataset:
 
 
 def joint_window(values: np.ndarray, cov, end: int, context_length: int, horizon: int, model_horizon: int,
-                 scaling: str) -> dict[str, torch.Tensor]:
+                 scaling: str, covariate_scaling: str = "window") -> dict[str, torch.Tensor]:
     """One window of a (K, T) series whose future ends at `end`: contexts (K, L) and futures flattened (K * H), each
     target scaled by its own context (future all-NaN past the data: mask 0)."""
     rows = [_pad_left(y[max(0, end - horizon - context_length):end - horizon], context_length) for y in values]
@@ -67,7 +67,7 @@ def joint_window(values: np.ndarray, cov, end: int, context_length: int, horizon
         "future": torch.from_numpy(np.where(fut_mask, (future - loc) / scale, 0.0).astype(np.float32).ravel()),
         "future_mask": torch.from_numpy(fut_mask.astype(np.float32).ravel()),
         "scale": torch.from_numpy(scale.ravel()), "loc": torch.from_numpy(loc.ravel()),
-        **covariate_window(cov, end - horizon, context_length, model_horizon),
+        **covariate_window(cov, end - horizon, context_length, model_horizon, covariate_scaling),
     }
 
 
@@ -76,8 +76,9 @@ class JointWindows(Dataset):
     (series, end) pairs with an observed value in every target's context and in the future."""
 
     def __init__(self, series: list[Series], context_length: int, horizon: int, num_samples: int, seed: int = 0,
-                 scaling: str = "mean"):
+                 scaling: str = "mean", covariate_scaling: str = "window"):
         self.series, self.context_length, self.horizon = series, context_length, horizon
+        self.covariate_scaling = covariate_scaling
         self.num_samples, self.seed, self.scaling = num_samples, seed, scaling
         self.ends = [np.arange(horizon + 1, s.target.shape[1] + 1) for s in series]
         self.counts = np.cumsum([len(e) for e in self.ends])
@@ -93,7 +94,8 @@ class JointWindows(Dataset):
         j = int(np.searchsorted(self.counts, k, side="right"))
         end = int(self.ends[j][k - (self.counts[j - 1] if j else 0)])
         s = self.series[j]
-        return joint_window(s.target, s.covariates, end, self.context_length, self.horizon, self.horizon, self.scaling)
+        return joint_window(s.target, s.covariates, end, self.context_length, self.horizon, self.horizon, self.scaling,
+                            self.covariate_scaling)
 
 
 def validation_tail(series: list[Series], horizon: int) -> tuple[list[Series], list[TestWindow]]:
@@ -128,12 +130,13 @@ class JointForecaster:
         context, patch = self.cfg.window(dataset.horizon, dataset.season_length)
         model_cfg = ForecastModelConfig(context, dataset.horizon, patch, self.cfg.model,
                                         season_length=dataset.season_length, energy_init=self.cfg.task.energy_init,
-                                        targets=k, **covariate_slots(dataset.train))
+                                        targets=k, covariate_scaling=self.cfg.task.covariate_scaling,
+                                        **covariate_slots(dataset.train))
         t = self.cfg.trainer
         L.seed_everything(self.cfg.seed, workers=True, verbose=False)
         self.module = ForecastModule(model_cfg, self.cfg.think, t, self.cfg.task, mode=self.mode)
         data = JointWindows(train, context, dataset.horizon, t.max_steps * t.batch_size, self.cfg.seed,
-                            model_cfg.scaling)
+                            model_cfg.scaling, model_cfg.covariate_scaling)
         key = config_key(self.cfg.model, self.cfg.think, self.cfg.task, {**t.settings(), "max_steps": None},
                          self.cfg.seed, model_cfg, self.mode, dataset.name, [s.target.shape for s in train])
         report = fit_module(self.module, data, t, None, run_key=key)
@@ -164,7 +167,8 @@ class JointForecaster:
         out = []
         for start in range(0, len(windows), batch_size):
             rows = [joint_window(np.asarray(w.past, dtype=np.float32), w.covariates, w.past.shape[1] + model.horizon,
-                                 model.context_length, model.horizon, model.horizon, model.scaling)
+                                 model.context_length, model.horizon, model.horizon, model.scaling,
+                                 model.covariate_scaling)
                     for w in windows[start:start + batch_size]]
             batch = {key: torch.stack([r[key] for r in rows]) for key in rows[0]}
             thought = self.module.infer(batch, num_candidates=m, group=group, steps=steps, selection=selection,

@@ -54,6 +54,7 @@ class ForecastModelConfig:
     future_covariates: int = 0
     static_real: int = 0
     static_cardinalities: list[int] = field(default_factory=list)  # one categorical static covariate per entry
+    covariate_scaling: str = "window"  # data/windows.covariate_window: by the window's context, or the whole history
 
     @property
     def has_covariates(self) -> bool:

@@ -136,7 +136,8 @@ class PretrainedForecaster(EBTForecaster):
         if model.has_covariates:
             raise ConfigError(f"{self.folder} was fine-tuned with other covariates ({self.covariate_slots}); "
                               f"these data have {slots}: start from a packaged model")
-        module = ForecastModule(replace(model, **slots), self.module.think_cfg, self.module.optim_cfg,
+        scaling = self.cfg.task.covariate_scaling if self.cfg else "window"
+        module = ForecastModule(replace(model, **slots, covariate_scaling=scaling), self.module.think_cfg, self.module.optim_cfg,
                                 self.module.task_cfg, mode=self.module.mode)
         missing, unexpected = module.load_state_dict(self._pristine, strict=False)
         assert not unexpected and all(k.startswith("model.covariates.") for k in missing), (missing, unexpected)
@@ -149,7 +150,7 @@ class PretrainedForecaster(EBTForecaster):
         model = self.module.model.cfg
         windows = TrainWindowDataset(train, model.context_length, min(dataset.horizon, model.horizon),
                                      num_samples=t.max_steps * t.batch_size, seed=self.cfg.seed, scaling=model.scaling,
-                                     covariate_horizon=model.horizon)
+                                     covariate_horizon=model.horizon, covariate_scaling=model.covariate_scaling)
         self.module.optim_cfg = t
         self.module.train()  # fit() left it in eval mode
         key = config_key(self.cfg.think, self.cfg.task, t.settings(), self.cfg.seed, str(self.folder), dataset.name,
