@@ -98,15 +98,19 @@ class JointWindows(Dataset):
                             self.covariate_scaling)
 
 
-def validation_tail(series: list[Series], horizon: int) -> tuple[list[Series], list[TestWindow]]:
-    """The last horizon of every (K, T) series as a validation window; the rest trains."""
+def validation_tail(series: list[Series], horizon: int, wanted: int) -> tuple[list[Series], list[TestWindow]]:
+    """The last horizons of every (K, T) series as validation windows (about `wanted` in all, at most a fifth of the
+    shortest series: the rule EBTForecaster's validation tail follows); the rest trains."""
+    shortest = min(s.target.shape[1] for s in series)
+    per_series = max(1, min(-(-wanted // len(series)), int(0.2 * shortest / horizon)))
     train, val = [], []
     for s in series:
-        cut = s.target.shape[1] - horizon
-        cov = None if s.covariates is None else s.covariates.cut(0, cut, cut + horizon)
+        cut = s.target.shape[1] - per_series * horizon
         train.append(Series(s.item_id, s.start, s.target[:, :cut], s.anchor,
                             None if s.covariates is None else s.covariates.cut(0, cut)))
-        val.append(TestWindow(s.item_id, s.start, s.target[:, :cut], s.target[:, cut:], cov))
+        for o in range(cut, s.target.shape[1], horizon):
+            cov = None if s.covariates is None else s.covariates.cut(0, o, o + horizon)
+            val.append(TestWindow(s.item_id, s.start, s.target[:, :o], s.target[:, o:o + horizon], cov))
     return train, val
 
 
@@ -126,7 +130,8 @@ class JointForecaster:
         for s in dataset.train:
             if s.target.ndim != 2 or s.target.shape[0] != k:
                 raise DataError(f"series {s.item_id!r}: values of shape {s.target.shape}, expected ({k}, T)")
-        train, val = validation_tail(dataset.train, dataset.horizon)
+        # about task.val_windows target windows, as EBTForecaster cuts: the same hours held out as for K univariate series
+        train, val = validation_tail(dataset.train, dataset.horizon, -(-self.cfg.task.val_windows // k))
         context, patch = self.cfg.window(dataset.horizon, dataset.season_length)
         model_cfg = ForecastModelConfig(context, dataset.horizon, patch, self.cfg.model,
                                         season_length=dataset.season_length, energy_init=self.cfg.task.energy_init,
