@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ebt_forecast.data.frames import frame_to_series, load_long_frame, quiet_pandas
-from ebt_forecast.data.loaders import ETT_COLUMNS, ETT_MONTH, etth1_series
+from ebt_forecast.data.loaders import ETT_COLUMNS, ETT_MONTH, etth1_series, tail_task
 from ebt_forecast.data.types import Covariates, ForecastDataset, Series
 from ebt_forecast.data.windows import tail_windows
 from ebt_forecast.errors import DataError
@@ -31,16 +31,6 @@ def _corpus_series(root: str | Path, file: str, freq: str) -> dict[str, Series]:
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
     return {s.item_id: s for s in frame_to_series(load_long_frame(path, freq=freq), freq)}
-
-
-def _held_out(name: str, freq: str, horizon: int, season: int, series: list[Series], windows: int) -> ForecastDataset:
-    """The last `windows` horizons of every series are the test windows; everything before them trains."""
-    train, tests = [], []
-    for s in series:
-        short, cut = tail_windows(s, horizon, windows)
-        train.append(short)
-        tests.extend(cut)
-    return ForecastDataset(name, freq, horizon, season, train, tests)
 
 
 def calendar_features(start: pd.Period, length: int) -> np.ndarray:
@@ -57,7 +47,7 @@ def load_vic_elec(root: str | Path, horizon: int = 48, windows: int = 28) -> For
     by_id = _corpus_series(root, "skforecast_30min.parquet", "30min")
     demand, temperature = by_id["vic_elec/Demand"], by_id["vic_elec/Temperature"]
     series = replace(demand, covariates=Covariates(future=temperature.target[None].copy()))
-    return _held_out("vic_elec", "30min", horizon, 48, [series], windows)
+    return tail_task("vic_elec", "30min", horizon, 48, [series], windows)
 
 
 def load_dc_bike(root: str | Path, horizon: int = 24, windows: int = 28) -> ForecastDataset:
@@ -65,7 +55,7 @@ def load_dc_bike(root: str | Path, horizon: int = 24, windows: int = 28) -> Fore
     by_id = _corpus_series(root, "skforecast_hourly.parquet", "h")
     users = by_id["dc_bike_sharing/users"]
     weather = np.stack([by_id[f"dc_bike_sharing/{c}"].target for c in ("temp", "hum", "windspeed")])
-    return _held_out("dc_bike", "h", horizon, 24, [replace(users, covariates=Covariates(future=weather))], windows)
+    return tail_task("dc_bike", "h", horizon, 24, [replace(users, covariates=Covariates(future=weather))], windows)
 
 
 def load_bdg2(root: str | Path, horizon: int = 24, windows: int = 28) -> ForecastDataset:
@@ -74,7 +64,7 @@ def load_bdg2(root: str | Path, horizon: int = 24, windows: int = 28) -> Forecas
     series = [replace(by_id[f"bdg2/building_{i}"], covariates=Covariates(
         future=calendar_features(by_id[f"bdg2/building_{i}"].start, len(by_id[f"bdg2/building_{i}"])),
         static_cat=np.array([i - 1]))) for i in (1, 2)]
-    return _held_out("bdg2", "h", horizon, 24, series, windows)
+    return tail_task("bdg2", "h", horizon, 24, series, windows)
 
 
 def load_etth1_loads(root: str | Path, horizon: int = 24, stride: int = 24, months: int = 4) -> ForecastDataset:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from ebt_forecast.data.loaders import _tail_task, etth1_series, exchange_rate_series, load_m4_hourly
+from ebt_forecast.data.loaders import tail_task, etth1_series, exchange_rate_series, load_m4_hourly
 from ebt_forecast.data.types import ForecastDataset
 from ebt_forecast.errors import DataError
 
@@ -55,6 +55,6 @@ def load_gift_config(config: str, root: str | Path) -> ForecastDataset:
         dataset = load_m4_hourly(root, horizon=h)  # the official test: one window of 48
     else:  # every series whole, then GIFT-Eval's tail windows
         full, data_freq, season = (etth1_series(root), "h", 24) if name == "etth1" else (exchange_rate_series(root), "B", 5)
-        dataset = _tail_task(name, data_freq, h, season, full, gift_windows(min(len(s) for s in full), h))
+        dataset = tail_task(name, data_freq, h, season, full, gift_windows(min(len(s) for s in full), h))
     dataset.name = config
     return dataset

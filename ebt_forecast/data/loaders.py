@@ -24,7 +24,7 @@ def _file(root: str | Path, *parts: str) -> Path:
     return path
 
 
-def _tail_task(name: str, freq: str, horizon: int, season: int, full: list[Series], num_windows: int) -> ForecastDataset:
+def tail_task(name: str, freq: str, horizon: int, season: int, full: list[Series], num_windows: int) -> ForecastDataset:
     """Task whose test set is the last num_windows non-overlapping horizons of every series."""
     train, tests = [], []
     for s in full:
@@ -123,7 +123,7 @@ def exchange_rate_series(root: str | Path) -> list[Series]:
 
 def load_exchange_rate(root: str | Path, horizon: int = 30, num_windows: int = 5) -> ForecastDataset:
     """Exchange rates (8 series, business-daily, season 5): last num_windows*horizon points are test."""
-    return _tail_task("exchange_rate", "B", horizon, 5, exchange_rate_series(root), num_windows)
+    return tail_task("exchange_rate", "B", horizon, 5, exchange_rate_series(root), num_windows)
 
 
 # name -> (freq, season, horizon, default num_windows)
@@ -163,7 +163,7 @@ def load_statsmodels(name: str, num_windows: int | None = None) -> ForecastDatas
     if name not in STATSMODELS_SPECS:
         raise DataError(f"unknown statsmodels data set {name!r}; available: {sorted(STATSMODELS_SPECS)}")
     freq, season, horizon, default_windows = STATSMODELS_SPECS[name]
-    return _tail_task(name, freq, horizon, season, [_statsmodels_series(name)], num_windows or default_windows)
+    return tail_task(name, freq, horizon, season, [_statsmodels_series(name)], num_windows or default_windows)
 
 
 def load_default_suite() -> list[ForecastDataset]:
