@@ -392,6 +392,12 @@ def run_benchmark(app: ForecastAppConfig) -> Path:
             raise ConfigError(f"benchmark.models contains unknown model {m!r}: must be among {', '.join(MODELS)}")
     seeds = list(app.benchmark.seeds) or [app.seed]
     datasets = load_suite(app)
+    if app.benchmark.datasets:  # a part of the suite (the cells, keyed by data set, are the suite's own)
+        unknown = sorted(set(app.benchmark.datasets) - {d.name for d in datasets})
+        if unknown:
+            raise ConfigError(f"benchmark.datasets names {unknown[0]!r}, not in suite {app.suite!r}: "
+                              f"{', '.join(d.name for d in datasets)}")
+        datasets = [d for d in datasets if d.name in app.benchmark.datasets]
     # seed-major: every model's first seed finishes before the next seed starts (a cut-short run stays comparable)
     jobs = [(d, m, None if m in SEEDLESS else s) for i, s in enumerate(seeds) for d in datasets
             for m in app.benchmark.models if i == 0 or m not in SEEDLESS]

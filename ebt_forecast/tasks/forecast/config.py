@@ -159,6 +159,7 @@ class BenchmarkConfig:
     models: list[str] = field(default_factory=lambda: [  # the demo (minutes): the pretrained EBT and its twin
         "seasonal_naive", "autoets", "autotheta", "ebt_zero_shot", "twin_zero_shot", "transformer_pp", "ebt"])
     seeds: list[int] = field(default_factory=list)  # every trained model once per seed; empty = [seed]
+    datasets: list[str] = field(default_factory=list)  # only these data sets of the suite (empty: all of them)
     think_steps: list[int] = field(default_factory=lambda: [0, 1, 2, 4])  # EBT rows at these steps
     selections: list[str] = field(default_factory=lambda: ["refined", "verified"])
     candidate_counts: list[int] = field(default_factory=lambda: [1, 16])  # M level paths: the M=1 vs M=16 check
