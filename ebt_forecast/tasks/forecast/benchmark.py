@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 SEEDLESS = ("seasonal_naive", *STATSFORECAST_MODELS, "autoarima_exog")  # deterministic: one cell whatever the seed
 ZERO_SHOT = {"ebt_zero_shot": "ebt_1m", "twin_zero_shot": "twin_1m"}  # packaged pretrained models: nothing trained here
 MODELS = (*SEEDLESS, *ZERO_SHOT, "transformer_pp", "transformer_pp+gaussian", "deepar", "patchtst", "ebt",
-          "ebt_verifier", "ebt_no_covariates", "ebt_finetune")
+          "ebt_verifier", "ebt_no_covariates", "ebt_finetune", "ebt_finetune_no_covariates")
 RELATIVE_METRICS = ("wql", "mase", "crps_scaled", "smape", "msis")
 SUITES = ("default", "shared", "etth1", "m4_hourly", "exchange_rate", "covariates", *COVARIATE_SETS)
 
@@ -254,11 +254,16 @@ def run_cell(dataset: ForecastDataset, model: str, app: ForecastAppConfig, plots
         return run_ebt_cell(dataset, app, plots, cache)
     if model == "ebt_no_covariates":  # the same EBT on the same data without its covariates (issue 30's control)
         return run_ebt_cell(without_covariates(dataset), app, plots, cache, name=model)
+    if model == "ebt_finetune_no_covariates":  # the fine-tuned pretrained EBT's control: the data without covariates
+        rows = run_cell(without_covariates(dataset), "ebt_finetune", app, plots, cache)
+        return [{**r, "model": model} for r in rows]
     if model == "autoarima_exog" and covariate_slots(dataset.train).get("future_covariates", 0) == 0:
         log.warning("%s: no known-future covariates to regress on; autoarima_exog skipped", dataset.name)
         return []
     if model == "ebt_verifier":
         return run_verifier_cell(dataset, app, cache)
+    if model in ZERO_SHOT:  # the pretrained EBT cannot read covariates zero-shot: it forecasts from the target alone
+        dataset = without_covariates(dataset)
     predictor = estimator_for(dataset, model, app, cache).train(series_to_gluonts(dataset.train, dataset.freq))
     forecasts = list(predictor.predict(windows_dataset(dataset.test_windows)))
     if model == "transformer_pp":
@@ -364,6 +369,7 @@ def cell_depends(dataset: ForecastDataset, model: str, app: ForecastAppConfig) -
              "ebt": (b.think_steps, b.selections, b.candidate_counts, b.verify_groups),
              "ebt_no_covariates": (b.think_steps, b.selections, b.candidate_counts, b.verify_groups),
              "ebt_finetune": (app.pretrained, b.finetune_steps),
+             "ebt_finetune_no_covariates": (app.pretrained, b.finetune_steps),
              "ebt_verifier": {k: v for k, v in asdict(app.task.verifier).items() if k != "enabled"}}.get(model)
     think = app.think if model.startswith("ebt") else None  # the feed-forward models never think
     return {"data": data, "model": model, "backbone": app.model, "think": think, "trainer": app.trainer.settings(),
