@@ -13,7 +13,8 @@ import pandas as pd
 
 from ebt_forecast.io import atomic_write_text
 
-MODELS = ["seasonal_naive", "autoarima", "autoarima_exog", "deepar", "ebt_no_covariates", "ebt", "ebt_finetune"]
+MODELS = ["seasonal_naive", "autoarima", "autoarima_exog", "deepar", "ebt_no_covariates", "ebt", "ebt_zero_shot",
+          "ebt_finetune_no_covariates", "ebt_finetune"]
 
 
 def main(path: str) -> int:
