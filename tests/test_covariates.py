@@ -219,3 +219,53 @@ def test_encoding_carries_the_horizon_covariates_through_grouping_and_gathering(
         torch.testing.assert_close(grouped.reshape(-1), gathered)
         energies.append(grouped)
     assert not torch.allclose(energies[0], energies[1])  # the horizon's covariates changed the energy
+
+
+def test_a_models_no_covariates_control_is_the_same_model_blind_to_them(tmp_path):
+    """`ebt_no_covariates` trains the same EBT on the same windows without the plan: its rows are named after the
+    control, and on series driven by the plan it forecasts worse than the EBT that reads it."""
+    from ebt_forecast.config import compose
+    from ebt_forecast.tasks.forecast.benchmark import run_cell
+
+    history, future = plan_response(5, series=4, length=500)
+    frame = load_long_frame(history, freq="h")
+    series = attach_covariates(frame, frame_to_series(frame), CovariateRoles(future=["plan"]), "hist",
+                               future=future, horizon=H)
+    train, tests = [], []
+    for s in series:
+        head, (window,) = tail_windows(s, H, 1)
+        train.append(head)
+        tests.append(window)
+    dataset = ForecastDataset("plan", "h", H, 24, train, tests)
+    app = compose("benchmark", ["pretrained=null", "runtime.threads=1", "trainer.max_steps=100", "seed=0",
+                                "trainer.progress_bar=false", "model.dim=32", "model.depth=1", "task.selection=proposal",
+                                "benchmark.think_steps=[0]", "benchmark.candidate_counts=[]", "benchmark.verify_groups=[]"])
+    wql = {}
+    for model in ("ebt", "ebt_no_covariates"):
+        rows = run_cell(dataset, model, app, tmp_path / "plots", tmp_path / "cache")
+        assert all(r["model"] == model or r["model"].startswith(model + "[") for r in rows), [r["model"] for r in rows]
+        wql[model] = next(r["wql"] for r in rows if r["model"] == model)
+    assert wql["ebt"] < 0.8 * wql["ebt_no_covariates"], wql
+    assert (tmp_path / "plots" / "ebt_no_covariates" / "plan__ebt.png").is_file()  # the control's plots apart
+
+
+def test_new_covariate_slots_train_at_their_own_rate():
+    """Fine-tuning with slot_lr_multiplier=10: the slots the pretrained EBT gains sit in AdamW groups at 10x the
+    fine-tuning rate, every other parameter at the rate itself, each parameter in one group."""
+    history, future = plan_response(6, series=2, length=300)
+    frame = load_long_frame(history, freq="h")
+    series = attach_covariates(frame, frame_to_series(frame), CovariateRoles(future=["plan"]), "hist",
+                               future=future, horizon=H)
+    tuned = PretrainedForecaster(finetune_steps=1, slot_lr_multiplier=10.0)
+    tuned._covariate_slots(covariate_slots(series))
+    module = tuned.module
+    module.optim_cfg = tuned.finetune_cfg
+    groups = module.parameter_groups()
+    names = {id(p): n for n, p in module.named_parameters()}
+    seen = [names[id(p)] for g in groups for p in g["params"]]
+    assert len(seen) == len(set(seen)) == sum(1 for _, p in module.named_parameters() if p.requires_grad)
+    for g in groups:
+        fresh = {names[id(p)].startswith("model.covariates.") for p in g["params"]}
+        assert len(fresh) <= 1
+        assert g.get("lr", tuned.finetune_cfg.lr) == pytest.approx(tuned.finetune_cfg.lr * (10.0 if True in fresh else 1.0))
+    assert any(names[id(p)].startswith("model.covariates.") for g in groups if "lr" in g for p in g["params"])

@@ -34,19 +34,24 @@ def _corpus_series(root: str | Path, file: str, freq: str) -> dict[str, Series]:
 
 
 def calendar_features(start: pd.Period, length: int) -> np.ndarray:
-    """Hour of day and day of week as sine / cosine pairs (4, length): known-future covariates of any hourly series."""
+    """Time of day and day of week as sine / cosine pairs (4, length): known-future covariates of any sub-daily
+    series."""
     with quiet_pandas():
         stamps = pd.period_range(start, periods=length).to_timestamp()
-    hour = 2 * np.pi * stamps.hour.to_numpy() / 24
+    hour = 2 * np.pi * (stamps.hour.to_numpy() + stamps.minute.to_numpy() / 60) / 24
     day = 2 * np.pi * stamps.dayofweek.to_numpy() / 7
     return np.stack([np.sin(hour), np.cos(hour), np.sin(day), np.cos(day)]).astype(np.float32)
 
 
-def load_vic_elec(root: str | Path, horizon: int = 48, windows: int = 28) -> ForecastDataset:
-    """vic_elec demand with temperature as a known-future covariate; the last `windows` days held out."""
+def load_vic_elec(root: str | Path, horizon: int = 48, windows: int = 28, calendar: bool = False) -> ForecastDataset:
+    """vic_elec demand with temperature as a known-future covariate (and the calendar with `calendar`); the last
+    `windows` days held out."""
     by_id = _corpus_series(root, "skforecast_30min.parquet", "30min")
     demand, temperature = by_id["vic_elec/Demand"], by_id["vic_elec/Temperature"]
-    series = replace(demand, covariates=Covariates(future=temperature.target[None].copy()))
+    future = temperature.target[None].copy()
+    if calendar:
+        future = np.concatenate([future, calendar_features(demand.start, len(demand))])
+    series = replace(demand, covariates=Covariates(future=future))
     return tail_task("vic_elec", "30min", horizon, 48, [series], windows)
 
 

@@ -240,16 +240,24 @@ class TrainableModule(L.LightningModule):
     def __init__(self, optim_cfg: OptimConfig):
         super().__init__()
         self.optim_cfg = optim_cfg
+        # name prefix -> learning-rate multiplier: fine-tuning gives parameters it adds (a pretrained model's new
+        # covariate slots) a higher rate than the pretrained ones
+        self.lr_multipliers: dict[str, float] = {}
 
     def parameter_groups(self) -> list[dict]:
-        """AdamW groups: matrices with weight decay, gains and biases without."""
-        decay, no_decay = [], []
+        """AdamW groups: matrices with weight decay, gains and biases without; each prefix of `lr_multipliers`
+        in groups of its own at lr x multiplier."""
+        groups: dict[tuple[bool, float], list] = {}
         for name, p in self.named_parameters():
             if not p.requires_grad or name.startswith("step_size."):
                 continue
-            (decay if p.dim() >= 2 else no_decay).append(p)
-        return [{"params": decay, "weight_decay": self.optim_cfg.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0}]
+            scale = next((m for prefix, m in self.lr_multipliers.items() if name.startswith(prefix)), 1.0)
+            groups.setdefault((p.dim() >= 2, scale), []).append(p)
+        groups.setdefault((True, 1.0), [])
+        groups.setdefault((False, 1.0), [])
+        return [{"params": params, "weight_decay": self.optim_cfg.weight_decay if decay else 0.0,
+                 **({"lr": self.optim_cfg.lr * scale} if scale != 1.0 else {})}
+                for (decay, scale), params in sorted(groups.items(), key=lambda kv: (kv[0][1] != 1.0, not kv[0][0]))]
 
     def schedule_length(self) -> int:
         """Steps the warm-up + cosine schedule spans: the trainer's max_steps (1000 without one)."""

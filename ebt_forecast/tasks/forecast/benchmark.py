@@ -41,8 +41,11 @@ from ebt_forecast.tasks.forecast.sources import choose, fast_forecasts, train_ve
 log = logging.getLogger(__name__)
 SEEDLESS = ("seasonal_naive", *STATSFORECAST_MODELS, "autoarima_exog")  # deterministic: one cell whatever the seed
 ZERO_SHOT = {"ebt_zero_shot": "ebt_1m", "twin_zero_shot": "twin_1m"}  # packaged pretrained models: nothing trained here
+# a trained model's covariate control: `<model>_no_covariates` runs it on the same data without its covariates
+NO_COVARIATES = "_no_covariates"
+COVARIATE_MODELS = ("deepar", "ebt", "ebt_finetune")
 MODELS = (*SEEDLESS, *ZERO_SHOT, "transformer_pp", "transformer_pp+gaussian", "deepar", "patchtst", "ebt",
-          "ebt_verifier", "ebt_no_covariates", "ebt_finetune", "ebt_finetune_no_covariates")
+          "ebt_verifier", "ebt_finetune", *(m + NO_COVARIATES for m in COVARIATE_MODELS))
 RELATIVE_METRICS = ("wql", "mase", "crps_scaled", "smape", "msis")
 SUITES = ("default", "shared", "etth1", "m4_hourly", "exchange_rate", "covariates", *COVARIATE_SETS)
 
@@ -98,15 +101,9 @@ def trained_ebt(dataset: ForecastDataset, app: ForecastAppConfig, cache: Path, r
     return Artifacts(cache).get(f"ebt__{dataset.name}", depends, make, load)
 
 
-def run_ebt_cell(dataset: ForecastDataset, app: ForecastAppConfig, plots: Path, cache: Path,
-                 name: str = "ebt") -> list[dict]:
-    """Train the EBT once, then score its thinking settings: steps x selection, and M candidates (rows `name`,
-    `name[steps=...]`)."""
-    return [{**r, "model": name + r["model"].removeprefix("ebt")} for r in _ebt_rows(dataset, app, plots, cache)]
-
-
-def _ebt_rows(dataset: ForecastDataset, app: ForecastAppConfig, plots: Path, cache: Path) -> list[dict]:
-    """run_ebt_cell's rows, named `ebt...`."""
+def run_ebt_cell(dataset: ForecastDataset, app: ForecastAppConfig, plots: Path, cache: Path) -> list[dict]:
+    """Train the EBT once, then score its thinking settings: steps x selection, and M candidates (rows `ebt`,
+    `ebt[steps=...]`)."""
     cfg = app.forecaster()
     ebt = trained_ebt(dataset, app, cache)
     predictor, test_data = EBTPredictor(ebt, dataset.horizon, dataset.freq), windows_dataset(dataset.test_windows)
@@ -250,13 +247,12 @@ def estimator_for(dataset: ForecastDataset, model: str, app: ForecastAppConfig, 
 def run_cell(dataset: ForecastDataset, model: str, app: ForecastAppConfig, plots: Path, cache: Path) -> list[dict]:
     """Fit and score one model on one data set through GluonTS's API (Estimator.train -> Predictor.predict ->
     Forecasts); return its result rows. The EBT and the verifier have cells of their own (many settings each)."""
+    if model.endswith(NO_COVARIATES):  # the same model on the same data without its covariates (issue 30's control)
+        base = model.removesuffix(NO_COVARIATES)
+        rows = run_cell(without_covariates(dataset), base, app, plots / model, cache)  # its plots apart
+        return [{**r, "model": model + r["model"].removeprefix(base)} for r in rows]  # ebt[steps=2] -> ..._no_covariates[steps=2]
     if model == "ebt":
         return run_ebt_cell(dataset, app, plots, cache)
-    if model == "ebt_no_covariates":  # the same EBT on the same data without its covariates (issue 30's control)
-        return run_ebt_cell(without_covariates(dataset), app, plots, cache, name=model)
-    if model == "ebt_finetune_no_covariates":  # the fine-tuned pretrained EBT's control: the data without covariates
-        rows = run_cell(without_covariates(dataset), "ebt_finetune", app, plots, cache)
-        return [{**r, "model": model} for r in rows]
     if model == "autoarima_exog" and covariate_slots(dataset.train).get("future_covariates", 0) == 0:
         log.warning("%s: no known-future covariates to regress on; autoarima_exog skipped", dataset.name)
         return []
@@ -367,10 +363,9 @@ def cell_depends(dataset: ForecastDataset, model: str, app: ForecastAppConfig) -
     extra = {"deepar": (b.deepar_hidden_size, b.deepar_num_layers, b.gluonts_budget, b.gluonts_patience),
              "patchtst": (b.gluonts_budget, b.gluonts_patience),
              "ebt": (b.think_steps, b.selections, b.candidate_counts, b.verify_groups),
-             "ebt_no_covariates": (b.think_steps, b.selections, b.candidate_counts, b.verify_groups),
              "ebt_finetune": (app.pretrained, b.finetune_steps),
-             "ebt_finetune_no_covariates": (app.pretrained, b.finetune_steps),
-             "ebt_verifier": {k: v for k, v in asdict(app.task.verifier).items() if k != "enabled"}}.get(model)
+             "ebt_verifier": {k: v for k, v in asdict(app.task.verifier).items() if k != "enabled"}
+             }.get(model.removesuffix(NO_COVARIATES))
     think = app.think if model.startswith("ebt") else None  # the feed-forward models never think
     return {"data": data, "model": model, "backbone": app.model, "think": think, "trainer": app.trainer.settings(),
             "task": app.task.ebt_fields(), "seed": app.seed, "extra": extra}

@@ -78,7 +78,8 @@ class PretrainedForecaster(EBTForecaster):
     """EBTForecaster whose module comes pretrained: no training per call unless `finetune_steps` > 0."""
 
     def __init__(self, model: str | Path | None = None, cfg: ForecasterConfig | None = None,
-                 finetune_steps: int = 0, finetune: TrainerConfig | None = None, name: str | None = None):
+                 finetune_steps: int = 0, finetune: TrainerConfig | None = None, name: str | None = None,
+                 slot_lr_multiplier: float = 1.0):
         if finetune_steps < 0:
             raise ConfigError(f"finetune={finetune_steps} is invalid: must be >= 0 steps")
         self.folder = pretrained_folder(model)
@@ -97,6 +98,7 @@ class PretrainedForecaster(EBTForecaster):
         self.covariate_slots = ({k: getattr(module.model.cfg, k) for k in slot_names}
                                 if module.model.cfg.has_covariates else {})  # a fine-tuned predictor's, loaded back
         self.finetune_steps = finetune_steps
+        self.slot_lr_multiplier = slot_lr_multiplier  # the new covariate slots' rate over the fine-tuning rate
         self.finetune_cfg = finetune or TrainerConfig(max_steps=finetune_steps, batch_size=32, lr=1e-4,
                                                       warmup_steps=0, progress_bar=False)
         self.horizon: int | None = None
@@ -141,6 +143,7 @@ class PretrainedForecaster(EBTForecaster):
                                 self.module.task_cfg, mode=self.module.mode)
         missing, unexpected = module.load_state_dict(self._pristine, strict=False)
         assert not unexpected and all(k.startswith("model.covariates.") for k in missing), (missing, unexpected)
+        module.lr_multipliers = {"model.covariates.": self.slot_lr_multiplier}
         self.module, self.covariate_slots = module, slots
         self._pristine = copy.deepcopy(module.state_dict())
         self.meta = {**self.meta, "model": {**self.meta["model"], **slots}}  # serialize: rebuilt with the slots
