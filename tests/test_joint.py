@@ -77,11 +77,20 @@ def test_forecast_targets_jointly_from_a_real_file(shared_data, tmp_path, capsys
     common = [f"input={tmp_path / 'ett.csv'}", "horizon=24", "trainer.max_steps=10", "runtime.threads=1",
               "trainer.progress_bar=false"]
     assert main(["forecast", *common, "targets=[HUFL,OT]", "past_covariates=[MUFL]", "pretrained=null",
-                 f"output={tmp_path / 'out.csv'}"]) == 0
+                 f"output={tmp_path / 'out.csv'}", f"save={tmp_path / 'joint'}"]) == 0
     out = pd.read_csv(tmp_path / "out.csv")
     assert list(out.columns[:3]) == ["item_id", "target", "timestamp"] and len(out) == 2 * 24
     assert set(out.target) == {"HUFL", "OT"} and out["0.5"].notna().all()
     assert "not using columns ['HULL', 'MULL', 'LUFL', 'LULL']" in capsys.readouterr().err
+    # the saved joint predictor forecasts the same file again without training; its targets and covariates must match
+    loaded = [f"input={tmp_path / 'ett.csv'}", f"predictor={tmp_path / 'joint'}", "past_covariates=[MUFL]"]
+    assert main(["forecast", *loaded, "targets=[HUFL,OT]", f"output={tmp_path / 'again.csv'}"]) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "again.csv"), out)
+    capsys.readouterr()
+    assert main(["forecast", *loaded, "targets=[OT,HUFL]", f"output={tmp_path / 'bad.csv'}"]) == 2
+    assert "forecasts targets [HUFL, OT], not [OT, HUFL]" in capsys.readouterr().err
+    assert main(["forecast", *loaded[:2], "targets=[HUFL,OT]", f"output={tmp_path / 'bad.csv'}"]) == 2
+    assert "was trained with covariates" in capsys.readouterr().err and not (tmp_path / "bad.csv").exists()
     assert main(["forecast", *common, "targets=[HUFL,nope]", "pretrained=null", f"output={tmp_path / 'bad.csv'}"]) == 2
     assert "target column 'nope' not found" in capsys.readouterr().err and not (tmp_path / "bad.csv").exists()
     assert main(["forecast", *common, "targets=[HUFL,OT]", f"output={tmp_path / 'bad.csv'}"]) == 2

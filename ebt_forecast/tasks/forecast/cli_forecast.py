@@ -147,20 +147,34 @@ def run_forecast(app) -> Path | StreamSummary:
 
 
 def run_joint_forecast(app) -> Path:
-    """`forecast targets=[a,b,...]`: one joint EBT trained on the file (covariates too), quantiles per target."""
-    if app.pretrained:
+    """`forecast targets=[a,b,...]`: one joint EBT trained on the file (covariates too) or loaded from
+    predictor=DIR, saved to save=DIR if asked; quantiles per target."""
+    if app.pretrained and not app.predictor:
         raise ConfigError(f"targets={list(app.targets)} forecasts the targets jointly with an EBT trained on the file "
                           "(the pretrained EBT is univariate): add pretrained=null")
-    for key in ("predictor", "save", "scenarios"):
-        if getattr(app, key):
-            raise ConfigError(f"targets=[...] (a joint forecast) does not take {key}=: forecast them jointly without it, "
-                              "or one target at a time with target_col=")
-    if not app.output:
-        raise DataError("forecast needs output=OUT.csv")
+    if app.scenarios:
+        raise ConfigError("targets=[...] (a joint forecast) does not take scenarios= yet: give one future with "
+                          "future_input=, or forecast one target at a time with target_col=")
+    forecaster = JointForecaster.load(app.predictor) if app.predictor else None
+    if forecaster is not None:
+        if forecaster.targets != list(app.targets):
+            raise DataError(f"the joint predictor in {app.predictor} forecasts targets {forecaster.targets}, not "
+                            f"{list(app.targets)}: give targets={forecaster.targets}".replace("'", ""))
+        if app.horizon and app.horizon != forecaster.module.model.cfg.horizon:
+            raise DataError(f"horizon={app.horizon} conflicts with the predictor in {app.predictor}, trained for "
+                            f"horizon {forecaster.module.model.cfg.horizon}: drop horizon= or train a new one")
+        app.horizon, app.freq = forecaster.module.model.cfg.horizon, app.freq or forecaster.freq
     frame, single = user_frame(app)
     dataset = JointDataset(single.name, single.freq, single.horizon, single.season_length, list(app.targets),
                            single.train)
-    forecaster = JointForecaster(app.forecaster()).fit(dataset)
+    if forecaster is None:
+        forecaster = JointForecaster(app.forecaster()).fit(dataset)
+        if app.save:
+            forecaster.save(app.save)
+    else:
+        check_slots(forecaster.covariate_slots, covariate_slots(dataset.train), app.predictor)
+    if not app.output:
+        return Path(app.save)
     windows = [TestWindow(s.item_id, s.start, s.target, np.full((len(app.targets), app.horizon), np.nan, np.float32),
                           s.covariates) for s in dataset.train]
     samples = forecaster.predict(windows)
@@ -170,8 +184,13 @@ def run_joint_forecast(app) -> Path:
 
 def check_predictor_covariates(predictor: EBTPredictor, dataset: ForecastDataset, folder: str) -> None:
     """The saved predictor's covariate slots must match the covariates the command names."""
+    check_slots(predictor.covariate_slots, covariate_slots(dataset.train), folder)
+
+
+def check_slots(saved: dict, command: dict, folder: str) -> None:
+    """A saved predictor's covariate slots (`saved`) must match those of the command's covariates."""
     used = lambda slots: {k: v for k, v in slots.items() if v}  # noqa: E731
-    have, given = used(predictor.covariate_slots), used(covariate_slots(dataset.train))
+    have, given = used(saved), used(command)
     if have != given:
         raise DataError(f"the predictor in {folder} was trained with covariates {have or 'none'}, but the command "
                         f"gives {given or 'none'}: name the same past_covariates= / future_covariates= / static=")

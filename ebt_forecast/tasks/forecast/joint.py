@@ -13,19 +13,25 @@ TestWindow.past are (K, T), TestWindow.future (K, H); covariates are the entity'
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 import lightning as L
 import numpy as np
 import pandas as pd
 import scoringrules as sr
 import torch
+from omegaconf import OmegaConf
 from torch.utils.data import Dataset
+
+from ebt_forecast import __version__
 
 from ebt_forecast.data.covariates import covariate_slots, numeric_column
 from ebt_forecast.data.types import ForecastDataset, Series, TestWindow
 from ebt_forecast.data.windows import _pad_left, context_scaling, covariate_window
 from ebt_forecast.errors import DataError
+from ebt_forecast.io import atomic_torch_save, atomic_write_text
 from ebt_forecast.metrics import FORECAST_LEVELS, score_windows
 from ebt_forecast.tasks.base import config_key, fit_module
 from ebt_forecast.tasks.forecast.config import ForecasterConfig
@@ -123,6 +129,8 @@ class JointForecaster:
         self.chosen = InferenceSetting(0, "proposal")
         self.validation_scores: dict[str, float] = {}
         self.train_seconds, self.train_steps = 0.0, 0
+        self.targets: list[str] = []
+        self.freq, self.covariate_slots = "", {}
 
     def fit(self, dataset: JointDataset) -> "JointForecaster":
         """Train on every entity's windows before its validation tail; choose thinking on that tail."""
@@ -132,11 +140,10 @@ class JointForecaster:
                 raise DataError(f"series {s.item_id!r}: values of shape {s.target.shape}, expected ({k}, T)")
         # about task.val_windows target windows, as EBTForecaster cuts: the same hours held out as for K univariate series
         train, val = validation_tail(dataset.train, dataset.horizon, -(-self.cfg.task.val_windows // k))
-        context, patch = self.cfg.window(dataset.horizon, dataset.season_length)
-        model_cfg = ForecastModelConfig(context, dataset.horizon, patch, self.cfg.model,
-                                        season_length=dataset.season_length, energy_init=self.cfg.task.energy_init,
-                                        targets=k, covariate_scaling=self.cfg.task.covariate_scaling,
-                                        **covariate_slots(dataset.train))
+        self.targets, self.freq = list(dataset.targets), dataset.freq
+        self.covariate_slots = covariate_slots(dataset.train)
+        model_cfg = self.model_config(dataset.horizon, dataset.season_length)
+        context = model_cfg.context_length
         t = self.cfg.trainer
         L.seed_everything(self.cfg.seed, workers=True, verbose=False)
         self.module = ForecastModule(model_cfg, self.cfg.think, t, self.cfg.task, mode=self.mode)
@@ -155,6 +162,52 @@ class JointForecaster:
         elif self.cfg.task.selection != "auto":
             self.chosen = InferenceSetting(self.cfg.think.infer_steps, self.cfg.task.selection)
         return self
+
+    def model_config(self, horizon: int, season_length: int) -> ForecastModelConfig:
+        """The joint patch EBT's configuration for this forecaster's targets and covariate slots."""
+        context, patch = self.cfg.window(horizon, season_length)
+        return ForecastModelConfig(context, horizon, patch, self.cfg.model, season_length=season_length,
+                                   energy_init=self.cfg.task.energy_init, targets=len(self.targets),
+                                   covariate_scaling=self.cfg.task.covariate_scaling, **self.covariate_slots)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the configuration, targets, covariate slots, inference choice and weights (state dict) into folder
+        `path` (`forecast targets=[...] save=DIR`; `JointForecaster.load` reads it back)."""
+        assert self.module is not None, "call fit() first"
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        model = self.module.model.cfg
+        meta = {"kind": "joint", "package_version": __version__, "mode": self.mode, "targets": self.targets,
+                "freq": self.freq, "prediction_length": model.horizon, "season_length": model.season_length,
+                "covariate_slots": self.covariate_slots, "config": asdict(self.cfg), "chosen": asdict(self.chosen),
+                "validation_scores": self.validation_scores, "train_seconds": self.train_seconds,
+                "train_steps": self.train_steps}
+        atomic_torch_save(self.module.state_dict(), path / "weights.pt")
+        atomic_write_text(path / "predictor.json", json.dumps(meta, indent=2))  # last: a folder with it is whole
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "JointForecaster":
+        """A joint forecaster written by `save` (weights with weights_only=True)."""
+        path = Path(path)
+        meta_path = path / "predictor.json"
+        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        if meta.get("kind") != "joint" or not (path / "weights.pt").is_file():
+            raise DataError(f"{path} is not a saved joint EBT predictor (it needs predictor.json of a joint forecast "
+                            "and weights.pt, written by `ebt-forecast forecast targets=[...] save=DIR`)")
+        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ForecasterConfig), meta["config"]))
+        forecaster = cls(cfg, meta["mode"])
+        forecaster.targets, forecaster.freq = list(meta["targets"]), meta["freq"]
+        forecaster.covariate_slots = meta["covariate_slots"]
+        forecaster.season_length = meta["season_length"]
+        model_cfg = forecaster.model_config(meta["prediction_length"], meta["season_length"])
+        forecaster.module = ForecastModule(model_cfg, cfg.think, cfg.trainer, cfg.task, mode=meta["mode"])
+        forecaster.module.load_state_dict(torch.load(path / "weights.pt", weights_only=True))
+        forecaster.module.eval()
+        forecaster.chosen = InferenceSetting(**meta["chosen"])
+        forecaster.validation_scores = meta["validation_scores"]
+        forecaster.train_seconds, forecaster.train_steps = meta["train_seconds"], meta["train_steps"]
+        return forecaster
 
     def predict(self, windows: list[TestWindow], *, steps: int | None = None, selection: str | None = None,
                 num_candidates: int | None = None, verify_group: int | None = None,
