@@ -22,7 +22,10 @@ from ebt_forecast.data.types import Covariates, ForecastDataset, Series
 from ebt_forecast.data.windows import tail_windows
 from ebt_forecast.errors import DataError
 
-COVARIATE_SETS = ("vic_elec", "dc_bike", "bdg2", "etth1_loads")
+COVARIATE_SETS = ("vic_elec", "dc_bike", "bdg2", "etth1_loads")  # the `covariates` suite
+# vic_elec with the calendar (time of day, weekday) known beside temperature, and with the calendar alone: what the
+# calendar adds and what temperature adds beyond it (suites of their own)
+CALENDAR_SETS = ("vic_elec_calendar", "vic_elec_calendar_only")
 
 
 def _corpus_series(root: str | Path, file: str, freq: str) -> dict[str, Series]:
@@ -33,26 +36,31 @@ def _corpus_series(root: str | Path, file: str, freq: str) -> dict[str, Series]:
     return {s.item_id: s for s in frame_to_series(load_long_frame(path, freq=freq), freq)}
 
 
-def calendar_features(start: pd.Period, length: int) -> np.ndarray:
+def calendar_features(start: pd.Period, length: int, timezone: str | None = None) -> np.ndarray:
     """Time of day and day of week as sine / cosine pairs (4, length): known-future covariates of any sub-daily
-    series."""
+    series; with `timezone`, the stamps are UTC and the calendar is that zone's local time (daylight saving too)."""
     with quiet_pandas():
         stamps = pd.period_range(start, periods=length).to_timestamp()
+    if timezone:
+        stamps = stamps.tz_localize("UTC").tz_convert(timezone)
     hour = 2 * np.pi * (stamps.hour.to_numpy() + stamps.minute.to_numpy() / 60) / 24
     day = 2 * np.pi * stamps.dayofweek.to_numpy() / 7
     return np.stack([np.sin(hour), np.cos(hour), np.sin(day), np.cos(day)]).astype(np.float32)
 
 
-def load_vic_elec(root: str | Path, horizon: int = 48, windows: int = 28, calendar: bool = False) -> ForecastDataset:
-    """vic_elec demand with temperature as a known-future covariate (and the calendar with `calendar`); the last
-    `windows` days held out."""
+def load_vic_elec(root: str | Path, horizon: int = 48, windows: int = 28, calendar: bool = False,
+                  temperature: bool = True) -> ForecastDataset:
+    """vic_elec demand with temperature as a known-future covariate (and the calendar with `calendar`, or the
+    calendar alone without `temperature`); the last `windows` days held out."""
     by_id = _corpus_series(root, "skforecast_30min.parquet", "30min")
-    demand, temperature = by_id["vic_elec/Demand"], by_id["vic_elec/Temperature"]
-    future = temperature.target[None].copy()
+    demand = by_id["vic_elec/Demand"]
+    future = [by_id["vic_elec/Temperature"].target[None]] if temperature else []
     if calendar:
-        future = np.concatenate([future, calendar_features(demand.start, len(demand))])
-    series = replace(demand, covariates=Covariates(future=future))
-    return tail_task("vic_elec", "30min", horizon, 48, [series], windows)
+        # the corpus's stamps are UTC (the first, 2011-12-31 13:00, is midnight in Melbourne): the local calendar
+        future.append(calendar_features(demand.start, len(demand), timezone="Australia/Melbourne"))
+    series = replace(demand, covariates=Covariates(future=np.concatenate(future).astype(np.float32)))
+    name = "vic_elec" + ("_calendar" if calendar else "") + ("" if temperature else "_only")
+    return tail_task(name, "30min", horizon, 48, [series], windows)
 
 
 def load_dc_bike(root: str | Path, horizon: int = 24, windows: int = 28) -> ForecastDataset:
@@ -91,9 +99,12 @@ def load_etth1_loads(root: str | Path, horizon: int = 24, stride: int = 24, mont
 
 def load_covariate_set(name: str, root: str | Path) -> ForecastDataset:
     """One of COVARIATE_SETS by name."""
-    loaders = {"vic_elec": load_vic_elec, "dc_bike": load_dc_bike, "bdg2": load_bdg2, "etth1_loads": load_etth1_loads}
+    loaders = {"vic_elec": load_vic_elec, "dc_bike": load_dc_bike, "bdg2": load_bdg2, "etth1_loads": load_etth1_loads,
+               "vic_elec_calendar": lambda root: load_vic_elec(root, calendar=True),
+               "vic_elec_calendar_only": lambda root: load_vic_elec(root, calendar=True, temperature=False)}
     if name not in loaders:
-        raise DataError(f"covariate data set {name!r} is unknown: must be one of {', '.join(COVARIATE_SETS)}")
+        raise DataError(f"covariate data set {name!r} is unknown: must be one of "
+                        f"{', '.join(COVARIATE_SETS + CALENDAR_SETS)}")
     return loaders[name](root)
 
 

@@ -6,8 +6,9 @@ read here).
 Each variant trains on vic_elec's training part (the last 28 days held out, never touched) and records the WQL of
 every thinking setting on the validation tail (what `selection=auto` chooses from) in
 evaluation/issue30/vic_elec_variants.csv. Variants: the `experiment=covariates` recipe from scratch (`scratch`), with
-more steps (`scratch_steps1500`), with the calendar beside temperature (`scratch_calendar`), each `_nocov` without
-the covariates; the pretrained EBT fine-tuned 300 steps with its temperature slot at the fine-tuning rate times N
+more steps (`scratch_steps1500`), with the local calendar beside temperature (`scratch_calendar`; the row
+`scratch_calendar_utc` is its first run, with the calendar read off the corpus's UTC stamps, before that was fixed),
+with the calendar alone (`scratch_calendaronly`), each `_nocov` without the covariates; the pretrained EBT fine-tuned 300 steps with its temperature slot at the fine-tuning rate times N
 (`finetune_slotlrN`), and without covariates (`finetune_nocov`).
 """
 from __future__ import annotations
@@ -35,7 +36,7 @@ def fit_variant(variant: str, root: str, seed: int):
     steps = re.search(r"steps(\d+)", variant)
     if steps:
         overrides.append(f"trainer.max_steps={steps.group(1)}")
-    dataset = load_vic_elec(root, calendar="calendar" in variant)
+    dataset = load_vic_elec(root, calendar="calendar" in variant, temperature="calendaronly" not in variant)
     if variant.endswith("_nocov"):
         dataset = without_covariates(dataset)
     app = compose("benchmark", overrides)

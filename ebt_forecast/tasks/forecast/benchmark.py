@@ -20,7 +20,7 @@ from ebt_forecast.baselines import (
     SeasonalNaive,
     StatsForecastBaseline,
 )
-from ebt_forecast.data.covariate_sets import COVARIATE_SETS, load_covariate_set, without_covariates
+from ebt_forecast.data.covariate_sets import CALENDAR_SETS, COVARIATE_SETS, load_covariate_set, without_covariates
 from ebt_forecast.data.covariates import covariate_slots
 from ebt_forecast.data.frames import series_to_gluonts
 from ebt_forecast.data.loaders import load_default_suite, load_etth1, load_exchange_rate, load_m4_hourly
@@ -47,7 +47,7 @@ COVARIATE_MODELS = ("deepar", "ebt", "ebt_finetune")
 MODELS = (*SEEDLESS, *ZERO_SHOT, "transformer_pp", "transformer_pp+gaussian", "deepar", "patchtst", "ebt",
           "ebt_verifier", "ebt_finetune", *(m + NO_COVARIATES for m in COVARIATE_MODELS))
 RELATIVE_METRICS = ("wql", "mase", "crps_scaled", "smape", "msis")
-SUITES = ("default", "shared", "etth1", "m4_hourly", "exchange_rate", "covariates", *COVARIATE_SETS)
+SUITES = ("default", "shared", "etth1", "m4_hourly", "exchange_rate", "covariates", *COVARIATE_SETS, *CALENDAR_SETS)
 
 
 def load_suite(app: ForecastAppConfig) -> list[ForecastDataset]:
@@ -57,7 +57,7 @@ def load_suite(app: ForecastAppConfig) -> list[ForecastDataset]:
     root = app.data.root
     if app.suite == "covariates":  # the data sets with real covariates (issue 30)
         return [load_covariate_set(name, root) for name in COVARIATE_SETS]
-    if app.suite in COVARIATE_SETS:
+    if app.suite in COVARIATE_SETS + CALENDAR_SETS:
         return [load_covariate_set(app.suite, root)]
     shared = {
         "etth1": lambda: load_etth1(root, columns="all", stride=app.data.etth1_stride),
