@@ -2,7 +2,8 @@
 seeds run; MASE), from the results.csv that `ebt-forecast benchmark experiment=covariates ... benchmark.compute=false`
 writes. Writes evaluation/issue30/covariates.md.
 
-    python evaluation/issue30/summarise.py results/issue30/covariates/results.csv
+    python evaluation/issue30/summarise.py results/issue30/covariates/results.csv \
+        results/issue30/vic_elec_calendar/results.csv results/issue30/vic_elec_calendar_only/results.csv
 """
 from __future__ import annotations
 
@@ -13,12 +14,13 @@ import pandas as pd
 
 from ebt_forecast.io import atomic_write_text
 
-MODELS = ["seasonal_naive", "autoarima", "autoarima_exog", "deepar", "ebt_no_covariates", "ebt", "ebt_zero_shot",
+MODELS = ["seasonal_naive", "autoarima", "autoarima_exog", "deepar_no_covariates", "deepar", "ebt_no_covariates", "ebt",
+          "ebt_zero_shot",
           "ebt_finetune_no_covariates", "ebt_finetune"]
 
 
-def main(path: str) -> int:
-    table = pd.read_csv(path)
+def main(paths: list[str]) -> int:
+    table = pd.concat([pd.read_csv(path) for path in paths], ignore_index=True)
     table = table[table.model.isin(MODELS)]
     naive = table[table.model == "seasonal_naive"].set_index("dataset")
     table = table.assign(rel_wql=table.wql / naive.wql.reindex(table.dataset).to_numpy(),
@@ -39,4 +41,4 @@ def main(path: str) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1]))
+    raise SystemExit(main(sys.argv[1:]))

@@ -56,19 +56,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", nargs="*", type=int, default=[0])
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    read = lambda: pd.read_csv(OUT).to_dict("records") if OUT.exists() else []  # noqa: E731
     for seed in args.seeds:
         for variant in args.variants:
-            rows = pd.read_csv(OUT).to_dict("records") if OUT.exists() else []
-            if any(r["variant"] == variant and r["seed"] == seed for r in rows):
+            if any(r["variant"] == variant and r["seed"] == seed for r in read()):
                 continue
             start = time.perf_counter()
             forecaster = fit_variant(variant, args.root, seed)
             scores = forecaster.validation_scores
-            rows.append({"variant": variant, "seed": seed, "val_wql_best": min(scores.values()),
-                         "chosen": forecaster.chosen.key, "seconds": round(time.perf_counter() - start),
-                         **{f"val_{k}": v for k, v in scores.items()}})
-            print({k: rows[-1][k] for k in ("variant", "seed", "val_wql_best", "chosen", "seconds")}, flush=True)
-            atomic_write_csv(pd.DataFrame(rows), OUT)
+            row = {"variant": variant, "seed": seed, "val_wql_best": min(scores.values()),
+                   "chosen": forecaster.chosen.key, "seconds": round(time.perf_counter() - start),
+                   **{f"val_{k}": v for k, v in scores.items()}}
+            print({k: row[k] for k in ("variant", "seed", "val_wql_best", "chosen", "seconds")}, flush=True)
+            atomic_write_csv(pd.DataFrame([*read(), row]), OUT)  # read again: another run may have added rows
     return 0
 
 

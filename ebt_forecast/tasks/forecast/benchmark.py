@@ -363,7 +363,9 @@ def cell_depends(dataset: ForecastDataset, model: str, app: ForecastAppConfig) -
     extra = {"deepar": (b.deepar_hidden_size, b.deepar_num_layers, b.gluonts_budget, b.gluonts_patience),
              "patchtst": (b.gluonts_budget, b.gluonts_patience),
              "ebt": (b.think_steps, b.selections, b.candidate_counts, b.verify_groups),
-             "ebt_finetune": (app.pretrained, b.finetune_steps),
+             # the slots' rate only matters with covariates; left out at 1 (the rate before it existed): keys stay
+             "ebt_finetune": (app.pretrained, b.finetune_steps, *([app.task.covariate_slot_lr] if model == "ebt_finetune"
+                                                                  and app.task.covariate_slot_lr != 1 else [])),
              "ebt_verifier": {k: v for k, v in asdict(app.task.verifier).items() if k != "enabled"}
              }.get(model.removesuffix(NO_COVARIATES))
     think = app.think if model.startswith("ebt") else None  # the feed-forward models never think

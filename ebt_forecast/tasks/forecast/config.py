@@ -76,6 +76,8 @@ class ForecastTaskConfig:
     init: str = "proposal"  # start 0 of each level: proposal | seasonal_naive | noise; random: every start N(0, 1)
     energy_init: str = "zero"  # the energy head's weights: zero (thinking starts as the identity) | xavier (reference)
     covariate_scaling: str = "window"  # covariates standardised by the window's context | the series' whole history
+    # fine-tuning the pretrained EBT: its new covariate slots learn at this x the fine-tuning rate (they start at zero)
+    covariate_slot_lr: float = 30.0
     num_candidates: int = 21  # M level paths at inference (21 levels j/20 put sample quantiles on 0.05 steps)
     selection: str = "auto"  # one of SELECTIONS, or auto = the best of think.AUTO_SETTINGS on validation windows
     verify_group: int = 2  # G starts per level (proposal, seasonal naive, perturbed proposals)
@@ -86,7 +88,7 @@ class ForecastTaskConfig:
 
     def ebt_fields(self) -> dict:
         """The fields the EBT itself (training and its own inference) depends on: all but `verifier`."""
-        fields = {k: v for k, v in asdict(self).items() if k != "verifier"}
+        fields = {k: v for k, v in asdict(self).items() if k not in ("verifier", "covariate_slot_lr")}  # fine-tuning's
         if fields["covariate_scaling"] == "window":  # the default is left out: keys of runs before it stay valid
             del fields["covariate_scaling"]
         return fields
@@ -118,6 +120,7 @@ class ForecasterConfig:
             ("task.verify_group", k.verify_group, k.verify_group >= 1, ">= 1"),
             ("task.init", k.init, k.init in INITS, f"one of {', '.join(INITS)}"),
             ("task.energy_init", k.energy_init, k.energy_init in ENERGY_INITS, f"one of {', '.join(ENERGY_INITS)}"),
+            ("task.covariate_slot_lr", k.covariate_slot_lr, k.covariate_slot_lr > 0, "> 0"),
             ("task.covariate_scaling", k.covariate_scaling, k.covariate_scaling in COVARIATE_SCALINGS,
              f"one of {', '.join(COVARIATE_SCALINGS)}"),
             ("task.loss.refine_from", k.loss.refine_from, k.loss.refine_from in REFINE_FROM,

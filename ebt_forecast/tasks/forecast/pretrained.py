@@ -79,7 +79,7 @@ class PretrainedForecaster(EBTForecaster):
 
     def __init__(self, model: str | Path | None = None, cfg: ForecasterConfig | None = None,
                  finetune_steps: int = 0, finetune: TrainerConfig | None = None, name: str | None = None,
-                 slot_lr_multiplier: float = 1.0):
+                 slot_lr_multiplier: float | None = None):
         if finetune_steps < 0:
             raise ConfigError(f"finetune={finetune_steps} is invalid: must be >= 0 steps")
         self.folder = pretrained_folder(model)
@@ -98,7 +98,8 @@ class PretrainedForecaster(EBTForecaster):
         self.covariate_slots = ({k: getattr(module.model.cfg, k) for k in slot_names}
                                 if module.model.cfg.has_covariates else {})  # a fine-tuned predictor's, loaded back
         self.finetune_steps = finetune_steps
-        self.slot_lr_multiplier = slot_lr_multiplier  # the new covariate slots' rate over the fine-tuning rate
+        # the new covariate slots' rate over the fine-tuning rate (default: the given config's task.covariate_slot_lr)
+        self.slot_lr_multiplier = slot_lr_multiplier or base.task.covariate_slot_lr
         self.finetune_cfg = finetune or TrainerConfig(max_steps=finetune_steps, batch_size=32, lr=1e-4,
                                                       warmup_steps=0, progress_bar=False)
         self.horizon: int | None = None
