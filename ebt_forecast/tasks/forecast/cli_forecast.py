@@ -75,12 +75,16 @@ def user_dataset(app, command: str = "forecast") -> ForecastDataset:
 def load_predictor(app) -> EBTPredictor:
     """The predictor saved in app.predictor; its horizon and frequency fill horizon= / freq= (a conflict is an error)."""
     predictor = EBTPredictor.deserialize(Path(app.predictor))
-    if app.horizon and app.horizon != predictor.prediction_length:
-        raise DataError(f"horizon={app.horizon} conflicts with the predictor in {app.predictor}, trained for "
-                        f"horizon {predictor.prediction_length}: drop horizon= or train a new one")
-    app.horizon = predictor.prediction_length
-    app.freq = app.freq or predictor.freq
+    adopt_predictor_horizon(app, predictor.prediction_length, predictor.freq)
     return predictor
+
+
+def adopt_predictor_horizon(app, horizon: int, freq: str) -> None:
+    """A saved predictor's horizon and frequency fill horizon= / freq= (a conflicting horizon is an error)."""
+    if app.horizon and app.horizon != horizon:
+        raise DataError(f"horizon={app.horizon} conflicts with the predictor in {app.predictor}, trained for "
+                        f"horizon {horizon}: drop horizon= or train a new one")
+    app.horizon, app.freq = horizon, app.freq or freq
 
 
 def streams(app) -> bool:
@@ -160,10 +164,7 @@ def run_joint_forecast(app) -> Path:
         if forecaster.targets != list(app.targets):
             raise DataError(f"the joint predictor in {app.predictor} forecasts targets {forecaster.targets}, not "
                             f"{list(app.targets)}: give targets={forecaster.targets}".replace("'", ""))
-        if app.horizon and app.horizon != forecaster.module.model.cfg.horizon:
-            raise DataError(f"horizon={app.horizon} conflicts with the predictor in {app.predictor}, trained for "
-                            f"horizon {forecaster.module.model.cfg.horizon}: drop horizon= or train a new one")
-        app.horizon, app.freq = forecaster.module.model.cfg.horizon, app.freq or forecaster.freq
+        adopt_predictor_horizon(app, forecaster.module.model.cfg.horizon, forecaster.freq)
     frame, single = user_frame(app)
     dataset = JointDataset(single.name, single.freq, single.horizon, single.season_length, list(app.targets),
                            single.train)
