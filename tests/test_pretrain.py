@@ -217,3 +217,13 @@ def test_energy_phase_on_the_twin_keeps_its_proposals_and_teaches_the_energy(tmp
     capsys_free = main(["pretrain", *TINY, *synthetic, f"runtime.output_dir={tmp_path / 'bad'}",
                         f"pretrain.init_from={tmp_path / 'nowhere'}", "trainer.max_steps=1"])
     assert capsys_free == 2
+
+
+@pytest.mark.parametrize("experiment, low, high", [("pretrain_1m", 0.9e6, 1.2e6), ("pretrain_5m", 4.5e6, 6.0e6)])
+def test_the_pretraining_experiments_build_models_of_their_named_size(experiment, low, high):
+    from ebt_forecast.tasks.forecast.pretrain import PretrainModule, count_parameters, model_config
+
+    app = compose("pretrain", [f"experiment={experiment}"])
+    module = PretrainModule(model_config(app), app.think, app.trainer, app.task, mode=app.pretrain.mode)
+    assert low <= count_parameters(module) <= high
+    assert app.pretrain.data.max_context >= 512 and app.pretrain.data.max_horizon >= 64

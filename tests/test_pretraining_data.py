@@ -203,6 +203,23 @@ def test_sampled_series_are_the_files_series_in_time_order(tiny_corpus):
     assert seen == set(truth)
 
 
+def test_series_fraction_draws_only_a_fixed_seeded_subset_of_each_data_set(tmp_path):
+    rng = np.random.default_rng(0)
+    root = tmp_path / "corpus"
+    write_long_parquet(root / "many" / "many_daily.parquet", {f"many/{i:02d}": random_walk(rng, 40) for i in range(40)})
+    full = CorpusSampler(root, max_share=1.0)
+    draws = np.random.default_rng(1)
+    seen_full = {full.sample_series(draws).item_id for _ in range(800)}
+    assert len(seen_full) == 40
+    quarter = [CorpusSampler(root, max_share=1.0, series_fraction=0.25, subset_seed=7) for _ in range(2)]
+    seen = [{q.sample_series(np.random.default_rng(seed)).item_id for seed in range(400)} for q in quarter]
+    assert len(seen[0]) == 10 and seen[0] == seen[1]  # 25% of 40, the same subset in every sampler of the seed
+    other = CorpusSampler(root, max_share=1.0, series_fraction=0.25, subset_seed=8)
+    assert {other.sample_series(np.random.default_rng(s)).item_id for s in range(400)} != seen[0]
+    with pytest.raises(ConfigError, match="corpus_series_fraction"):
+        PretrainWindowStream(make_stream_config(root, corpus_series_fraction=0.0))
+
+
 def test_lru_cache_respects_byte_budget_and_evicts_least_recent(tmp_path):
     rng = np.random.default_rng(0)
     paths = [write_long_parquet(tmp_path / f"c/f{i}.parquet", {f"f{i}/a": rng.normal(size=200), f"f{i}/b": rng.normal(size=200)})

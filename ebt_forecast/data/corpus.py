@@ -22,6 +22,7 @@ worker, pyarrow's restarts after fork.
 from __future__ import annotations
 
 import gzip
+import math
 import sys
 import time
 from collections import OrderedDict
@@ -237,13 +238,27 @@ class CorpusSampler:
 
     def __init__(self, root: str | Path, weights: Mapping[str, float] | None = None,
                  temperature: float = 0.5, max_share: float = 0.1,
-                 cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+                 cache_bytes: int = DEFAULT_CACHE_BYTES, series_fraction: float = 1.0,
+                 subset_seed: int = 0) -> None:
+        if not 0 < series_fraction <= 1:
+            raise ConfigError(f"corpus: series_fraction must be in (0, 1], got {series_fraction}")
         self.root = Path(root)
         self.datasets = index_corpus(self.root)
         names = [d.name for d in self.datasets]
         self.weights = (dataset_weights([d.n_points for d in self.datasets], temperature, max_share)
                         if weights is None else explicit_weights(names, weights))
         self.cache = ParquetCache(cache_bytes)
+        self.series_fraction, self.subset_seed = float(series_fraction), int(subset_seed)
+        self._subsets: dict[int, np.ndarray] = {}
+
+    def series_subset(self, dataset: int, count: int) -> np.ndarray:
+        """Indices of the series of data set `dataset` (of `count`) that may be drawn: a fixed, seeded
+        `series_fraction` of them (at least one), the same in every worker; all when the fraction is 1."""
+        if dataset not in self._subsets:
+            keep = max(1, math.ceil(self.series_fraction * count))
+            order = np.random.default_rng([self.subset_seed, dataset]).permutation(count)
+            self._subsets[dataset] = np.sort(order[:keep])
+        return self._subsets[dataset]
 
     def sample_dataset(self, rng: np.random.Generator) -> int:
         """Index into `datasets` of one data set drawn by weight."""
@@ -252,9 +267,14 @@ class CorpusSampler:
     def sample_series(self, rng: np.random.Generator, min_length: int = 1, tries: int = 8) -> CorpusSeries:
         """One series (data set by weight, series uniform), redrawn up to `tries` times if under min_length."""
         for _ in range(max(tries, 1)):
-            d = self.datasets[self.sample_dataset(rng)]
+            k = self.sample_dataset(rng)
+            d = self.datasets[k]
             table = self.cache.get(d.path)
-            i = int(rng.integers(len(table.item_ids)))
+            if self.series_fraction < 1:  # a data budget: only the data set's fixed subset of series
+                subset = self.series_subset(k, len(table.item_ids))
+                i = int(subset[rng.integers(len(subset))])
+            else:
+                i = int(rng.integers(len(table.item_ids)))
             found = CorpusSeries(d.name, table.item_ids[i], table.series(i))
             if len(found.values) >= min_length:
                 break

@@ -49,6 +49,7 @@ class PretrainDataConfig:
     corpus_weights: Optional[dict[str, float]] = None  # {data set name: weight}; None: tempered shares
     corpus_temperature: float = 0.5  # data set weight ~ points ** temperature ...
     corpus_max_share: float = 0.1  # ... capped at this share
+    corpus_series_fraction: float = 1.0  # a data budget: draw from this seeded share of each data set's series
     cache_bytes: int = DEFAULT_CACHE_BYTES  # decoded corpus files held per worker
     kernelsynth_length: int = 1024
     kernelsynth_max_kernels: int = 5
@@ -76,6 +77,8 @@ class PretrainDataConfig:
         for lo, hi in (("min_context", "max_context"), ("min_horizon", "max_horizon")):
             if getattr(self, lo) > getattr(self, hi):
                 raise ConfigError(f"pretrain data: {lo}={getattr(self, lo)} exceeds {hi}={getattr(self, hi)}")
+        if not 0 < self.corpus_series_fraction <= 1:
+            raise ConfigError(f"pretrain data: corpus_series_fraction must be in (0, 1], got {self.corpus_series_fraction}")
         unknown = sorted(set(self.source_probs) - set(SOURCES))
         if unknown:
             raise ConfigError(f"pretrain data: source_probs has unknown source {unknown[0]!r}; known: {list(SOURCES)}")
@@ -143,7 +146,8 @@ class PretrainWindowStream(IterableDataset):
         self.sampler = None
         if config.corpus_root is not None:
             self.sampler = CorpusSampler(config.corpus_root, config.corpus_weights, config.corpus_temperature,
-                                         config.corpus_max_share, config.cache_bytes)
+                                         config.corpus_max_share, config.cache_bytes,
+                                         series_fraction=config.corpus_series_fraction, subset_seed=config.seed)
 
     def set_epoch(self, epoch: int) -> None:
         """Draw a different (still reproducible) stream for each epoch."""

@@ -1,5 +1,7 @@
 """Time-series scaling of the pretrained forecaster (issue 28): the EBT and its feed-forward twin at three sizes and
-two training-FLOP budgets, under matched FLOPs (each run's steps = budget / its measured FLOPs per step).
+two training-FLOP budgets, under matched FLOPs (each run's steps = budget / its measured FLOPs per step), and at two
+data budgets: the whole corpus, and a fixed seeded 5% of each corpus data set's series (`_d05` runs, at the c2 FLOPs;
+TSMixup mixes only those series; pretrain.data.corpus_series_fraction).
 
     python evaluation/issue28/scaling.py flops       # FLOPs per training step of every (size, mode), counted
     python evaluation/issue28/scaling.py train       # the 12 pretraining runs, cheapest first; each resumes
@@ -31,16 +33,18 @@ import pandas as pd
 SIZES = {"s": (64, 4, 4), "m": (96, 4, 4), "l": (128, 6, 4)}  # dim, depth, heads: 0.17M, 0.38M, 1.0M parameters
 MODES = {"twin": "feedforward", "ebt": "ebt"}
 BUDGETS = {"c1": 6e12, "c2": 1.8e13}  # training FLOPs
+DATA = {"": 1.0, "_d05": 0.05}  # run-name suffix -> share of each corpus data set's series (the data budget)
+DATA_RUNS = {"_d05": ("c2",)}  # the smaller data budget at these FLOP budgets only (the CPU's time)
 RUNS = Path("results/scaling")
 OUT = Path("evaluation/issue28/scaling")
 FLOPS = OUT.with_name("scaling_flops.json")
 ZERO_SHOT = OUT.with_name("scaling_zero_shot")  # zero_shot.py's rows (.csv) and table (.md)
 
 
-def overrides(mode: str, size: str) -> list[str]:
+def overrides(mode: str, size: str, data: str = "") -> list[str]:
     dim, depth, heads = SIZES[size]
     return ["experiment=pretrain_1m", f"pretrain.mode={MODES[mode]}", f"model.dim={dim}", f"model.depth={depth}",
-            f"model.heads={heads}"]
+            f"model.heads={heads}", *([f"pretrain.data.corpus_series_fraction={DATA[data]}"] if DATA[data] < 1 else [])]
 
 
 def count_flops() -> dict:
@@ -80,10 +84,14 @@ def plan() -> list[dict]:
         for size in SIZES:
             f = flops[f"{mode}_{size}"]
             for budget, total in BUDGETS.items():
-                steps = max(10, round(total / f["flops_per_step"]))
-                runs.append({"name": f"{mode}_{size}_{budget}", "mode": mode, "size": size, "budget": budget,
-                             "budget_flops": total, "steps": steps, "parameters": f["parameters"],
-                             "flops": steps * f["flops_per_step"], "cost": steps * f["seconds_per_step"]})
+                for data, fraction in DATA.items():
+                    if data and budget not in DATA_RUNS[data]:
+                        continue
+                    steps = max(10, round(total / f["flops_per_step"]))
+                    runs.append({"name": f"{mode}_{size}_{budget}{data}", "mode": mode, "size": size,
+                                 "budget": budget, "data": data or "full", "series_fraction": fraction,
+                                 "budget_flops": total, "steps": steps, "parameters": f["parameters"],
+                                 "flops": steps * f["flops_per_step"], "cost": steps * f["seconds_per_step"]})
     return sorted(runs, key=lambda r: (r["mode"] == "ebt", r["cost"]))
 
 
@@ -99,7 +107,8 @@ def train(only: str = ".*") -> None:
         if finished(run) or not re.fullmatch(only, run["name"]):
             continue
         steps = run["steps"]
-        cmd = [sys.executable, "-m", "ebt_forecast", "pretrain", *overrides(run["mode"], run["size"]),
+        cmd = [sys.executable, "-m", "ebt_forecast", "pretrain",
+               *overrides(run["mode"], run["size"], "" if run["data"] == "full" else f"_{run['data']}"),
                f"runtime.output_dir={RUNS / run['name']}", f"trainer.max_steps={steps}", f"pretrain.schedule_steps={steps}",
                f"trainer.warmup_steps={max(5, steps // 10)}", f"trainer.checkpoint_every={max(10, steps // 5)}",
                f"pretrain.val_every={steps}", "pretrain.num_workers=1", "runtime.threads=1", "trainer.progress_bar=false"]
@@ -128,6 +137,30 @@ def slope(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
         return (float(np.polyfit(lx, ly, 1)[0]) if len(lx) == 2 else float("nan")), float("nan")
     coef, cov = np.polyfit(lx, ly, 1, cov=True)
     return float(coef[0]), float(np.sqrt(cov[0, 0]))
+
+
+def data_budget_lines(frame: pd.DataFrame) -> list[str]:
+    """Markdown: every size at the smaller data budget beside the whole corpus (same FLOPs), and the slopes."""
+    small = frame[frame["data"] != "full"] if len(frame) else frame
+    if not len(small):
+        return []
+    lines = ["", "Data budgets at matched FLOPs (val. WQL / zero-shot rel. WQL; the whole corpus against a seeded "
+             "share of each data set's series):", "",
+             "| mode | size | FLOPs | whole corpus | " + " | ".join(sorted(set(small.data))) + " |",
+             "|---" * (4 + len(set(small.data))) + "|"]
+    for (mode, size, budget), g in frame.groupby(["mode", "size", "budget"], sort=False):
+        if set(g.data) == {"full"}:
+            continue
+        cells = {r.data: f"{r.val_wql:.4f} / {r.zero_shot_rel_wql:.3f}" for r in g.itertuples()}
+        lines.append(f"| {mode} | {size} | {budget} | {cells.get('full', '')} | "
+                     + " | ".join(cells.get(d, "") for d in sorted(set(small.data))) + " |")
+    lines += ["", "| mode | data | at | val. WQL vs parameters | zero-shot rel. WQL vs parameters |", "|---|---|---|---|---|"]
+    for (mode, data, budget), g in frame.groupby(["mode", "data", "budget"], sort=False):
+        if budget in {b for d in DATA_RUNS.values() for b in d} and len(g) >= 2:
+            a = slope(g.parameters.to_numpy(), g.val_wql.to_numpy())
+            b = slope(g.parameters.to_numpy(), g.zero_shot_rel_wql.to_numpy())
+            lines.append(f"| {mode} | {data} | {budget} | {a[0]:+.3f} +- {a[1]:.3f} | {b[0]:+.3f} +- {b[1]:.3f} |")
+    return lines
 
 
 def fit() -> None:
@@ -161,7 +194,7 @@ def fit() -> None:
     lines += ["", "Fitted slopes (log-log OLS, +- standard error; 3 sizes per budget, 2 budgets per size):", "",
               "| mode | against | at | val. WQL slope | zero-shot rel. WQL slope |", "|---|---|---|---|---|"]
     for mode in MODES:
-        m = frame[frame["mode"] == mode] if len(frame) else frame
+        m = frame[(frame["mode"] == mode) & (frame["data"] == "full")] if len(frame) else frame
         for budget in BUDGETS:
             g = m[m.budget == budget]
             if len(g) >= 2:
@@ -179,6 +212,7 @@ def fit() -> None:
             a, b = slope(m.flops.to_numpy(), m.val_wql.to_numpy()), slope(m.flops.to_numpy(),
                                                                           m.zero_shot_rel_wql.to_numpy())
             lines.append(f"| {mode} | FLOPs | all runs | {a[0]:+.3f} +- {a[1]:.3f} | {b[0]:+.3f} +- {b[1]:.3f} |")
+    lines += data_budget_lines(frame)
     OUT.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

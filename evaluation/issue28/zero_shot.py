@@ -188,7 +188,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     csv = out.with_suffix(".csv")
-    frame = pd.read_csv(csv) if csv.exists() else pd.DataFrame(columns=["config", "model"])
+    def current() -> pd.DataFrame:
+        # re-read before every write: another run of this script may have added rows meanwhile
+        return pd.read_csv(csv) if csv.exists() else pd.DataFrame(columns=["config", "model"])
+
+    frame = current()
     for config in args.configs:
         done = set(zip(frame.config, frame.model))
         new = stats_rows(config, args.stats, done)
@@ -197,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
             name, folder = spec.split("=", 1)
             new += ebt_rows(config, name, folder, not args.no_thinking, args.group, done, args.verifier,
                             not args.no_refine)
+        frame = current()
         frame = pd.concat([frame, pd.DataFrame(new)], ignore_index=True) if new else frame
         atomic_write_csv(frame, csv)
         for r in new:
