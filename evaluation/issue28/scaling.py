@@ -121,7 +121,9 @@ def evaluate() -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     import zero_shot
 
-    done = [r for r in plan() if finished(r)]
+    csv = ZERO_SHOT.with_suffix(".csv")
+    scored = set(pd.read_csv(csv).model) if csv.exists() else set()
+    done = [r for r in plan() if finished(r) and r["name"] not in scored]  # loading a model costs its validation pass
     specs = [f"{r['name']}={RUNS / r['name']}" for r in done if r["mode"] == "twin"]
     if specs:
         zero_shot.main(["--stats", "seasonalnaive", "--no-thinking", "--ebt", *specs, "--out", str(ZERO_SHOT)])
