@@ -103,6 +103,20 @@ def test_pretrain_writes_the_run_folder_resumes_the_step_count_and_loads(tmp_pat
     val = pd.read_csv(out / "validation.csv")
     assert sorted(val.step.unique()) == [0, 2, 4, 6] and len(val) == 4 * 4  # step 4 not validated twice
 
+    # a call on the finished run trains nothing and still reports; a run key written before a setting existed
+    # resumes while the setting keeps its old behaviour, and not otherwise
+    same = tiny(out, corpus, shared_data, "trainer.max_steps=6", "pretrain.schedule_steps=4")
+    again = run_pretrain(compose("pretrain", same))
+    assert (again.summary["start_step"], again.summary["end_step"]) == (6, 6)
+    key_file = out / "checkpoints" / "run_key.json"
+    key = json.loads(key_file.read_text())
+    del key["pretrain.data.corpus_series_fraction"]
+    key_file.write_text(json.dumps(key))
+    assert main(["pretrain", *same]) == 0
+    capsys.readouterr()
+    assert main(["pretrain", *same, "pretrain.data.corpus_series_fraction=0.5"]) == 2
+    assert "pretrain.data.corpus_series_fraction=1.0 there, 0.5 here" in capsys.readouterr().err
+
     loaded = load_pretrained(out)
     assert type(loaded).__name__ == "ForecastModule" and loaded.mode == "ebt" and not loaded.training
     assert loaded.model.cfg == run.module.model.cfg

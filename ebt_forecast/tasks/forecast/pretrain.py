@@ -265,6 +265,7 @@ class Throughput(Callback):
         self.interval, self.validation = interval, validation
         self.windows, self.points, self.rates = 0, 0.0, {}
         self._pending: torch.Tensor | None = None
+        self.start: float | None = None  # a call on a finished run never starts training
 
     def _excluded(self) -> float:
         return self.validation.seconds if self.validation is not None else 0.0
@@ -297,6 +298,8 @@ class Throughput(Callback):
     def summary(self, end_step: int) -> dict:
         """This call's steps, seconds (without validation), windows and points, and their rates."""
         self._flush()
+        if self.start is None:
+            self.start_step, self.start = end_step, time.perf_counter()
         seconds = max(time.perf_counter() - self.start - self._excluded(), 1e-9)
         return {"start_step": self.start_step, "end_step": end_step, "seconds": seconds, "windows": self.windows,
                 "points": self.points, "windows_per_s": self.windows / seconds, "points_per_s": self.points / seconds,
@@ -349,6 +352,11 @@ def run_settings(app: ForecastAppConfig) -> dict[str, Any]:
                   "pretrain": pretrain, "seed": app.seed})
 
 
+# settings added after runs were already checkpointed, with the value that gives the behaviour before them: a run
+# key written without one resumes when the setting keeps that value
+SETTINGS_ADDED_LATER: dict[str, Any] = {"pretrain.data.corpus_series_fraction": 1.0}
+
+
 def check_resumable(folder: Path, settings: dict[str, Any]) -> Path | None:
     """The checkpoint to resume (None: start), after checking it was trained under `settings`; ConfigError names
     every key that differs. Comparison is through JSON, as the settings are stored."""
@@ -360,6 +368,7 @@ def check_resumable(folder: Path, settings: dict[str, Any]) -> Path | None:
         raise ConfigError(f"trainer.checkpoint_dir={str(folder)!r} holds a checkpoint without run_key.json (not a "
                           "pretrain run): use another runtime.output_dir or trainer.checkpoint_dir")
     old, new = json.loads(key_file.read_text()), json.loads(json.dumps(settings, default=str))
+    old = {**{k: v for k, v in SETTINGS_ADDED_LATER.items() if k not in old}, **old}  # older runs: the old behaviour
     changed = [f"{k}={old.get(k)!r} there, {new.get(k)!r} here"
                for k in sorted({*old, *new}) if old.get(k) != new.get(k)]
     if changed:
