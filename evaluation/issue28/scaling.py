@@ -89,7 +89,7 @@ def plan() -> list[dict]:
                         continue
                     steps = max(10, round(total / f["flops_per_step"]))
                     runs.append({"name": f"{mode}_{size}_{budget}{data}", "mode": mode, "size": size,
-                                 "budget": budget, "data": data or "full", "series_fraction": fraction,
+                                 "budget": budget, "data": data.lstrip("_") or "full", "series_fraction": fraction,
                                  "budget_flops": total, "steps": steps, "parameters": f["parameters"],
                                  "flops": steps * f["flops_per_step"], "cost": steps * f["seconds_per_step"]})
     return sorted(runs, key=lambda r: (r["mode"] == "ebt", r["cost"]))
