@@ -33,15 +33,15 @@ import pandas as pd
 SIZES = {"s": (64, 4, 4), "m": (96, 4, 4), "l": (128, 6, 4)}  # dim, depth, heads: 0.17M, 0.38M, 1.0M parameters
 MODES = {"twin": "feedforward", "ebt": "ebt"}
 BUDGETS = {"c1": 6e12, "c2": 1.8e13}  # training FLOPs
-DATA = {"": 1.0, "_d05": 0.05}  # run-name suffix -> share of each corpus data set's series (the data budget)
-DATA_RUNS = {"_d05": ("c2",)}  # the smaller data budget at these FLOP budgets only (the CPU's time)
+DATA = {"full": 1.0, "d05": 0.05}  # data budget -> share of each corpus data set's series (run names: `_d05`)
+DATA_RUNS = {"d05": ("c2",)}  # the smaller data budget at these FLOP budgets only (the CPU's time)
 RUNS = Path("results/scaling")
 OUT = Path("evaluation/issue28/scaling")
 FLOPS = OUT.with_name("scaling_flops.json")
 ZERO_SHOT = OUT.with_name("scaling_zero_shot")  # zero_shot.py's rows (.csv) and table (.md)
 
 
-def overrides(mode: str, size: str, data: str = "") -> list[str]:
+def overrides(mode: str, size: str, data: str = "full") -> list[str]:
     dim, depth, heads = SIZES[size]
     return ["experiment=pretrain_1m", f"pretrain.mode={MODES[mode]}", f"model.dim={dim}", f"model.depth={depth}",
             f"model.heads={heads}", *([f"pretrain.data.corpus_series_fraction={DATA[data]}"] if DATA[data] < 1 else [])]
@@ -85,11 +85,12 @@ def plan() -> list[dict]:
             f = flops[f"{mode}_{size}"]
             for budget, total in BUDGETS.items():
                 for data, fraction in DATA.items():
-                    if data and budget not in DATA_RUNS[data]:
+                    if data != "full" and budget not in DATA_RUNS[data]:
                         continue
                     steps = max(10, round(total / f["flops_per_step"]))
-                    runs.append({"name": f"{mode}_{size}_{budget}{data}", "mode": mode, "size": size,
-                                 "budget": budget, "data": data.lstrip("_") or "full", "series_fraction": fraction,
+                    name = f"{mode}_{size}_{budget}" + ("" if data == "full" else f"_{data}")
+                    runs.append({"name": name, "mode": mode, "size": size,
+                                 "budget": budget, "data": data, "series_fraction": fraction,
                                  "budget_flops": total, "steps": steps, "parameters": f["parameters"],
                                  "flops": steps * f["flops_per_step"], "cost": steps * f["seconds_per_step"]})
     return sorted(runs, key=lambda r: (r["mode"] == "ebt", r["cost"]))
@@ -108,7 +109,7 @@ def train(only: str = ".*") -> None:
             continue
         steps = run["steps"]
         cmd = [sys.executable, "-m", "ebt_forecast", "pretrain",
-               *overrides(run["mode"], run["size"], "" if run["data"] == "full" else f"_{run['data']}"),
+               *overrides(run["mode"], run["size"], run["data"]),
                f"runtime.output_dir={RUNS / run['name']}", f"trainer.max_steps={steps}", f"pretrain.schedule_steps={steps}",
                f"trainer.warmup_steps={max(5, steps // 10)}", f"trainer.checkpoint_every={max(10, steps // 5)}",
                f"pretrain.val_every={steps}", "pretrain.num_workers=1", "runtime.threads=1", "trainer.progress_bar=false"]
