@@ -96,15 +96,18 @@ def test_zero_shot_forecasts_cut_to_the_horizon_and_roll_past_it(tiny_model):
     out = f.predict(open_windows(short))
     assert out.samples.shape == (3, 21, 30) and out.levels == FORECAST_LEVELS and np.isfinite(out.samples).all()
 
-    rolled = PretrainedForecaster(tiny_model).fit(hourly_dataset(100)).predict(open_windows(hourly_dataset(100)))
+    # rolling alone (anchoring, tests/test_anchor.py, chooses per horizon)
+    rolled = PretrainedForecaster(tiny_model).fit(hourly_dataset(100)).predict(open_windows(hourly_dataset(100)),
+                                                                             anchor=False)
     assert rolled.samples.shape == (3, 21, 100)
-    first = PretrainedForecaster(tiny_model).fit(hourly_dataset(64)).predict(open_windows(hourly_dataset(64)))
+    first = PretrainedForecaster(tiny_model).fit(hourly_dataset(64)).predict(open_windows(hourly_dataset(64)),
+                                                                            anchor=False)
     np.testing.assert_allclose(rolled.samples[..., :64], first.samples, rtol=1e-6, atol=1e-5)
     # the second chunk is the model's forecast from the past extended by the first chunk's median path
     ds = hourly_dataset(36)
     extended = [TestWindow(w.item_id, w.start, np.concatenate([w.past, np.median(first.samples[i], axis=0)]),
                            w.future) for i, w in enumerate(open_windows(ds))]
-    second = PretrainedForecaster(tiny_model).fit(ds).predict(extended)
+    second = PretrainedForecaster(tiny_model).fit(ds).predict(extended, anchor=False)
     np.testing.assert_allclose(rolled.samples[..., 64:], second.samples, rtol=1e-5, atol=1e-4)
 
 

@@ -10,6 +10,8 @@ Models already in `<out>.csv` are kept (a rerun adds only what is missing). stat
 under results/issue28_cache. Rows of a pretrained model:
 
     <name>                    System 1: the proposals (no thinking)
+    <name>_anchor{K}          the proposals anchored: per window, the median moves to seasonal naive's or the two's
+                              average when that scored better over the window's own last K horizons (anchor.py)
     <name>_think{k}           the proposals refined k steps (from the start; alpha as trained)
     <name>_verify{G}          G starts per level (proposal, seasonal naive, perturbed), refined, lowest energy
     <name>_average{G}         the same G refined starts averaged per level (the energy-free control)
@@ -117,6 +119,7 @@ def ebt_rows(config: str, name: str, folder: str, thinking: bool, group: int, do
         rows.append(row(config, model, scores, time.perf_counter() - start, passes=out.forward_passes, **extra))
 
     add(name, steps=0, selection="proposal")
+    add(f"{name}_anchor{forecaster.cfg.task.anchor_backtests}", steps=0, selection="proposal", anchor=True)
     if verifier and dataset.horizon <= forecaster.model_horizon and forecaster.mode == "ebt":
         add_verifier(config, name, folder, dataset, rows, done)
     if thinking and forecaster.mode == "ebt":

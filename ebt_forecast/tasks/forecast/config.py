@@ -83,12 +83,16 @@ class ForecastTaskConfig:
     verify_group: int = 2  # G starts per level (proposal, seasonal naive, perturbed proposals)
     verify_noise: float = 0.5  # std of the perturbations, in half-widths of the proposal set
     val_windows: int = 64  # validation windows cut from the end of the training series
+    # the pretrained EBT: per window, the median moves to seasonal naive's (or the two's average) when that scored
+    # better over the window's own last K horizons (tasks/forecast/anchor.py); 0 = off
+    anchor_backtests: int = 3
     loss: ForecastLossConfig = field(default_factory=ForecastLossConfig)
     verifier: VerifierConfig = field(default_factory=VerifierConfig)
 
     def ebt_fields(self) -> dict:
         """The fields the EBT itself (training and its own inference) depends on: all but `verifier`."""
-        fields = {k: v for k, v in asdict(self).items() if k not in ("verifier", "covariate_slot_lr")}  # fine-tuning's
+        # the verifier, fine-tuning's slot rate and the pretrained model's anchoring act after the EBT
+        fields = {k: v for k, v in asdict(self).items() if k not in ("verifier", "covariate_slot_lr", "anchor_backtests")}
         if fields["covariate_scaling"] == "window":  # the default is left out: keys of runs before it stay valid
             del fields["covariate_scaling"]
         return fields
@@ -118,6 +122,7 @@ class ForecasterConfig:
             ("task.loss.train_candidates", k.loss.train_candidates, k.loss.train_candidates >= 1, ">= 1"),
             ("task.loss.train_group", k.loss.train_group, k.loss.train_group >= 1, ">= 1"),
             ("task.verify_group", k.verify_group, k.verify_group >= 1, ">= 1"),
+            ("task.anchor_backtests", k.anchor_backtests, k.anchor_backtests >= 0, ">= 0 (0 = off)"),
             ("task.init", k.init, k.init in INITS, f"one of {', '.join(INITS)}"),
             ("task.energy_init", k.energy_init, k.energy_init in ENERGY_INITS, f"one of {', '.join(ENERGY_INITS)}"),
             ("task.covariate_slot_lr", k.covariate_slot_lr, k.covariate_slot_lr > 0, "> 0"),

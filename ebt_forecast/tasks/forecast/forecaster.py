@@ -40,6 +40,7 @@ class ThoughtForecast:
     backward_passes: int
     nonfinite: int
     levels: tuple[float, ...] | None = None  # the samples' rows are quantile paths at these levels; None: samples
+    anchor: np.ndarray | None = None  # per window, the median anchoring chose (anchor.MEDIANS index); None: not run
 
     def __len__(self) -> int:
         return len(self.samples)

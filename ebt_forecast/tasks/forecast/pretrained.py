@@ -6,7 +6,9 @@
                                               finetune_steps > 0, trains that many steps on the data set's windows
     .predict(windows)                         EBTForecaster.predict on the pretrained module, cut to the horizon;
                                               horizons past the model's (64) roll: each chunk's median path joins
-                                              the context of the next chunk (as Chronos and TimesFM roll)
+                                              the context of the next chunk (as Chronos and TimesFM roll); then
+                                              each window's median may move to seasonal naive's, chosen on its own
+                                              last task.anchor_backtests horizons (anchor.py; 0 = off)
 
 The model sees the last `context_length` (512) points of each window, scaled by their mean |x|: one model for
 every frequency. The seasonal-naive thinking start uses the data set's season.
@@ -27,6 +29,7 @@ from ebt_forecast.data.types import ForecastDataset, Series, TestWindow
 from ebt_forecast.data.windows import TrainWindowDataset
 from ebt_forecast.errors import ConfigError, DataError
 from ebt_forecast.tasks.base import TrainerConfig, config_key, fit_module
+from ebt_forecast.tasks.forecast.anchor import anchor_choice, candidate_medians, moved
 from ebt_forecast.tasks.forecast.config import ForecasterConfig
 from ebt_forecast.tasks.forecast.forecaster import EBTForecaster, ThoughtForecast
 from ebt_forecast.tasks.forecast.module import ForecastModule
@@ -90,7 +93,7 @@ class PretrainedForecaster(EBTForecaster):
         cfg = replace(base, model=module.model.cfg.backbone, think=module.think_cfg,
                       task=replace(module.task_cfg, selection=base.task.selection,
                                    num_candidates=base.task.num_candidates, verify_group=base.task.verify_group,
-                                   verifier=base.task.verifier))
+                                   verifier=base.task.verifier, anchor_backtests=base.task.anchor_backtests))
         default_name = "ebt_zero_shot" if not finetune_steps else f"ebt_finetune{finetune_steps}"
         super().__init__(cfg, module.mode, name=name or default_name)
         self.module = module
@@ -104,6 +107,7 @@ class PretrainedForecaster(EBTForecaster):
                                                       warmup_steps=0, progress_bar=False)
         self.horizon: int | None = None
         self._pristine = copy.deepcopy(module.state_dict()) if finetune_steps else None
+        self._anchoring = True  # off while fit() chooses thinking on the validation tail
 
     @property
     def model_horizon(self) -> int:
@@ -123,7 +127,11 @@ class PretrainedForecaster(EBTForecaster):
             self.module.load_state_dict(self._pristine)
             self._finetune(train, dataset)
         self.module.eval()
-        self.chosen = self._choose_on_validation() if auto else InferenceSetting(self.cfg.think.infer_steps, "proposal")
+        self._anchoring = False  # thinking is chosen on the model's own forecasts; anchoring acts after
+        try:
+            self.chosen = self._choose_on_validation() if auto else InferenceSetting(self.cfg.think.infer_steps, "proposal")
+        finally:
+            self._anchoring = True
         return self
 
     def _covariate_slots(self, slots: dict) -> None:
@@ -162,11 +170,33 @@ class PretrainedForecaster(EBTForecaster):
         report = fit_module(self.module, PaddedHorizon(windows, model.horizon), t, self.cfg.seed, run_key=key)
         self.train_seconds, self.train_steps = report.seconds, report.steps
 
-    def predict(self, windows: list[TestWindow], dataset: ForecastDataset | None = None, **kwargs) -> ThoughtForecast:
-        """EBTForecaster.predict cut to the horizon; past the model's horizon, chunks roll on their median path."""
+    def predict(self, windows: list[TestWindow], dataset: ForecastDataset | None = None, anchor: bool | None = None,
+                **kwargs) -> ThoughtForecast:
+        """EBTForecaster.predict cut to the horizon; past the model's horizon, chunks roll on their median path;
+        then anchored (task.anchor_backtests) when `anchor`, by default when the call serves the forecaster's own
+        setting (no steps, selection or extra starts given: what `forecast` and the predictors call)."""
         horizon = dataset.horizon if dataset is not None else self.horizon
         if horizon is None:
             raise DataError("PretrainedForecaster.predict: call fit(dataset) first, or pass dataset= (the horizon)")
+        out = self._rolled(windows, horizon, **kwargs)
+        if anchor is None:
+            anchor = all(kwargs.get(k) is None for k in ("steps", "selection", "extra_starts"))
+        backtests = self.cfg.task.anchor_backtests
+        if (not anchor or not backtests or not self._anchoring or kwargs.get("extra_starts") is not None
+                or self.module.model.cfg.has_covariates):  # backtests would need the covariates' past slices
+            return out
+        season = self.season_length if dataset is None else dataset.season_length
+
+        def proposals(cut: list[TestWindow]) -> tuple[np.ndarray, tuple[float, ...] | None]:
+            fan = self._rolled(cut, horizon, steps=0, selection="proposal")
+            return fan.samples, fan.levels
+
+        pick = anchor_choice(windows, horizon, season, backtests, proposals)
+        medians = candidate_medians(out.samples, [np.asarray(w.past) for w in windows], horizon, season)
+        return replace(out, samples=moved(out.samples, medians, pick).astype(out.samples.dtype), anchor=pick)
+
+    def _rolled(self, windows: list[TestWindow], horizon: int, **kwargs) -> ThoughtForecast:
+        """EBTForecaster.predict over `horizon` steps: one pass up to the model's horizon, rolled chunks past it."""
         if horizon > self.model_horizon and self.module.model.cfg.has_covariates:
             raise DataError(f"with covariates the pretrained EBT forecasts up to {self.model_horizon} steps in one "
                             f"pass; horizon {horizon} would roll past the covariates' window")
