@@ -11,7 +11,14 @@ import pytest
 from ebt_forecast.data.types import ForecastDataset, Series, TestWindow
 from ebt_forecast.errors import ConfigError
 from ebt_forecast.metrics import FORECAST_LEVELS, score_windows
-from ebt_forecast.tasks.forecast.anchor import anchor_choice, backtest, candidate_medians, moved, seasonal_naive_path
+from ebt_forecast.tasks.forecast.anchor import (
+    anchor_choice,
+    backtest,
+    candidate_medians,
+    moved,
+    seasonal_naive_fan,
+    seasonal_naive_path,
+)
 from ebt_forecast.tasks.forecast.config import ForecasterConfig
 from ebt_forecast.tasks.forecast.pretrained import PretrainedForecaster
 
@@ -34,6 +41,18 @@ def fan_around(centre: np.ndarray, width: float = 2.0) -> np.ndarray:
 def test_seasonal_naive_repeats_the_last_season_and_falls_back_to_the_last_value():
     np.testing.assert_array_equal(seasonal_naive_path(np.arange(10.0), 5, 4), [6, 7, 8, 9, 6])
     np.testing.assert_array_equal(seasonal_naive_path(np.arange(3.0), 4, 24), [2, 2, 2, 2])
+
+
+def test_seasonal_naives_fan_is_statsforecasts_interval():
+    from statsforecast import StatsForecast
+    from statsforecast.models import SeasonalNaive
+
+    y = spiky(200, seed=4).astype(np.float64) + np.random.default_rng(1).normal(0, 1.0, 200)
+    frame = pd.DataFrame({"unique_id": "a", "ds": pd.date_range("2024-01-01", periods=200, freq="h"), "y": y})
+    fc = StatsForecast(models=[SeasonalNaive(SEASON)], freq="h").forecast(df=frame, h=60, level=[80])
+    ours = seasonal_naive_fan(y, 60, SEASON, (0.1, 0.5, 0.9))
+    for row, column in enumerate(["SeasonalNaive-lo-80", "SeasonalNaive", "SeasonalNaive-hi-80"]):
+        np.testing.assert_allclose(ours[row], fc[column].to_numpy(), atol=2e-3)  # their spread's ddof: 1e-4 here
 
 
 def test_a_backtest_is_the_horizon_k_horizons_back_in_the_past():

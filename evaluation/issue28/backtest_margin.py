@@ -12,6 +12,8 @@ r is chosen once for the suite on validation windows before any test number is r
 that ends 2H before each test window's start, scored on the H points after it (the test window's own backtest),
 by the geometric mean over the suite of WQL relative to seasonal naive. Energy-free throughout. `--backtests K`
 makes each choice on the mean loss over the K windows before it (rows `<name>_<use>_kK`): one window is a noisy judge.
+`<name>_spread` chooses per window among the three medians and the proposals' spread scaled (1, 0.5, 0.25: a set
+of these chosen on validation), on the mean backtest loss: on near-periodic series the proposals' fan is too wide.
 
     python evaluation/issue28/backtest_margin.py --ebt ebt_1m=ebt_forecast/pretrained/ebt_1m
 """
@@ -40,6 +42,8 @@ from ebt_forecast.tasks.forecast.pretrained import PretrainedForecaster  # noqa:
 MARGINS = (1.0, 0.8, 0.6, 0.4, 0.2, 0.0)  # r = 0: the proposals always (no switch)
 MEDIAN = FORECAST_LEVELS.index(0.5)
 USES = ("margin", "recenter")
+# `spread`: per window, the median of the three (r = 1) and the proposals' spread about it scaled by one of these
+SPREAD_SETS = {"1": (1.0,), "1,0.5": (1.0, 0.5), "1,0.5,0.25": (1.0, 0.5, 0.25)}
 
 
 def cut(window, k: int, h: int):
@@ -94,8 +98,38 @@ def config_scores(config: str, folder: str, root: str, backtests: int) -> dict:
                 "val": score_windows(forecast_of(paths["back"], pick_val, use), back, season, FORECAST_LEVELS),
                 "test": score_windows(forecast_of(paths["test"], pick_test, use), test, season, FORECAST_LEVELS),
                 "switched": float((pick_test > 0).mean())}
+    for key, spreads in SPREAD_SETS.items():
+        out["grid"]["spread", key] = spread_scores(paths, cuts, test, spreads, backtests, season)
     out["seconds"] = time.perf_counter() - start
     return out
+
+
+def spread_fan(paths: np.ndarray, median: int, spread: float) -> np.ndarray:
+    """(N, M, H): source `median`'s median path with the proposals' deviations from their median times `spread`."""
+    own = paths[:, 0, MEDIAN][:, None, :]
+    return paths[:, median, MEDIAN][:, None, :] + spread * (paths[:, 0] - own)
+
+
+def spread_scores(paths: dict, cuts: dict, test: list, spreads: tuple[float, ...], backtests: int,
+                  season: int) -> dict:
+    """Validation and test scores of the per-window choice among (median, spread) on the mean backtest loss."""
+    options = [(j, s) for j in range(3) for s in spreads]
+
+    def loss(k) -> np.ndarray:  # (N, options) on cut k
+        future = np.stack([w.future for w in cuts[k]])
+        return np.stack([pinball(spread_fan(paths[k], j, s), future) for j, s in options], 1)
+
+    losses = {k: loss(k) for k in cuts}
+    pick_val = np.mean([losses[k] for k in range(2, backtests + 2)], axis=0).argmin(1)
+    pick_test = np.mean([losses[k] for k in range(1, backtests + 1)], axis=0).argmin(1)
+
+    def forecast(split, pick) -> np.ndarray:
+        fans = np.stack([spread_fan(paths[split], j, s) for j, s in options], 1)
+        return fans[np.arange(len(pick)), pick]
+
+    return {"val": score_windows(forecast(1, pick_val), cuts[1], season, FORECAST_LEVELS),
+            "test": score_windows(forecast("test", pick_test), test, season, FORECAST_LEVELS),
+            "switched": float((pick_test != 0).mean())}
 
 
 def geomean_ratio(scores: dict, use: str, r: float, split: str, metric: str) -> float:
@@ -119,10 +153,11 @@ def main(argv: list[str] | None = None) -> int:
     scores = {config: config_scores(config, folder, args.root, args.backtests) for config in args.configs}
     grid = pd.DataFrame([{"use": use, "r": r, **{f"{split}_{metric}": geomean_ratio(scores, use, r, split, metric)
                                                   for split in ("val", "test") for metric in ("wql", "mase")}}
-                         for use in USES for r in MARGINS])
+                         for use, r in [*((u, m) for u in USES for m in MARGINS), *(("spread", k) for k in SPREAD_SETS)]])
     new = []
-    for use in USES:  # r chosen on validation WQL, before the test columns are read
-        r = float(grid[grid.use == use].sort_values("val_wql").iloc[0].r)
+    for use in (*USES, "spread"):  # r chosen on validation WQL, before the test columns are read
+        r = grid[grid.use == use].sort_values("val_wql").iloc[0].r
+        r = r if use == "spread" else float(r)
         new += [zero_shot.row(config, f"{name}_{use}{suffix}", s["grid"][use, r]["test"], s["seconds"], choice=f"r={r}",
                               naive_share=s["grid"][use, r]["switched"]) for config, s in scores.items()]
     csv = Path(args.out).with_suffix(".csv")
@@ -133,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_text(Path(f"{args.out}_{name}_margins{suffix}.md"),
                       f"# {name}: backtest margin r, geometric means relative to seasonal naive\n\n"
                       + grid.to_markdown(index=False, floatfmt=".3f") + "\n")
-    print(grid.to_string(index=False, float_format="%.3f"))
+    print(grid.round(3).to_string(index=False))
     for r in new:
         print(f"{r['config']:24s} {r['model']:22s} WQL {r['wql']:.4f} MASE {r['mase']:.3f} {r['choice']}", flush=True)
     return 0
