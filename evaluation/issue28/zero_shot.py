@@ -10,6 +10,7 @@ Models already in `<out>.csv` are kept (a rerun adds only what is missing). stat
 under results/issue28_cache. Rows of a pretrained model:
 
     <name>                    System 1: the proposals (no thinking)
+    <name>_default            what `forecast` serves: the thinking setting chosen on the validation tail, anchored
     <name>_anchor{K}          the proposals anchored: per window, the median moves to seasonal naive's or the two's
                               average when that scored better over the window's own last K horizons (anchor.py)
     <name>_think{k}           the proposals refined k steps (from the start; alpha as trained)
@@ -116,10 +117,13 @@ def ebt_rows(config: str, name: str, folder: str, thinking: bool, group: int, do
             m, g = out.energies.shape[1:]
             errors = candidate_errors(out.candidates, futures, inference_levels(m, 1).numpy()[0])
             extra["spearman"] = mean_spearman(out.energies.reshape(-1, g), errors.reshape(-1, g))
+        if not kwargs:  # the served forecast: which setting the validation tail chose
+            extra["choice"] = f"{forecaster.chosen.selection}@steps={forecaster.chosen.steps}"
         rows.append(row(config, model, scores, time.perf_counter() - start, passes=out.forward_passes, **extra))
 
     add(name, steps=0, selection="proposal")
     add(f"{name}_anchor{forecaster.cfg.task.anchor_backtests}", steps=0, selection="proposal", anchor=True)
+    add(f"{name}_default")  # no arguments: the served forecast
     if verifier and dataset.horizon <= forecaster.model_horizon and forecaster.mode == "ebt":
         add_verifier(config, name, folder, dataset, rows, done)
     if thinking and forecaster.mode == "ebt":
