@@ -30,6 +30,7 @@ import zero_shot  # noqa: E402  (the sibling script: its cache, rows and table)
 from ebt_forecast.data.gift_eval import GIFT_SUITE, load_gift_config  # noqa: E402
 from ebt_forecast.io import atomic_write_csv, atomic_write_text  # noqa: E402
 from ebt_forecast.metrics import FORECAST_LEVELS, score_windows  # noqa: E402
+from ebt_forecast.tasks.forecast import anchor  # noqa: E402
 from ebt_forecast.tasks.forecast.config import ForecasterConfig  # noqa: E402
 from ebt_forecast.tasks.forecast.pretrained import PretrainedForecaster  # noqa: E402
 from ebt_forecast.tasks.forecast.sources import fast_forecasts  # noqa: E402
@@ -37,9 +38,7 @@ from ebt_forecast.tasks.forecast.sources import fast_forecasts  # noqa: E402
 
 def pinball(paths: np.ndarray, future: np.ndarray) -> np.ndarray:
     """Mean pinball loss per window of level paths (N, M, H) at FORECAST_LEVELS against futures (N, H)."""
-    q = np.asarray(FORECAST_LEVELS)[None, :, None]
-    diff = future[:, None, :] - paths
-    return np.nanmean(np.maximum(q * diff, (q - 1) * diff), axis=(1, 2))
+    return anchor.pinball(paths, future, FORECAST_LEVELS)
 
 
 def source_paths(forecaster: PretrainedForecaster, dataset, windows) -> np.ndarray:

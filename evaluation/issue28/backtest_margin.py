@@ -36,6 +36,7 @@ from backtest_choice import pinball, source_paths  # noqa: E402
 from ebt_forecast.data.gift_eval import GIFT_SUITE, load_gift_config  # noqa: E402
 from ebt_forecast.io import atomic_write_csv, atomic_write_text  # noqa: E402
 from ebt_forecast.metrics import FORECAST_LEVELS, score_windows  # noqa: E402
+from ebt_forecast.tasks.forecast.anchor import backtest  # noqa: E402
 from ebt_forecast.tasks.forecast.config import ForecasterConfig  # noqa: E402
 from ebt_forecast.tasks.forecast.pretrained import PretrainedForecaster  # noqa: E402
 
@@ -44,12 +45,6 @@ MEDIAN = FORECAST_LEVELS.index(0.5)
 USES = ("margin", "recenter")
 # `spread`: per window, the median of the three (r = 1) and the proposals' spread about it scaled by one of these
 SPREAD_SETS = {"1": (1.0,), "1,0.5": (1.0, 0.5), "1,0.5,0.25": (1.0, 0.5, 0.25)}
-
-
-def cut(window, k: int, h: int):
-    """The window whose future is the H points that end (k - 1) * H before the end of `window.past`."""
-    end = len(window.past) - (k - 1) * h
-    return replace(window, past=window.past[:end - h], future=window.past[end - h:end])
 
 
 def with_average(paths: np.ndarray) -> np.ndarray:
@@ -76,7 +71,7 @@ def config_scores(config: str, folder: str, root: str, backtests: int) -> dict:
     """Validation and test scores of every (use, r) on one config, with seasonal naive's on the same windows."""
     dataset = load_gift_config(config, root)
     h, test, season = dataset.horizon, dataset.test_windows, dataset.season_length
-    cuts = {k: [cut(w, k, h) for w in test] for k in range(1, backtests + 2)}
+    cuts = {k: [backtest(w, k, h) for w in test] for k in range(1, backtests + 2)}
     base = ForecasterConfig()
     forecaster = PretrainedForecaster(folder, replace(base, task=replace(base.task, selection="proposal"))).fit(dataset)
     start = time.perf_counter()

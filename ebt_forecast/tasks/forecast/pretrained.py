@@ -107,7 +107,6 @@ class PretrainedForecaster(EBTForecaster):
                                                       warmup_steps=0, progress_bar=False)
         self.horizon: int | None = None
         self._pristine = copy.deepcopy(module.state_dict()) if finetune_steps else None
-        self._anchoring = True  # off while fit() chooses thinking on the validation tail
 
     @property
     def model_horizon(self) -> int:
@@ -127,11 +126,8 @@ class PretrainedForecaster(EBTForecaster):
             self.module.load_state_dict(self._pristine)
             self._finetune(train, dataset)
         self.module.eval()
-        self._anchoring = False  # thinking is chosen on the model's own forecasts; anchoring acts after
-        try:
-            self.chosen = self._choose_on_validation() if auto else InferenceSetting(self.cfg.think.infer_steps, "proposal")
-        finally:
-            self._anchoring = True
+        # validation calls name their setting, so they are not anchored: thinking is chosen on the model's own forecasts
+        self.chosen = self._choose_on_validation() if auto else InferenceSetting(self.cfg.think.infer_steps, "proposal")
         return self
 
     def _covariate_slots(self, slots: dict) -> None:
@@ -182,7 +178,7 @@ class PretrainedForecaster(EBTForecaster):
         if anchor is None:
             anchor = all(kwargs.get(k) is None for k in ("steps", "selection", "extra_starts"))
         backtests = self.cfg.task.anchor_backtests
-        if (not anchor or not backtests or not self._anchoring or kwargs.get("extra_starts") is not None
+        if (not anchor or not backtests or kwargs.get("extra_starts") is not None
                 or self.module.model.cfg.has_covariates):  # backtests would need the covariates' past slices
             return out
         season = self.season_length if dataset is None else dataset.season_length
