@@ -13,7 +13,7 @@ from gluonts.dataset.common import ListDataset
 
 from ebt_forecast.baselines import StatsForecastBaseline
 from ebt_forecast.cli import main
-from ebt_forecast.data.gift_eval import GIFT_SUITE, gift_horizon, gift_windows, load_gift_config
+from ebt_forecast.data.gift_eval import GIFT_SUITE, gift_horizon, gift_windows, load_gift_config, validation_split
 from ebt_forecast.data.types import ForecastDataset, Series, TestWindow
 from ebt_forecast.errors import DataError
 from ebt_forecast.metrics import FORECAST_LEVELS, score_windows
@@ -76,6 +76,21 @@ def test_gift_configs_cut_the_last_windows_of_every_series(shared_data):
     with pytest.raises(DataError, match="not in the suite"):
         load_gift_config("m4_hourly/H/long", shared_data)
     assert len(GIFT_SUITE) == 5
+
+
+def test_the_validation_split_is_the_test_protocol_one_span_earlier(shared_data):
+    long = load_gift_config("etth1/H/long", shared_data)
+    val = validation_split(long)
+    ot = [w for w in val.test_windows if w.item_id == "OT"]
+    assert [len(w.past) for w in ot] == [17420 - 6 * 720, 17420 - 5 * 720, 17420 - 4 * 720]
+    # its windows end where the test part starts, and none of them reads a test point
+    test_start = 17420 - 3 * 720
+    assert max(len(w.past) + len(w.future) for w in val.test_windows) == test_start
+    train_ot = next(s for s in long.train if s.item_id == "OT")
+    np.testing.assert_array_equal(ot[-1].future, train_ot.target[-720:])
+    assert all(len(s.target) == 17420 - 6 * 720 for s in val.train)
+    m4 = validation_split(load_gift_config("m4_hourly/H/short", shared_data))
+    assert len(m4.test_windows) == 414 and m4.horizon == 48 and m4.name == "m4_hourly/H/short:validation"
 
 
 def test_seasonal_naive_reproduces_gift_evals_published_m4_hourly_row(shared_data):

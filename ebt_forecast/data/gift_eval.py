@@ -10,6 +10,8 @@ The rules (`src/gift_eval/data.py` of the GIFT-Eval repository, REFERENCE.md):
 
 `load_gift_config("etth1/H/long", root)` -> a ForecastDataset whose train series end where the test part
 starts and whose test windows carry the full past before each window (GIFT-Eval's rolling evaluation).
+`validation_split(dataset)` -> the same protocol one test span earlier, inside the training part: where settings
+are chosen before any test number is read.
 """
 from __future__ import annotations
 
@@ -58,3 +60,14 @@ def load_gift_config(config: str, root: str | Path) -> ForecastDataset:
         dataset = tail_task(name, data_freq, h, season, full, gift_windows(min(len(s) for s in full), h))
     dataset.name = config
     return dataset
+
+
+def validation_split(dataset: ForecastDataset) -> ForecastDataset:
+    """The config one test span earlier: the training part's last windows x H points are its windows (as many per
+    series as the test has), the points before them its training part; the test part is never read."""
+    per_series = len(dataset.test_windows) // len(dataset.train)
+    if per_series < 1 or per_series * len(dataset.train) != len(dataset.test_windows):
+        raise DataError(f"{dataset.name}: {len(dataset.test_windows)} test windows over {len(dataset.train)} series: "
+                        "a validation split needs the same number of windows per series")
+    return tail_task(f"{dataset.name}:validation", dataset.freq, dataset.horizon, dataset.season_length,
+                     dataset.train, per_series)

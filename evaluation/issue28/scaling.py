@@ -172,9 +172,13 @@ def fit() -> None:
     naive = zero[zero.model == "seasonal_naive"].set_index("config").wql
     zero["rel_wql"] = zero.wql / naive.reindex(zero.config).to_numpy()
     geo = zero.groupby("model").rel_wql.apply(lambda v: float(np.exp(np.log(v).mean())))
+    # runs whose folders an earlier session left elsewhere keep their rows of the last fit
+    kept = pd.read_csv(OUT.with_suffix(".csv")).set_index("name") if OUT.with_suffix(".csv").exists() else None
     rows = []
     for run in plan():
         if not finished(run):
+            if kept is not None and run["name"] in kept.index:
+                rows.append({**kept.loc[run["name"]].to_dict(), "name": run["name"]})
             continue
         val = pd.read_csv(RUNS / run["name"] / "validation.csv")
         last = val[val.step == val.step.max()]

@@ -6,6 +6,8 @@ statistical baselines, with thinking rows and their energy-free controls.
 
 Writes `<out>.csv` (config, model, wql, mase, seconds, ...; one row per config and model, rewritten after each)
 and `<out>.md` (per-config WQL / MASE, relative to seasonal naive, and the geometric mean over configs).
+`--split validation` scores the same rows one test span earlier, inside each config's training part
+(`gift_eval.validation_split`; its own cache): where settings are chosen before the test is read.
 Models already in `<out>.csv` are kept (a rerun adds only what is missing). statsforecast forecasts are cached
 under results/issue28_cache. Rows of a pretrained model:
 
@@ -35,7 +37,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ebt_forecast.data.gift_eval import GIFT_SUITE, load_gift_config
+from ebt_forecast.data.gift_eval import GIFT_SUITE, load_gift_config, validation_split
+from ebt_forecast.data.types import ForecastDataset
 from ebt_forecast.io import atomic_write_csv, atomic_write_text
 from ebt_forecast.metrics import FORECAST_LEVELS, score_windows
 from ebt_forecast.tasks.forecast.diagnostics import candidate_errors, mean_spearman
@@ -48,9 +51,15 @@ STATS_NAMES = {"seasonalnaive": "seasonal_naive", "autoets": "autoets", "autothe
                "autoarima": "autoarima"}
 
 
+def load(config: str) -> ForecastDataset:
+    """The config's test protocol, or (--split validation) the same one test span earlier."""
+    dataset = load_gift_config(config, ROOT)
+    return validation_split(dataset) if SPLIT == "validation" else dataset
+
+
 def stats_rows(config: str, models: list[str], done: set) -> list[dict]:
     """statsforecast models on one config (full history for seasonal naive, the last 1000 points for the rest)."""
-    dataset = load_gift_config(config, ROOT)
+    dataset = load(config)
     rows = []
     for model in models:
         name = STATS_NAMES[model]
@@ -100,7 +109,7 @@ def add_verifier(config: str, name: str, folder: str, dataset, rows: list[dict],
 def ebt_rows(config: str, name: str, folder: str, thinking: bool, group: int, done: set,
              verifier: bool = False, refine: bool = True) -> list[dict]:
     """A pretrained model's zero-shot rows on one config."""
-    dataset = load_gift_config(config, ROOT)
+    dataset = load(config)
     windows = dataset.test_windows
     forecaster = PretrainedForecaster(folder).fit(dataset)
     rows = []
@@ -140,7 +149,7 @@ def trained_rows(config: str, models: list[str], seeds: list[int], done: set) ->
     from ebt_forecast.config import compose
     from ebt_forecast.tasks.forecast.benchmark import run_cell
 
-    dataset = load_gift_config(config, ROOT)
+    dataset = load(config)
     rows = []
     for model in models:
         for seed in seeds:
@@ -176,7 +185,7 @@ def table(frame: pd.DataFrame) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    global ROOT
+    global ROOT, SPLIT, CACHE
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--root", default="../shared/data")
     parser.add_argument("--configs", nargs="*", default=list(GIFT_SUITE))
@@ -189,9 +198,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     parser.add_argument("--group", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--split", choices=["test", "validation"], default="test")
     parser.add_argument("--out", default="evaluation/issue28/zero_shot")
     args = parser.parse_args(argv)
-    ROOT = args.root
+    ROOT, SPLIT = args.root, args.split
+    if SPLIT == "validation":  # the windows differ: keep the test's cached forecasts apart
+        CACHE = Path("results/issue28_cache_validation")
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     csv = out.with_suffix(".csv")
@@ -219,6 +231,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-ROOT = "../shared/data"
+ROOT, SPLIT = "../shared/data", "test"
 if __name__ == "__main__":
     sys.exit(main())
