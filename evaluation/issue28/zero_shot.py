@@ -7,7 +7,7 @@ statistical baselines, with thinking rows and their energy-free controls.
 Writes `<out>.csv` (config, model, wql, mase, seconds, ...; one row per config and model, rewritten after each)
 and `<out>.md` (per-config WQL / MASE, relative to seasonal naive, and the geometric mean over configs).
 `--split validation` scores the same rows one test span earlier, inside each config's training part
-(`gift_eval.validation_split`; its own cache): where settings are chosen before the test is read.
+(`gift_eval.validation_split`; cached forecasts are keyed by their windows): where settings are chosen before the test is read.
 Models already in `<out>.csv` are kept (a rerun adds only what is missing). statsforecast forecasts are cached
 under results/issue28_cache. Rows of a pretrained model:
 
@@ -185,7 +185,7 @@ def table(frame: pd.DataFrame) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    global ROOT, SPLIT, CACHE
+    global ROOT, SPLIT
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--root", default="../shared/data")
     parser.add_argument("--configs", nargs="*", default=list(GIFT_SUITE))
@@ -202,8 +202,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="evaluation/issue28/zero_shot")
     args = parser.parse_args(argv)
     ROOT, SPLIT = args.root, args.split
-    if SPLIT == "validation":  # the windows differ: keep the test's cached forecasts apart
-        CACHE = Path("results/issue28_cache_validation")
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     csv = out.with_suffix(".csv")
