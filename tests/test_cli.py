@@ -346,3 +346,24 @@ def test_quick_benchmark_writes_results_and_resumes(tmp_path, capsys):
     third = pd.read_csv(results)
     assert not third.loc[third["model"].str.startswith("ebt"), "reused"].any()
     assert third.loc[~third["model"].str.startswith("ebt"), "reused"].all()
+
+
+def test_benchmark_cells_in_two_worker_processes_give_the_same_numbers(tmp_path, capsys):
+    args = ["benchmark", "experiment=quick", "trainer.max_steps=10", "benchmark.models=[seasonal_naive,ebt]",
+            *FAST[:1], "model.dim=32", "model.depth=1", "benchmark.verify_groups=[1]",
+            "benchmark.candidate_counts=[1]", "benchmark.datasets=[co2,elnino]"]
+    code, _, err = run_main(capsys, *args, f"runtime.output_dir={tmp_path / 'one'}", "runtime.threads=1")
+    assert code == 0, err
+    # two processes of one thread each: the run's share of the machine is runtime.threads
+    code, _, err = run_main(capsys, *args, f"runtime.output_dir={tmp_path / 'two'}", "benchmark.workers=2",
+                            "runtime.threads=2")
+    assert code == 0, err
+    one, two = (pd.read_csv(tmp_path / run / "default" / "results.csv") for run in ("one", "two"))
+    assert len(one) > 4 and not two["reused"].any()
+    assert len(list((tmp_path / "two" / "default" / "cells").glob("*.json"))) == 4
+    # each cell seeds its own draws: the processes that computed them do not change a number
+    timings = [c for c in one.columns if c.endswith("seconds")]
+    pd.testing.assert_frame_equal(two.drop(columns=timings), one.drop(columns=timings))
+    code, _, err = run_main(capsys, *args, f"runtime.output_dir={tmp_path / 'two'}", "benchmark.workers=0",
+                            "runtime.threads=2")
+    assert code == 2 and "benchmark.workers=0" in err

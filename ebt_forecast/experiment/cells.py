@@ -5,12 +5,19 @@ Contract: `Cells(folder).run(name, depends, compute)` returns `compute()`'s JSON
 dicts, lists, scalars) and the package version, so a changed setting, or a new release, recomputes the cell and
 nothing else. `ledger` lists every cell the run touched (name, key, reused or computed, seconds): tables print it
 so a reader knows which numbers are new.
+
+`Cells.run_all(jobs, workers, threads)` runs many cells, yielding their results in order; with `workers > 1` the
+unfinished ones are computed at once in spawned processes of `threads` torch threads each (a job's function and
+arguments must pickle), each worker writing its own cell, so a run cut short keeps every cell that finished.
 """
 from __future__ import annotations
 
 import json
+import multiprocessing
 import re
 import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -70,6 +77,33 @@ class Cells:
         self.ledger.append(CellRecord(name, key, False, seconds))
         return result
 
+    def run_all(self, jobs: Sequence[CellJob], workers: int = 1, threads: int = 1) -> Iterator[Any]:
+        """Each job's cell result, in the jobs' order. With `workers > 1` the cells not finished yet are computed
+        in that many spawned processes (`threads` torch threads each) while earlier results are yielded; an error
+        in one cell cancels the ones not started and is raised when its turn comes."""
+        finished = [self.resume and self.path(job.name, job.depends).exists() for job in jobs]
+        pending = [job for job, done in zip(jobs, finished) if self.compute and not done]
+        if workers <= 1 or len(pending) <= 1:
+            for job in jobs:
+                yield self.run(job.name, job.depends, job.compute)
+            return
+        context = multiprocessing.get_context("spawn")  # fork is unsafe once torch's thread pool has started
+        with ProcessPoolExecutor(min(workers, len(pending)), mp_context=context, initializer=_set_threads,
+                                 initargs=(threads,)) as pool:
+            futures: dict[int, Future] = {id(job): pool.submit(_run_in_worker, Path(self.folder), job)
+                                          for job in pending}
+            try:
+                for job in jobs:
+                    if id(job) not in futures:
+                        yield self.run(job.name, job.depends, job.compute)
+                        continue
+                    result, seconds = futures[id(job)].result()
+                    self.ledger.append(CellRecord(job.name, cell_key(job.depends), False, seconds))
+                    yield result
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+
     def reused(self, name: str) -> bool:
         """Whether the last run of the cell `name` read it back."""
         return next(r.reused for r in reversed(self.ledger) if r.name == name)
@@ -79,6 +113,33 @@ class Cells:
         done = [r for r in self.ledger if not r.reused]
         return (f"{len(self.ledger)} cells: {len(self.ledger) - len(done)} reused, {len(done)} computed "
                 f"({sum(r.seconds for r in done):.1f} s)")
+
+
+@dataclass
+class CellJob:
+    """One cell of `Cells.run_all`: its name, what it depends on, and `function(*args)` computing its result."""
+
+    name: str
+    depends: Any
+    function: Callable[..., Any]
+    args: tuple = ()
+
+    def compute(self) -> Any:
+        """The cell's result, computed here."""
+        return self.function(*self.args)
+
+
+def _set_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _run_in_worker(folder: Path, job: CellJob) -> tuple[Any, float]:
+    """In a worker process: compute and write the cell (the parent reads the result, not the file)."""
+    cells = Cells(folder, resume=False)
+    result = cells.run(job.name, job.depends, job.compute)
+    return result, cells.ledger[-1].seconds
 
 
 def _plain(value: Any) -> Any:

@@ -24,13 +24,15 @@ under results/issue28_cache. Rows of a pretrained model:
     sources_average / sources_best_on_val   the energy-free controls of the same starts
     --trained deepar patchtst ebt_verifier --seeds 0 1 2:  models trained per config on its training part
         (the benchmark's cells under experiment=shared: budget, early stopping, backbone sized like the EBT),
-        one row per seed (`deepar_seed0`, ...), cached by the benchmark's cell cache under results/issue28_cache
+        one row per seed (`deepar_seed0`, ...), written as each finishes; trained EBTs and fast forecasts are
+        cached under results/issue28_cache
 """
 from __future__ import annotations
 
 import argparse
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -144,13 +146,13 @@ def ebt_rows(config: str, name: str, folder: str, thinking: bool, group: int, do
     return rows
 
 
-def trained_rows(config: str, models: list[str], seeds: list[int], done: set) -> list[dict]:
-    """Models trained per config (the benchmark's cells, experiment=shared), one row per seed."""
+def trained_rows(config: str, models: list[str], seeds: list[int], done: set) -> Iterator[dict]:
+    """Models trained per config (the benchmark's cells, experiment=shared), one row per seed, yielded as each
+    finishes (an ETTh1 long seed takes over an hour: the caller writes every row at once)."""
     from ebt_forecast.config import compose
     from ebt_forecast.tasks.forecast.benchmark import run_cell
 
     dataset = load(config)
-    rows = []
     for model in models:
         for seed in seeds:
             name = f"{model}_seed{seed}"
@@ -162,8 +164,7 @@ def trained_rows(config: str, models: list[str], seeds: list[int], done: set) ->
             cell = run_cell(dataset, model, app, CACHE / "plots", CACHE / "cells")
             best = cell[0]  # the cell's chosen row (the verifier's validation choice; one row for the others)
             scores = {k: best.get(k, float("nan")) for k in ("wql", "mase", "crps_scaled", "coverage_80")}
-            rows.append(row(config, name, scores, time.perf_counter() - start))
-    return rows
+            yield row(config, name, scores, time.perf_counter() - start)
 
 
 def table(frame: pd.DataFrame) -> str:
@@ -209,21 +210,26 @@ def main(argv: list[str] | None = None) -> int:
         # re-read before every write: another run of this script may have added rows meanwhile
         return pd.read_csv(csv) if csv.exists() else pd.DataFrame(columns=["config", "model"])
 
-    frame = current()
-    for config in args.configs:
-        done = set(zip(frame.config, frame.model))
-        new = stats_rows(config, args.stats, done)
-        new += trained_rows(config, args.trained, args.seeds, done)
-        for spec in args.ebt:
-            name, folder = spec.split("=", 1)
-            new += ebt_rows(config, name, folder, not args.no_thinking, args.group, done, args.verifier,
-                            not args.no_refine)
+    def write(config: str, new: list[dict]) -> pd.DataFrame:
         frame = current()
         frame = pd.concat([frame, pd.DataFrame(new)], ignore_index=True) if new else frame
         atomic_write_csv(frame, csv)
         for r in new:
             print(f"{config:24s} {r['model']:22s} WQL {r['wql']:.4f} MASE {r['mase']:.3f} ({r['seconds']:.1f} s)",
                   flush=True)
+        return frame
+
+    frame = current()
+    for config in args.configs:
+        done = set(zip(frame.config, frame.model))
+        for trained in trained_rows(config, args.trained, args.seeds, done):
+            frame = write(config, [trained])
+        new = stats_rows(config, args.stats, done)
+        for spec in args.ebt:
+            name, folder = spec.split("=", 1)
+            new += ebt_rows(config, name, folder, not args.no_thinking, args.group, done, args.verifier,
+                            not args.no_refine)
+        frame = write(config, new)
     atomic_write_text(out.with_suffix(".md"), table(frame))
     print(out.with_suffix(".md").read_text())
     return 0

@@ -26,7 +26,7 @@ from ebt_forecast.data.frames import series_to_gluonts
 from ebt_forecast.data.loaders import load_default_suite, load_etth1, load_exchange_rate, load_m4_hourly
 from ebt_forecast.data.types import ForecastDataset, TestWindow
 from ebt_forecast.errors import ConfigError
-from ebt_forecast.experiment import Artifacts, Cells
+from ebt_forecast.experiment import Artifacts, CellJob, Cells
 from ebt_forecast.io import atomic_save_figure, atomic_write_csv, atomic_write_text
 from ebt_forecast.metrics import FORECAST_LEVELS, geometric_mean_relative
 from ebt_forecast.tasks.forecast.config import ForecastAppConfig
@@ -393,6 +393,8 @@ def run_benchmark(app: ForecastAppConfig) -> Path:
     for m in app.benchmark.models:
         if m not in MODELS:
             raise ConfigError(f"benchmark.models contains unknown model {m!r}: must be among {', '.join(MODELS)}")
+    if app.benchmark.workers < 1:
+        raise ConfigError(f"benchmark.workers={app.benchmark.workers} is invalid: must be >= 1")
     seeds = list(app.benchmark.seeds) or [app.seed]
     datasets = load_suite(app)
     if app.benchmark.datasets:  # a part of the suite (the cells, keyed by data set, are the suite's own)
@@ -404,16 +406,23 @@ def run_benchmark(app: ForecastAppConfig) -> Path:
     # seed-major: every model's first seed finishes before the next seed starts (a cut-short run stays comparable)
     jobs = [(d, m, None if m in SEEDLESS else s) for i, s in enumerate(seeds) for d in datasets
             for m in app.benchmark.models if i == 0 or m not in SEEDLESS]
-    rows: list[dict] = []
-    progress = tqdm(jobs, desc="benchmark", unit="cell")
-    for dataset, model, seed in progress:
-        progress.set_postfix_str(f"{dataset.name} / {model}" + ("" if seed is None else f" / seed {seed}"))
+    cell_jobs = []
+    for dataset, model, seed in jobs:
         run_app = app if seed is None else replace(app, seed=seed)
-        name = f"{dataset.name}__{model}"
-        cell_rows = cells.run(name, cell_depends(dataset, model, run_app),
-                              lambda: timed_rows(run_cell, dataset, model, run_app, plots, cache))
+        cell_jobs.append(CellJob(f"{dataset.name}__{model}", cell_depends(dataset, model, run_app), timed_rows,
+                                 (run_cell, dataset, model, run_app, plots, cache)))
+    # benchmark.workers cells at once, each process with its share of runtime.threads (the run's share of the
+    # machine: never more processes than threads); small models train faster on one thread each than on two
+    # threads of one process
+    workers = min(app.benchmark.workers, app.runtime.threads)
+    results = cells.run_all(cell_jobs, workers, max(1, app.runtime.threads // workers))
+    rows: list[dict] = []
+    progress = tqdm(zip(jobs, cell_jobs), total=len(jobs), desc="benchmark", unit="cell")
+    for (dataset, model, seed), job in progress:
+        progress.set_postfix_str(f"{dataset.name} / {model}" + ("" if seed is None else f" / seed {seed}"))
+        cell_rows = next(results)
         if cell_rows is not None:  # None: not finished and benchmark.compute=false
-            rows += [{**r, "seed": seed, "reused": cells.reused(name)} for r in cell_rows]
+            rows += [{**r, "seed": seed, "reused": cells.reused(job.name)} for r in cell_rows]
     print(cells.summary())
     table = pd.DataFrame(rows)
     atomic_write_csv(table, out / "results.csv")
