@@ -182,6 +182,25 @@ def table(frame: pd.DataFrame) -> str:
         cells = [f"{g.wql[c]:.4f} ({g.rel_wql[c]:.3f}) / {g.mase[c]:.3f}" if c in g.index else "" for c in configs]
         lines.append(f"| {model} | " + " | ".join(cells) + f" | {np.exp(np.log(g.rel_wql).mean()):.3f} | "
                      f"{np.exp(np.log(g.rel_mase).mean()):.3f} | {len(g)} |")
+    return "\n".join(lines) + "\n" + seeds_table(f, configs)
+
+
+def seeds_table(f: pd.DataFrame, configs: list[str]) -> str:
+    """Markdown: the models trained per config (`<model>_seed<k>` rows), rel. WQL mean (sd) over their seeds per
+    config, and the geometric mean over configs of the seed means."""
+    trained = f[f.model.str.contains(r"_seed\d+$")].assign(family=lambda d: d.model.str.replace(r"_seed\d+$", "",
+                                                                                              regex=True))
+    if trained.empty:
+        return ""
+    lines = ["", "Trained per config: rel. WQL mean (sd) over seeds [seeds]; geometric mean of the seed means", "",
+             "| model | " + " | ".join(configs) + " | geomean rel. WQL | geomean rel. MASE |",
+             "|---" * (len(configs) + 3) + "|"]
+    for family, g in trained.groupby("family"):
+        per = g.groupby("config").agg(wql=("rel_wql", "mean"), sd=("rel_wql", "std"), mase=("rel_mase", "mean"),
+                                      n=("rel_wql", "size"))
+        cells = [f"{per.wql[c]:.3f} ({per.sd[c]:.3f}) [{per.n[c]}]" if c in per.index else "" for c in configs]
+        lines.append(f"| {family} | " + " | ".join(cells) + f" | {np.exp(np.log(per.wql).mean()):.3f} | "
+                     f"{np.exp(np.log(per.mase).mean()):.3f} |")
     return "\n".join(lines) + "\n"
 
 
