@@ -81,8 +81,8 @@ class Cells:
         """Each job's cell result, in the jobs' order. With `workers > 1` the cells not finished yet are computed
         in that many spawned processes (`threads` torch threads each) while earlier results are yielded; an error
         in one cell cancels the ones not started and is raised when its turn comes."""
-        finished = [self.resume and self.path(job.name, job.depends).exists() for job in jobs]
-        pending = [job for job, done in zip(jobs, finished) if self.compute and not done]
+        pending = [i for i, job in enumerate(jobs)
+                   if self.compute and not (self.resume and self.path(job.name, job.depends).exists())]
         if workers <= 1 or len(pending) <= 1:
             for job in jobs:
                 yield self.run(job.name, job.depends, job.compute)
@@ -90,14 +90,13 @@ class Cells:
         context = multiprocessing.get_context("spawn")  # fork is unsafe once torch's thread pool has started
         with ProcessPoolExecutor(min(workers, len(pending)), mp_context=context, initializer=_set_threads,
                                  initargs=(threads,)) as pool:
-            futures: dict[int, Future] = {id(job): pool.submit(_run_in_worker, Path(self.folder), job)
-                                          for job in pending}
+            futures: dict[int, Future] = {i: pool.submit(_run_in_worker, Path(self.folder), jobs[i]) for i in pending}
             try:
-                for job in jobs:
-                    if id(job) not in futures:
+                for i, job in enumerate(jobs):
+                    if i not in futures:  # finished before: read back here
                         yield self.run(job.name, job.depends, job.compute)
                         continue
-                    result, seconds = futures[id(job)].result()
+                    result, seconds = futures[i].result()
                     self.ledger.append(CellRecord(job.name, cell_key(job.depends), False, seconds))
                     yield result
             except BaseException:
