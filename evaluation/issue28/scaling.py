@@ -1,7 +1,8 @@
 """Time-series scaling of the pretrained forecaster (issue 28): the EBT and its feed-forward twin at three sizes and
 two training-FLOP budgets, under matched FLOPs (each run's steps = budget / its measured FLOPs per step), and at two
 data budgets: the whole corpus, and a fixed seeded 5% of each corpus data set's series (`_d05` runs, at the c2 FLOPs;
-TSMixup mixes only those series; pretrain.data.corpus_series_fraction).
+TSMixup mixes only those series; pretrain.data.corpus_series_fraction), and the best cells (s, c2) at pretraining
+seeds 1 and 2 (`_seed{n}` runs: the init and the data stream; the slopes use seed 0, the seeds get their own table).
 
     python evaluation/issue28/scaling.py flops       # FLOPs per training step of every (size, mode), counted
     python evaluation/issue28/scaling.py train       # the 12 pretraining runs, cheapest first; each resumes
@@ -35,16 +36,19 @@ MODES = {"twin": "feedforward", "ebt": "ebt"}
 BUDGETS = {"c1": 6e12, "c2": 1.8e13}  # training FLOPs
 DATA = {"full": 1.0, "d05": 0.05}  # data budget -> share of each corpus data set's series (run names: `_d05`)
 DATA_RUNS = {"d05": ("c2",)}  # the smaller data budget at these FLOP budgets only (the CPU's time)
+# pretraining seeds (init and data stream; `_seed{n}` runs) of the best cells only (the CPU's time); seed 0 is the run
+SEED_RUNS = {("twin", "s", "c2"): (1, 2), ("ebt", "s", "c2"): (1, 2)}
 RUNS = Path("results/scaling")
 OUT = Path("evaluation/issue28/scaling")
 FLOPS = OUT.with_name("scaling_flops.json")
 ZERO_SHOT = OUT.with_name("scaling_zero_shot")  # zero_shot.py's rows (.csv) and table (.md)
 
 
-def overrides(mode: str, size: str, data: str = "full") -> list[str]:
+def overrides(mode: str, size: str, data: str = "full", seed: int = 0) -> list[str]:
     dim, depth, heads = SIZES[size]
     return ["experiment=pretrain_1m", f"pretrain.mode={MODES[mode]}", f"model.dim={dim}", f"model.depth={depth}",
-            f"model.heads={heads}", *([f"pretrain.data.corpus_series_fraction={DATA[data]}"] if DATA[data] < 1 else [])]
+            f"model.heads={heads}", *([f"pretrain.data.corpus_series_fraction={DATA[data]}"] if DATA[data] < 1 else []),
+            *([f"seed={seed}", f"pretrain.data.seed={seed}"] if seed else [])]
 
 
 def count_flops() -> dict:
@@ -84,13 +88,14 @@ def plan() -> list[dict]:
         for size in SIZES:
             f = flops[f"{mode}_{size}"]
             for budget, total in BUDGETS.items():
-                for data, fraction in DATA.items():
-                    if data != "full" and budget not in DATA_RUNS[data]:
-                        continue
-                    steps = max(10, round(total / f["flops_per_step"]))
-                    name = f"{mode}_{size}_{budget}" + ("" if data == "full" else f"_{data}")
+                steps = max(10, round(total / f["flops_per_step"]))
+                variants = [(data, 0) for data in DATA if data == "full" or budget in DATA_RUNS[data]]
+                variants += [("full", seed) for seed in SEED_RUNS.get((mode, size, budget), ())]
+                for data, seed in variants:
+                    name = (f"{mode}_{size}_{budget}" + ("" if data == "full" else f"_{data}")
+                            + (f"_seed{seed}" if seed else ""))
                     runs.append({"name": name, "mode": mode, "size": size,
-                                 "budget": budget, "data": data, "series_fraction": fraction,
+                                 "budget": budget, "data": data, "series_fraction": DATA[data], "seed": seed,
                                  "budget_flops": total, "steps": steps, "parameters": f["parameters"],
                                  "flops": steps * f["flops_per_step"], "cost": steps * f["seconds_per_step"]})
     return sorted(runs, key=lambda r: (r["mode"] == "ebt", r["cost"]))
@@ -109,7 +114,7 @@ def train(only: str = ".*") -> None:
             continue
         steps = run["steps"]
         cmd = [sys.executable, "-m", "ebt_forecast", "pretrain",
-               *overrides(run["mode"], run["size"], run["data"]),
+               *overrides(run["mode"], run["size"], run["data"], run["seed"]),
                f"runtime.output_dir={RUNS / run['name']}", f"trainer.max_steps={steps}", f"pretrain.schedule_steps={steps}",
                f"trainer.warmup_steps={max(5, steps // 10)}", f"trainer.checkpoint_every={max(10, steps // 5)}",
                f"pretrain.val_every={steps}", "pretrain.num_workers=1", "runtime.threads=1", "trainer.progress_bar=false"]
@@ -166,6 +171,23 @@ def data_budget_lines(frame: pd.DataFrame) -> list[str]:
     return lines
 
 
+def seed_lines(frame: pd.DataFrame) -> list[str]:
+    """Markdown: the cells pretrained at several seeds, mean (sd) over seeds of validation and zero-shot WQL."""
+    lines = []
+    for (mode, size, budget, data), g in frame.groupby(["mode", "size", "budget", "data"], sort=False):
+        if len(g) < 2:
+            continue
+        if not lines:
+            lines = ["", "Pretraining seeds (init and data stream; mean (sd) over seeds):", "",
+                     "| run | seeds | val. WQL | zero-shot rel. WQL | EBT lowest energy of 4 | its energy-free average |",
+                     "|---|---|---|---|---|---|"]
+        stats = [f"{g[c].mean():.{4 if c == 'val_wql' else 3}f} ({g[c].std():.{4 if c == 'val_wql' else 3}f})"
+                 if g[c].notna().any() else "" for c in ("val_wql", "zero_shot_rel_wql", "zero_shot_verify4", "zero_shot_average4")]
+        lines.append(f"| {mode}_{size}_{budget}{'' if data == 'full' else '_' + data} | "
+                     f"{', '.join(map(str, sorted(g.seed)))} | " + " | ".join(stats) + " |")
+    return lines
+
+
 def fit() -> None:
     """One row per run (validation loss, zero-shot rel. WQL) and the fitted slopes -> scaling.{csv,md}."""
     zero = pd.read_csv(ZERO_SHOT.with_suffix(".csv"))
@@ -191,7 +213,9 @@ def fit() -> None:
                      "windows": run["steps"] * 128,  # batch 128 (experiment=pretrain_1m)
                      "seconds": sum(h["seconds"] for h in history)})  # calls that finished (a killed one is not kept)
     frame = pd.DataFrame(rows)
+    frame["seed"] = frame["seed"].fillna(0).astype(int) if "seed" in frame else 0
     frame.to_csv(OUT.with_suffix(".csv"), index=False)
+    seeds, frame = frame, frame[frame.seed == 0]  # the slopes: one run (seed 0) per cell
     lines = ["| run | parameters | steps | windows | training FLOPs | seconds | val. WQL (geomean) | val. rel. WQL | "
              "zero-shot rel. WQL | EBT lowest energy of 4 | its energy-free average |", "|---" * 11 + "|"]
     for r in rows:
@@ -219,7 +243,7 @@ def fit() -> None:
             a, b = slope(m.flops.to_numpy(), m.val_wql.to_numpy()), slope(m.flops.to_numpy(),
                                                                           m.zero_shot_rel_wql.to_numpy())
             lines.append(f"| {mode} | FLOPs | all runs | {a[0]:+.3f} +- {a[1]:.3f} | {b[0]:+.3f} +- {b[1]:.3f} |")
-    lines += data_budget_lines(frame)
+    lines += data_budget_lines(frame) + seed_lines(seeds)
     OUT.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
