@@ -49,6 +49,7 @@ from ebt_forecast.tasks.forecast.pretrained import PretrainedForecaster
 from ebt_forecast.tasks.forecast.sources import fast_forecasts
 
 CACHE = Path("results/issue28_cache")
+TRAINED = ("deepar", "patchtst", "ebt_verifier")  # --trained: fitted per config, rows `<name>_seed<k>`
 STATS_NAMES = {"seasonalnaive": "seasonal_naive", "autoets": "autoets", "autotheta": "autotheta",
                "autoarima": "autoarima"}
 
@@ -188,8 +189,8 @@ def table(frame: pd.DataFrame) -> str:
 def seeds_table(f: pd.DataFrame, configs: list[str]) -> str:
     """Markdown: the models trained per config (`<model>_seed<k>` rows), rel. WQL mean (sd) over their seeds per
     config, and the geometric mean over configs of the seed means."""
-    trained = f[f.model.str.contains(r"_seed\d+$")].assign(family=lambda d: d.model.str.replace(r"_seed\d+$", "",
-                                                                                              regex=True))
+    trained = f[f.model.str.fullmatch(rf"({'|'.join(TRAINED)})_seed\d+")]  # not a pretrained run's `_seed` name
+    trained = trained.assign(family=trained.model.str.replace(r"_seed\d+$", "", regex=True))
     if trained.empty:
         return ""
     lines = ["", "Trained per config: rel. WQL mean (sd) over seeds [seeds]; geometric mean of the seed means", "",
@@ -214,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-thinking", action="store_true")
     parser.add_argument("--no-refine", action="store_true", help="thinking rows: only verify / average, no thinkK")
     parser.add_argument("--verifier", action="store_true", help="the pretrained energy over fast sources (H <= 64)")
-    parser.add_argument("--trained", nargs="*", default=[], choices=["deepar", "patchtst", "ebt_verifier"])
+    parser.add_argument("--trained", nargs="*", default=[], choices=list(TRAINED))
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     parser.add_argument("--group", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1)
