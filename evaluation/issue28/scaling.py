@@ -5,7 +5,7 @@ TSMixup mixes only those series; pretrain.data.corpus_series_fraction), and the 
 seeds 1 and 2 (`_seed{n}` runs: the init and the data stream; the slopes use seed 0, the seeds get their own table).
 
     python evaluation/issue28/scaling.py flops       # FLOPs per training step of every (size, mode), counted
-    python evaluation/issue28/scaling.py train       # the 12 pretraining runs, cheapest first; each resumes
+    python evaluation/issue28/scaling.py train       # every planned pretraining run, cheapest first; each resumes
     python evaluation/issue28/scaling.py evaluate    # GIFT-Eval zero-shot rows of every finished run
     python evaluation/issue28/scaling.py fit         # slopes -> evaluation/issue28/scaling.{csv,md}
 
@@ -179,10 +179,14 @@ def seed_lines(frame: pd.DataFrame) -> list[str]:
             continue
         if not lines:
             lines = ["", "Pretraining seeds (init and data stream; mean (sd) over seeds):", "",
-                     "| run | seeds | val. WQL | zero-shot rel. WQL | EBT lowest energy of 4 | its energy-free average |",
+                     "| run | seeds | val. WQL | zero-shot rel. WQL | EBT lowest energy of 4 "
+                     "| its energy-free average |",
                      "|---|---|---|---|---|---|"]
-        stats = [f"{g[c].mean():.{4 if c == 'val_wql' else 3}f} ({g[c].std():.{4 if c == 'val_wql' else 3}f})"
-                 if g[c].notna().any() else "" for c in ("val_wql", "zero_shot_rel_wql", "zero_shot_verify4", "zero_shot_average4")]
+        stats = []
+        for column in ("val_wql", "zero_shot_rel_wql", "zero_shot_verify4", "zero_shot_average4"):
+            digits = 4 if column == "val_wql" else 3
+            values = g[column]
+            stats.append(f"{values.mean():.{digits}f} ({values.std():.{digits}f})" if values.notna().any() else "")
         lines.append(f"| {mode}_{size}_{budget}{'' if data == 'full' else '_' + data} | "
                      f"{', '.join(map(str, sorted(g.seed)))} | " + " | ".join(stats) + " |")
     return lines
