@@ -189,8 +189,8 @@ def table(frame: pd.DataFrame) -> str:
 def seeds_table(f: pd.DataFrame, configs: list[str]) -> str:
     """Markdown: the models trained per config (`<model>_seed<k>` rows), rel. WQL mean (sd) over their seeds per
     config, and the geometric mean over configs of the seed means."""
-    trained = f[f.model.str.fullmatch(rf"({'|'.join(TRAINED)})_seed\d+")]  # not a pretrained run's `_seed` name
-    trained = trained.assign(family=trained.model.str.replace(r"_seed\d+$", "", regex=True))
+    family = f.model.str.extract(rf"^({'|'.join(TRAINED)})_seed\d+$", expand=False)  # not a pretrained `_seed` run
+    trained = f.assign(family=family).dropna(subset=["family"])
     if trained.empty:
         return ""
     lines = ["", "Trained per config: rel. WQL mean (sd) over seeds [seeds]; geometric mean of the seed means", "",
